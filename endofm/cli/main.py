@@ -1,0 +1,50 @@
+"""The ``endofm`` command: a thin layer that parses arguments, calls the library and prints.
+
+Each command group lives in its own module of :mod:`endofm.cli` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed namespace, returns an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from endofm.errors import EndoFMError
+
+COMMAND_MODULES = ("models", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every command group registered."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="endofm",
+        description="Foundation models for endoscopy video: Endo-FM backbone, checkpoints, data, training.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"endofm.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EndoFMError as error:
+        print(f"endofm: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("endofm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
