@@ -1,0 +1,463 @@
+"""Procedural endoscopy-like videos with polyps, and the three downstream dataset layouts built from them.
+
+The scene is a tube seen from inside: a dark vanishing lumen, ring folds with a little angular wobble,
+pink mucosa texture attached to the tube wall (so it moves with the camera), vignetting and specular
+sparkles on the fold ridges. The camera drifts, rolls, zooms and advances along the lumen, with a little
+motion blur. A polyp, when present, sits on the wall and grows as the camera approaches it; it is
+round, elongated or sessile, shaded as a dome with a specular spot, and comes with an exact per-frame
+binary mask and box. Everything is vectorised numpy and seeded by a :class:`numpy.random.Generator`, so
+the same seed always gives the same frames and files.
+
+Writers produce the original layouts of PolypDiag (mp4 + ``splits/*.txt``), CVC-ClinicDB (tif frames +
+``videolist.txt`` of ``<name> <start> <len> -1`` lines) and KUMC/PolypsSet (jpg frames + VOC XML).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from endofm.errors import InputError
+
+POLYP_CLASSES = ("adenomatous", "hyperplastic")
+POLYP_SHAPES = ("round", "elongated", "sessile")
+
+# Mucosa and polyp colours (linear RGB in [0, 1]); both labels draw the mucosa from the same range so that
+# the global colour of a frame says nothing about the label.
+_MUCOSA_LOW = np.array([0.72, 0.34, 0.30])
+_MUCOSA_HIGH = np.array([0.92, 0.52, 0.46])
+_POLYP_COLOURS = {
+    "adenomatous": (np.array([0.80, 0.26, 0.24]), np.array([0.70, 0.30, 0.36])),
+    "hyperplastic": (np.array([0.93, 0.68, 0.60]), np.array([0.88, 0.60, 0.56])),
+}
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class SyntheticVideo:
+    """One rendered video: ``frames`` uint8 [T, H, W, 3] RGB, ``masks`` bool [T, H, W], ``boxes`` one
+    ``(x1, y1, x2, y2)`` per frame (pixel edges, x2/y2 exclusive) or None where no polyp is visible,
+    ``label`` 1 with a polyp else 0, ``polyp_class`` (``adenomatous``/``hyperplastic``) and ``shape``."""
+
+    frames: np.ndarray
+    masks: np.ndarray
+    boxes: list[Box | None]
+    label: int
+    polyp_class: str | None
+    shape: str | None
+    fps: float
+
+
+def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if h < 16 or w < 16 or h % 2 or w % 2:
+        raise InputError(f"synthetic video size must be even and at least 16 pixels, got {h}x{w}")
+    return int(h), int(w)
+
+
+def mask_to_box(mask: np.ndarray) -> Box | None:
+    """Box ``(x1, y1, x2, y2)`` enclosing a 2-D boolean mask (x2/y2 exclusive), or None when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _sample_periodic(grid: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Smooth (smoothstep-bilinear) lookup of a periodic 2-D grid at float coordinates in grid cells."""
+    n_a, n_b = grid.shape
+    a0, b0 = np.floor(a), np.floor(b)
+    fa, fb = a - a0, b - b0
+    fa = fa * fa * (3.0 - 2.0 * fa)
+    fb = fb * fb * (3.0 - 2.0 * fb)
+    i0 = a0.astype(np.int64) % n_a
+    j0 = b0.astype(np.int64) % n_b
+    i1, j1 = (i0 + 1) % n_a, (j0 + 1) % n_b
+    top = grid[i0, j0] * (1 - fb) + grid[i0, j1] * fb
+    bottom = grid[i1, j0] * (1 - fb) + grid[i1, j1] * fb
+    return top * (1 - fa) + bottom * fa
+
+
+def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Translate an [H, W, C] image by whole pixels, repeating the edge."""
+    if dy == 0 and dx == 0:
+        return img
+    h, w = img.shape[:2]
+    pad = max(abs(dy), abs(dx))
+    padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    return padded[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+
+
+def render_video(
+    seed: int | Sequence[int],
+    num_frames: int = 32,
+    size: int | Sequence[int] = 128,
+    polyp: bool | None = None,
+    *,
+    polyp_class: str | None = None,
+    always_visible: bool = False,
+    fps: float = 30.0,
+) -> SyntheticVideo:
+    """Render one endoscopy-like video.
+
+    ``polyp=None`` draws presence with probability 0.5; ``polyp_class=None`` draws the class. With
+    ``always_visible`` the polyp is in every frame, otherwise it may appear from behind a fold after the
+    first few frames. ``size`` is the short side (square) or ``(height, width)``, even numbers only.
+    """
+    if num_frames < 1:
+        raise InputError(f"num_frames must be at least 1, got {num_frames}")
+    if polyp_class is not None and polyp_class not in POLYP_CLASSES:
+        raise InputError(f"polyp_class must be one of {POLYP_CLASSES}, got {polyp_class!r}")
+    h, w = _size_hw(size)
+    rng = np.random.default_rng(seed)
+    has_polyp = bool(rng.random() < 0.5) if polyp is None else bool(polyp)
+    cls = (polyp_class or POLYP_CLASSES[int(rng.integers(2))]) if has_polyp else None
+
+    # Screen coordinates in units of half the short side.
+    half = min(h, w) / 2.0
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    xs = (xs + 0.5 - w / 2.0) / half
+    ys = (ys + 0.5 - h / 2.0) / half
+    vignette = np.clip(1.0 - rng.uniform(0.25, 0.4) * (xs**2 + ys**2), 0.15, 1.0)
+
+    # Scene: wall texture in tube coordinates, folds, lumen, colours.
+    tex_low = rng.random((8, 16))
+    tex_high = rng.random((32, 64))
+    fold_wobble = rng.random((16, 1))
+    mucosa = rng.uniform(_MUCOSA_LOW, _MUCOSA_HIGH)
+    fold_freq = rng.uniform(1.2, 2.0)
+    fold_depth = rng.uniform(0.25, 0.45)
+    lumen_radius = rng.uniform(0.1, 0.2)
+
+    # Camera: speed along the lumen (in inverse-radius units per frame), drift, roll and zoom.
+    t = np.arange(num_frames, dtype=np.float64)
+    speed = rng.uniform(0.02, 0.06)
+    end_radius = rng.uniform(0.55, 0.8)
+    speed = min(speed, (3.0 - 1.0 / end_radius) / max(num_frames - 1, 1))
+    phase = speed * t
+    centre0 = rng.uniform(-0.25, 0.25, size=2)
+    amp = rng.uniform(0.03, 0.12, size=2)
+    freq = rng.uniform(0.05, 0.2, size=2)
+    offs = rng.uniform(0, 2 * np.pi, size=2)
+    cx = centre0[0] + amp[0] * np.sin(freq[0] * t + offs[0])
+    cy = centre0[1] + amp[1] * np.sin(freq[1] * t + offs[1])
+    roll = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.03, 0.03) * t
+    zoom = 1.0 + rng.uniform(0.0, 0.1) * np.sin(rng.uniform(0.05, 0.15) * t + rng.uniform(0, 2 * np.pi))
+    blur = rng.uniform(0.0, 1.0, size=num_frames) < 0.3
+
+    # Polyp: fixed on the wall at angle polyp_angle and inverse radius u0, met as the camera advances.
+    if has_polyp:
+        shape = POLYP_SHAPES[int(rng.integers(len(POLYP_SHAPES)))]
+        axes = {"round": (1.0, 1.0), "elongated": (1.5, 0.7), "sessile": (1.35, 1.15)}[shape]
+        flat = shape == "sessile"
+        polyp_u0 = 1.0 / end_radius + speed * (num_frames - 1)
+        polyp_angle = rng.uniform(0, 2 * np.pi)
+        polyp_size = rng.uniform(0.3, 0.42) * (0.8 if cls == "hyperplastic" else 1.0)
+        orient = rng.uniform(0, np.pi)
+        lobes, lobe_phase = int(rng.integers(3, 7)), rng.uniform(0, 2 * np.pi)
+        irregular = rng.uniform(0.03, 0.1)
+        colour = _POLYP_COLOURS[cls][int(rng.integers(2))] * rng.uniform(0.92, 1.05)
+        pit = rng.random((24, 24))
+        texture_gain = 0.25 if cls == "adenomatous" else 0.06
+        first_visible = 0 if always_visible or rng.random() < 0.75 else int(rng.integers(1, num_frames // 4 + 2))
+    else:
+        shape = None
+
+    frames = np.empty((num_frames, h, w, 3), dtype=np.uint8)
+    masks = np.zeros((num_frames, h, w), dtype=bool)
+    noise = rng.normal(0.0, 0.012, size=(num_frames, h, w, 1))
+    for i in range(num_frames):
+        dx, dy = xs - cx[i], ys - cy[i]
+        r = np.hypot(dx, dy) / zoom[i]
+        ang = np.arctan2(dy, dx) - roll[i]
+        depth = 1.0 / np.maximum(r, 0.12) + phase[i]
+        turn = ang / (2 * np.pi)
+        low = _sample_periodic(tex_low, turn * 8, depth * 2.0)
+        high = _sample_periodic(tex_high, turn * 32, depth * 8.0)
+        wobble = _sample_periodic(fold_wobble, turn * 16, np.zeros_like(turn))
+        ring = np.cos(2 * np.pi * fold_freq * depth + 2.5 * wobble)
+        shade = 1.0 - fold_depth * ((1.0 - ring) / 2.0) ** 2
+        lumen = 1.0 - 0.96 * np.exp(-((r / lumen_radius) ** 2))
+        falloff = np.clip(r / 0.9, 0.2, 1.0) ** 0.8
+        light = (shade * lumen * falloff * vignette)[..., None]
+        tint = 0.8 + 0.25 * low[..., None] + 0.12 * (high[..., None] - 0.5) * np.array([1.0, 1.4, 1.4])
+        img = mucosa * tint * light
+        sparkle = np.clip((ring - 0.985) / 0.015, 0, 1) * (high > 0.72) * (r > 2 * lumen_radius)
+        img = img + sparkle[..., None] * 0.8
+
+        if has_polyp and i >= first_visible:
+            pr = 1.0 / (polyp_u0 - phase[i])
+            pa = polyp_angle + roll[i]
+            px = cx[i] + zoom[i] * pr * math.cos(pa)
+            py = cy[i] + zoom[i] * pr * math.sin(pa)
+            radius = polyp_size * pr * zoom[i]
+            qx, qy = (xs - px) / radius, (ys - py) / radius
+            co, si = math.cos(orient + roll[i]), math.sin(orient + roll[i])
+            u, v = (co * qx + si * qy) / axes[0], (-si * qx + co * qy) / axes[1]
+            d = np.hypot(u, v) / (1.0 + irregular * np.sin(lobes * np.arctan2(v, u) + lobe_phase))
+            inside = d < 1.0
+            if inside.any():
+                height = np.sqrt(np.clip(1.0 - d**2, 0, 1))
+                if flat:
+                    height = 0.5 * height
+                dome = 0.55 + 0.45 * height
+                # Light comes from the camera (screen centre): a highlight on the side facing it.
+                hx, hy = px * 0.25, py * 0.25
+                spot = np.exp(-(((qx + hx * 2) ** 2 + (qy + hy * 2) ** 2) / (0.08 if not flat else 0.2)))
+                pits = _sample_periodic(pit, u * 6, v * 6)
+                body = colour * (dome * (1.0 + texture_gain * (pits - 0.5)))[..., None]
+                body = body * (falloff * vignette)[..., None] + (0.7 * spot * height)[..., None]
+                alpha = np.clip((1.0 - d) * 6.0, 0, 1)[..., None]
+                img = img * (1 - alpha) + body * alpha
+                masks[i] = inside
+
+        if blur[i]:
+            sx = int(np.sign(cx[min(i + 1, num_frames - 1)] - cx[max(i - 1, 0)]))
+            sy = int(np.sign(cy[min(i + 1, num_frames - 1)] - cy[max(i - 1, 0)]))
+            img = (img + _shift(img, sy, sx) + _shift(img, 2 * sy, 2 * sx)) / 3.0
+        frames[i] = np.clip((img + noise[i]) * 255.0, 0, 255).astype(np.uint8)
+
+    return SyntheticVideo(
+        frames=frames,
+        masks=masks,
+        boxes=[mask_to_box(m) for m in masks],
+        label=int(has_polyp),
+        polyp_class=cls,
+        shape=shape,
+        fps=fps,
+    )
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0) -> Path:
+    """Encode uint8 [T, H, W, 3] RGB frames as an mp4 (h264 if available, else mpeg4; yuv420p), atomically."""
+    path = Path(path)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise InputError(f"frames for {path} must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise InputError(f"yuv420p needs even frame sizes, got {h}x{w} for {path}")
+    codec = next((c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available), "mpeg4")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=round(fps))
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.thread_count = 1
+            if codec == "mpeg4":
+                stream.bit_rate = 8 * h * w * round(fps)
+            else:
+                stream.options = {"crf": "16", "preset": "veryfast"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _save_image(path: Path, array: np.ndarray, fmt: str) -> None:
+    tmp = _temp_path(path)
+    Image.fromarray(array).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, lines: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Largest-remainder allocation of n items to fractions, every split non-empty when n allows it."""
+    total = float(sum(fractions))
+    raw = [n * f / total for f in fractions]
+    counts = [int(x) for x in raw]
+    for k in sorted(range(len(raw)), key=lambda k: counts[k] - raw[k])[: n - sum(counts)]:
+        counts[k] += 1
+    for k in range(len(counts)):
+        if counts[k] == 0 and n >= len(counts):
+            donor = max(range(len(counts)), key=lambda j: counts[j])
+            counts[donor] -= 1
+            counts[k] += 1
+    return counts
+
+
+def write_polypdiag(
+    root: str | os.PathLike,
+    num_videos: int = 40,
+    seed: int = 0,
+    *,
+    num_frames: int = 32,
+    size: int | Sequence[int] = 128,
+    fps: float = 30.0,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+) -> Path:
+    """Write a PolypDiag-like classification set: ``videos/*.mp4`` and ``splits/{train,val,test}.txt``.
+
+    Split lines read ``<file relative to videos/>,<label>`` with label 1 for a polyp and 0 without, as in
+    the original. Labels are balanced and each split is stratified by label. ``val`` is the original's
+    evaluation list; ``test`` is an extra held-out list (so a model can be selected on ``val``).
+    """
+    root = Path(root)
+    if num_videos < 2:
+        raise InputError(f"write_polypdiag needs at least 2 videos, got {num_videos}")
+    rng = np.random.default_rng([seed, 1])
+    labels = np.arange(num_videos) % 2
+    rng.shuffle(labels)
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for label in (0, 1):
+        idx = np.flatnonzero(labels == label)
+        counts = _split_counts(len(idx), fractions)
+        for name, part in zip(splits, np.split(idx, np.cumsum(counts)[:-1]), strict=True):
+            splits[name] += [f"video_{i:04d}.mp4,{label}" for i in part]
+    for i, label in enumerate(labels):
+        video = render_video([seed, 1, i], num_frames, size, polyp=bool(label), fps=fps)
+        write_video(root / "videos" / f"video_{i:04d}.mp4", video.frames, fps)
+    for name, lines in splits.items():
+        _write_text(root / "splits" / f"{name}.txt", sorted(lines))
+    return root
+
+
+def write_cvc(
+    root: str | os.PathLike,
+    num_sequences: int = 10,
+    seed: int = 0,
+    *,
+    length_range: tuple[int, int] = (6, 25),
+    size: int | Sequence[int] = 128,
+    test_fraction: float = 0.3,
+) -> Path:
+    """Write a CVC-ClinicDB-like segmentation set.
+
+    ``Original/{i}.tif`` (RGB) and ``Ground Truth/{i}.tif`` (0/255) with 1-based ``i`` running across
+    sequences; ``videolist.txt`` lists every sequence as ``<name> <start> <len> -1`` (the original's
+    format, 1-based start); ``splits/train.txt`` and ``splits/test.txt`` hold disjoint sequences in the
+    same format. Every frame shows a polyp, as in CVC-ClinicDB.
+    """
+    root = Path(root)
+    if num_sequences < 2:
+        raise InputError(f"write_cvc needs at least 2 sequences, got {num_sequences}")
+    rng = np.random.default_rng([seed, 2])
+    lo, hi = length_range
+    (root / "Original").mkdir(parents=True, exist_ok=True)
+    (root / "Ground Truth").mkdir(parents=True, exist_ok=True)
+    lines, start = [], 1
+    for k in range(num_sequences):
+        length = int(rng.integers(lo, hi + 1))
+        video = render_video([seed, 2, k], length, size, polyp=True, always_visible=True)
+        for j in range(length):
+            _save_image(root / "Original" / f"{start + j}.tif", video.frames[j], "TIFF")
+            _save_image(root / "Ground Truth" / f"{start + j}.tif", video.masks[j].astype(np.uint8) * 255, "TIFF")
+        lines.append(f"sequence_{k:03d} {start} {length} -1")
+        start += length
+    order = rng.permutation(num_sequences)
+    n_test = min(max(1, round(test_fraction * num_sequences)), num_sequences - 1)
+    _write_text(root / "videolist.txt", lines)
+    _write_text(root / "splits" / "train.txt", [lines[k] for k in sorted(order[n_test:])])
+    _write_text(root / "splits" / "test.txt", [lines[k] for k in sorted(order[:n_test])])
+    return root
+
+
+def voc_xml(filename: str, width: int, height: int, objects: Sequence[tuple[str, Box]]) -> str:
+    """A Pascal VOC annotation with one ``<object>`` per ``(class name, (x1, y1, x2, y2))``."""
+    ann = ET.Element("annotation")
+    ET.SubElement(ann, "filename").text = filename
+    size_el = ET.SubElement(ann, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size_el, key).text = str(value)
+    for name, (x1, y1, x2, y2) in objects:
+        obj = ET.SubElement(ann, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "difficult").text = "0"
+        bnd = ET.SubElement(obj, "bndbox")
+        for key, value in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(bnd, key).text = str(value)
+    ET.indent(ann)
+    return ET.tostring(ann, encoding="unicode") + "\n"
+
+
+def write_kumc(
+    root: str | os.PathLike,
+    num_videos: int = 9,
+    seed: int = 0,
+    *,
+    num_frames: int = 16,
+    size: int | Sequence[int] = 128,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+) -> Path:
+    """Write a KUMC/PolypsSet-like detection set.
+
+    ``{train,val,test}2019/Image/<video>/<n>.jpg`` and ``.../Annotation/<video>/<n>.xml`` (VOC, 1-based
+    ``n``). Each video holds one polyp of one class (adenomatous or hyperplastic, alternating); a frame
+    where the polyp is not visible gets an XML without ``<object>``, as PolypsSet's polyp-free frames.
+    """
+    root = Path(root)
+    if num_videos < 3:
+        raise InputError(f"write_kumc needs at least 3 videos (one per split), got {num_videos}")
+    rng = np.random.default_rng([seed, 3])
+    order = rng.permutation(num_videos)
+    counts = _split_counts(num_videos, fractions)
+    parts = np.split(order, np.cumsum(counts)[:-1])
+    for split, part in zip(("train", "val", "test"), parts, strict=True):
+        for k in sorted(part):
+            cls = POLYP_CLASSES[k % 2]
+            video = render_video([seed, 3, k], num_frames, size, polyp=True, polyp_class=cls)
+            name = f"{k + 1:03d}"
+            image_dir = root / f"{split}2019" / "Image" / name
+            anno_dir = root / f"{split}2019" / "Annotation" / name
+            image_dir.mkdir(parents=True, exist_ok=True)
+            anno_dir.mkdir(parents=True, exist_ok=True)
+            h, w = video.frames.shape[1:3]
+            for j, box in enumerate(video.boxes, start=1):
+                _save_image(image_dir / f"{j}.jpg", video.frames[j - 1], "JPEG")
+                objects = [(cls, box)] if box is not None else []
+                _write_text(anno_dir / f"{j}.xml", [voc_xml(f"{j}.jpg", w, h, objects).rstrip("\n")])
+    return root
+
+
+def write_synthetic_corpus(out_dir: str | os.PathLike, num_videos: int = 100, seed: int = 0) -> Path:
+    """Write every synthetic layout under ``out_dir`` and return it.
+
+    ``pretrain/`` (``num_videos`` unlabeled mp4s for pretraining manifests), ``polypdiag/``
+    (``num_videos`` labelled mp4s), ``cvc/`` (``max(4, num_videos // 5)`` sequences) and ``kumc/``
+    (``max(3, num_videos // 5)`` videos), plus ``corpus.json`` describing them. Sizes are small
+    (128x128, 32 frames) so that a 100-video corpus takes well under a minute.
+    """
+    out = Path(out_dir)
+    if num_videos < 2:
+        raise InputError(f"a synthetic corpus needs at least 2 videos, got {num_videos}")
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(num_videos):
+        video = render_video([seed, 0, i], 32, 128)
+        write_video(out / "pretrain" / f"clip_{i:04d}.mp4", video.frames, video.fps)
+    n_cvc, n_kumc = max(4, num_videos // 5), max(3, num_videos // 5)
+    write_polypdiag(out / "polypdiag", num_videos, seed)
+    write_cvc(out / "cvc", n_cvc, seed)
+    write_kumc(out / "kumc", n_kumc, seed)
+    summary = {
+        "seed": seed,
+        "pretrain": {"videos": num_videos, "frames": 32, "size": [128, 128]},
+        "polypdiag": {"videos": num_videos},
+        "cvc": {"sequences": n_cvc},
+        "kumc": {"videos": n_kumc},
+    }
+    _write_text(out / "corpus.json", [json.dumps(summary, indent=2)])
+    return out

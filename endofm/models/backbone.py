@@ -1,0 +1,226 @@
+"""The Endo-FM backbone: a divided space-time video transformer (a TimeSformer variant).
+
+State-dict keys are those of the original release, so its weights load as they are (see
+:mod:`endofm.models.checkpoint`). The model runs on any device it is moved to, at any frame count and any
+resolution of at least one patch, including non-square frames and single images (``T = 1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from endofm.errors import InputError
+from endofm.models.layers import DividedSpaceTimeBlock
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Architecture of a backbone. ``img_size`` and ``num_frames`` size the stored embeddings only:
+    inputs of other sizes are handled by resizing the embeddings."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    patch_size: int = 16
+    img_size: tuple[int, int] = (224, 224)
+    num_frames: int = 8
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.1
+    attn_drop_rate: float = 0.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, int):
+            object.__setattr__(self, "img_size", (self.img_size, self.img_size))
+        else:
+            object.__setattr__(self, "img_size", tuple(int(s) for s in self.img_size))
+        checks = {
+            "embed_dim": self.embed_dim > 0,
+            "depth": self.depth > 0,
+            "num_heads": self.num_heads > 0 and self.embed_dim % self.num_heads == 0,
+            "patch_size": self.patch_size > 0,
+            "img_size": len(self.img_size) == 2 and min(self.img_size) >= self.patch_size,
+            "num_frames": self.num_frames > 0,
+            "drop_path_rate": 0.0 <= self.drop_path_rate < 1.0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise InputError(f"invalid backbone config: {key}={getattr(self, key)!r} ({self})")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (h, w) of the stored positional embedding."""
+        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        out["img_size"] = list(self.img_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BackboneConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"unknown backbone config keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+class EndoFMBackbone(nn.Module):
+    """Divided space-time ViT. Input ``[B, 3, T, H, W]``; ``H`` and ``W`` are cropped down to multiples of
+    the patch size (as a strided convolution does).
+
+    Example:
+        >>> import torch
+        >>> from endofm.models import build_model
+        >>> model = build_model("endofm_vit_micro").eval()
+        >>> model(torch.randn(2, 3, 4, 64, 64)).shape
+        torch.Size([2, 96])
+    """
+
+    def __init__(self, config: BackboneConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or BackboneConfig()
+        dim = config.embed_dim
+        self.embed_dim = dim
+        self.patch_size = config.patch_size
+        self.grad_checkpointing = False
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        grid_h, grid_w = config.grid
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid_h * grid_w, dim))
+        self.time_embed = nn.Parameter(torch.zeros(1, config.num_frames, dim))
+        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        self.blocks = nn.ModuleList(
+            DividedSpaceTimeBlock(
+                dim,
+                config.num_heads,
+                mlp_ratio=config.mlp_ratio,
+                qkv_bias=config.qkv_bias,
+                drop_path_rate=rate,
+                attn_drop=config.attn_drop_rate,
+                norm_eps=config.norm_eps,
+            )
+            for rate in rates
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The original initialisation: trunc-normal 0.02, zero ``temporal_fc`` in all blocks but the first."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.zeros_(self.time_embed)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for block in list(self.blocks)[1:]:
+            nn.init.zeros_(block.temporal_fc.weight)
+            nn.init.zeros_(block.temporal_fc.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that the recipe excludes from weight decay (besides biases and norms)."""
+        return {"pos_embed", "cls_token", "time_embed"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> EndoFMBackbone:
+        """Recompute each block's activations in the backward pass: less memory, more compute."""
+        self.grad_checkpointing = enable
+        return self
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 5:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"expected a video tensor [B, 3, T, H, W], got {shape}")
+        if x.shape[1] != 3:
+            raise InputError(f"expected 3 colour channels in dim 1 of [B, 3, T, H, W], got shape {tuple(x.shape)}")
+        if x.shape[2] < 1 or x.shape[0] < 1:
+            raise InputError(f"empty batch or clip: shape {tuple(x.shape)}")
+        if min(x.shape[3], x.shape[4]) < self.patch_size:
+            raise InputError(
+                f"frames of {x.shape[3]}x{x.shape[4]} pixels are smaller than one {self.patch_size}x"
+                f"{self.patch_size} patch"
+            )
+
+    def _resized_pos_embed(self, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS and patch positional embeddings, the patch grid resized (nearest) to ``grid_h x grid_w``."""
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        stored_h, stored_w = self.config.grid
+        if (grid_h, grid_w) != (stored_h, stored_w):
+            grid = patch_pos.transpose(1, 2).reshape(1, self.embed_dim, stored_h, stored_w)
+            grid = F.interpolate(grid, size=(grid_h, grid_w), mode="nearest")
+            patch_pos = grid.flatten(2).transpose(1, 2)
+        return cls_pos, patch_pos
+
+    def _resized_time_embed(self, frames: int) -> torch.Tensor:
+        if frames == self.time_embed.shape[1]:
+            return self.time_embed
+        return F.interpolate(self.time_embed.transpose(1, 2), size=frames, mode="nearest").transpose(1, 2)
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Patch-embed a clip: ``cls [B, 1, D]``, ``patches [B, h*w, T, D]`` and the grid ``(h, w)``."""
+        self._check_input(x)
+        batch, _, frames, _, _ = x.shape
+        frames_flat = x.transpose(1, 2).reshape(batch * frames, 3, *x.shape[3:])
+        feat = self.patch_embed.proj(frames_flat)
+        grid_h, grid_w = feat.shape[-2:]
+        cls_pos, patch_pos = self._resized_pos_embed(grid_h, grid_w)
+        patches = feat.flatten(2).transpose(1, 2) + patch_pos
+        patches = patches.reshape(batch, frames, grid_h * grid_w, self.embed_dim).transpose(1, 2)
+        patches = patches + self._resized_time_embed(frames).unsqueeze(1)
+        cls = (self.cls_token + cls_pos).expand(batch, 1, self.embed_dim)
+        return cls, patches, (grid_h, grid_w)
+
+    def _run_blocks(self, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                cls, patches = checkpoint(block, cls, patches, use_reentrant=False)
+            else:
+                cls, patches = block(cls, patches)
+        return cls, patches
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm, ``[B, 1 + h*w*T, D]``: CLS, then patches ordered ``(h w t)``."""
+        cls, patches = self._run_blocks(*self._embed(x)[:2])
+        batch = patches.shape[0]
+        return self.norm(torch.cat((cls, patches.reshape(batch, -1, self.embed_dim)), dim=1))
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cls [B, D], patches [B, T, h, w, D])`` after the final norm, for dense heads."""
+        batch, _, frames = x.shape[:3]
+        cls, patches, (grid_h, grid_w) = self._embed(x)
+        cls, patches = self._run_blocks(cls, patches)
+        cls, patches = self.norm(cls), self.norm(patches)
+        patches = patches.reshape(batch, grid_h, grid_w, frames, self.embed_dim).permute(0, 3, 1, 2, 4)
+        return cls[:, 0], patches
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The clip embedding: the CLS token after the final norm, ``[B, D]``."""
+        cls, patches = self._run_blocks(*self._embed(x)[:2])
+        return self.norm(cls[:, 0])
+
+    def last_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial self-attention of the last block, ``[B, T, heads, 1 + h*w, 1 + h*w]``.
+
+        Row 0 is the CLS query: ``attn[..., 0, 1:]`` reshaped to ``(h, w)`` is the per-frame map that
+        attention visualisations show.
+        """
+        batch, _, frames = x.shape[:3]
+        cls, patches, _ = self._embed(x)
+        for block in self.blocks[:-1]:
+            cls, patches = block(cls, patches)
+        attn = self.blocks[-1].spatial_attention(cls, patches)
+        return attn.reshape(batch, frames, *attn.shape[1:])

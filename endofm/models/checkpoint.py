@@ -1,0 +1,354 @@
+"""Checkpoint loading and saving: every layout the original Endo-FM released, and the package's own.
+
+Layouts recognised by :func:`load_checkpoint`:
+
+- ``pretrain``: a full original training checkpoint (``teacher``/``student``; the student's keys carry the
+  DDP ``module.`` prefix; ``backbone.``/``head.`` split the two parts; ``args`` is an argparse Namespace);
+- ``teacher_flat``: a flat ``backbone.*`` + ``head.*`` dict (``endo_fm.pth``, SVT's Kinetics weights);
+- ``polypdiag``: a fine-tuned classifier (``backbone_state_dict`` + ``state_dict`` with ``linear.*``);
+- ``backbone``: a bare backbone state dict (keys such as ``cls_token``, ``blocks.0.attn.qkv.weight``);
+- ``endofm``: the package's own format, a folder with ``config.json`` and ``model.safetensors``.
+
+The architecture is read off the tensor shapes. Loading is strict: a missing or unexpected backbone key
+is an error naming it, never a silent partial load. Files are unpickled with ``weights_only=True``,
+allowing ``argparse.Namespace`` alone; anything else in a pickle is refused before it can run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+from torch import nn
+
+from endofm.errors import CheckpointError, InputError
+from endofm.models.backbone import BackboneConfig, EndoFMBackbone
+from endofm.models.heads import DINOHead, LinearClassifier
+
+FORMAT_NAME = "endofm"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+SAFE_GLOBALS = [argparse.Namespace]
+# The original VisionTransformer's own classifier (``head.*``) is unused by Endo-FM; ignored if present.
+IGNORED_BACKBONE_KEYS = ("head.weight", "head.bias")
+USED_TOP_LEVEL_KEYS = {"pretrain": (), "polypdiag": ("backbone_state_dict", "state_dict")}
+
+
+@dataclass
+class CheckpointInfo:
+    """What :func:`load_checkpoint` found: the layout, which network, epoch and what it left out."""
+
+    path: str
+    layout: str
+    which: str = "teacher"
+    epoch: int | None = None
+    ignored: list[str] = field(default_factory=list)
+    args: dict | None = None
+
+
+@dataclass
+class LoadedCheckpoint:
+    """The networks of a checkpoint; ``backbone`` is in eval mode, the heads are ``None`` when absent."""
+
+    backbone: EndoFMBackbone
+    dino_head: DINOHead | None
+    classifier: LinearClassifier | None
+    info: CheckpointInfo
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """Safely read a ``.pth``/``.pt`` pickle or a ``.safetensors`` file into a dict of tensors and values."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder without {CONFIG_FILE}; expected a checkpoint file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused to load: the file pickles an object that is not plain tensor data{what}. "
+            "Only tensors, containers, numbers and argparse.Namespace are accepted; nothing in the file ran."
+        ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({error})") from error
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+    return dict(state)
+
+
+def _strip(state: Mapping, prefix: str) -> dict:
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _strip_module(state: Mapping) -> dict:
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _is_backbone_dict(state: Mapping) -> bool:
+    return "cls_token" in state and "patch_embed.proj.weight" in state
+
+
+def infer_backbone_config(state: Mapping[str, torch.Tensor], num_heads: int | None = None) -> BackboneConfig:
+    """Architecture of a backbone state dict, read off its tensor shapes.
+
+    The head count cannot be read off shapes; it defaults to ``embed_dim // 64`` (the released models).
+    """
+    required = ("cls_token", "pos_embed", "time_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"not an Endo-FM backbone: missing {missing}")
+    dim = state["cls_token"].shape[-1]
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    depth = 1 + max(int(m.group(1)) for key in state if (m := re.match(r"blocks\.(\d+)\.", key)))
+    positions = state["pos_embed"].shape[1] - 1
+    grid = round(positions**0.5)
+    if grid * grid != positions:
+        raise CheckpointError(f"pos_embed holds {positions} patch positions, not a square grid")
+    if num_heads is None:
+        if dim % 64:
+            raise CheckpointError(
+                f"cannot infer the number of heads for embed dim {dim} (not a multiple of 64); pass num_heads"
+            )
+        num_heads = dim // 64
+    if dim % num_heads:
+        raise CheckpointError(f"num_heads={num_heads} does not divide the embed dim {dim}")
+    return BackboneConfig(
+        embed_dim=dim,
+        depth=depth,
+        num_heads=num_heads,
+        patch_size=patch,
+        img_size=(grid * patch, grid * patch),
+        num_frames=state["time_embed"].shape[1],
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+    )
+
+
+def infer_dino_head(state: Mapping[str, torch.Tensor]) -> DINOHead:
+    """A DINO head shaped like the ``head.*`` dict ``state`` (keys without the ``head.`` prefix)."""
+    if "last_layer.weight_v" not in state:
+        raise CheckpointError("DINO head without last_layer.weight_v/weight_g")
+    out_dim, bottleneck = state["last_layer.weight_v"].shape
+    if "mlp.weight" in state:
+        return DINOHead(state["mlp.weight"].shape[1], out_dim, bottleneck_dim=bottleneck, num_layers=1)
+    indices = sorted({int(m.group(1)) for key in state if (m := re.match(r"mlp\.(\d+)\.weight$", key))})
+    linears = [i for i in indices if state[f"mlp.{i}.weight"].ndim == 2]
+    use_bn = any(key.endswith("running_mean") for key in state)
+    first = state[f"mlp.{linears[0]}.weight"]
+    return DINOHead(
+        in_dim=first.shape[1],
+        out_dim=out_dim,
+        hidden_dim=first.shape[0],
+        bottleneck_dim=bottleneck,
+        num_layers=len(linears),
+        use_bn=use_bn,
+        norm_last_layer=True,
+    )
+
+
+def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, path: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(key for key in set(own) & set(state) if own[key].shape != state[key].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if wrong:
+            parts.append(
+                "shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong)
+            )
+        raise CheckpointError(f"{path}: the {what} does not fit: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def _split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, dict, dict, dict]:
+    """(layout, backbone dict, head dict, classifier dict, extras) of an original-layout checkpoint."""
+    if which not in ("teacher", "student"):
+        raise InputError(f"which must be 'teacher' or 'student', got {which!r}")
+    if "teacher" in state or "student" in state:
+        if which not in state:
+            raise CheckpointError(f"{path}: pretraining checkpoint without a {which!r} entry")
+        net = _strip_module(state[which])
+        return "pretrain", _strip(net, "backbone."), _strip(net, "head."), {}, state
+    if which == "student":
+        raise CheckpointError(f"{path}: which='student' needs a full pretraining checkpoint (teacher + student)")
+    if "backbone_state_dict" in state:
+        classifier = _strip_module(state.get("state_dict", {}))
+        return "polypdiag", _strip_module(state["backbone_state_dict"]), {}, _strip(classifier, "linear."), state
+    for wrapper in ("model", "state_dict", "teacher_backbone"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    flat = _strip_module(state)
+    if any(key.startswith("backbone.") for key in flat):
+        return "teacher_flat", _strip(flat, "backbone."), _strip(flat, "head."), {}, {}
+    if _is_backbone_dict(flat):
+        return "backbone", flat, {}, {}, {}
+    sample = sorted(str(k) for k in state)[:8]
+    raise CheckpointError(f"{path}: not an Endo-FM checkpoint layout (top-level keys start {sample})")
+
+
+def _info_args(state: Mapping) -> dict | None:
+    args = state.get("args")
+    if isinstance(args, argparse.Namespace):
+        return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike, num_heads: int | None = None, which: str = "teacher"
+) -> LoadedCheckpoint:
+    """Load any Endo-FM checkpoint into a backbone (eval mode) and its heads.
+
+    Args:
+        path: an original ``.pth`` (any released layout), a ``.safetensors`` file, or a folder written by
+            :func:`save_pretrained`.
+        num_heads: attention heads; default ``embed_dim // 64`` (ignored for the package's own format,
+            which stores it).
+        which: ``"teacher"`` (default, as the original downstream code) or ``"student"``.
+
+    Example:
+        >>> ckpt = load_checkpoint("endo_fm.pth")  # doctest: +SKIP
+        >>> ckpt.backbone(video).shape, ckpt.info.layout  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).exists():
+        return _load_pretrained_dir(path)
+    state = read_state(path)
+    layout, backbone_state, head_state, classifier_state, extras = _split_original(state, str(path), which)
+    ignored = [key for key in IGNORED_BACKBONE_KEYS if key in backbone_state]
+    for key in ignored:
+        backbone_state.pop(key)
+    backbone = EndoFMBackbone(infer_backbone_config(backbone_state, num_heads))
+    _load_strict(backbone, backbone_state, "backbone", str(path))
+    dino_head = None
+    if head_state:
+        dino_head = infer_dino_head(head_state)
+        _load_strict(dino_head, head_state, "DINO head", str(path))
+        dino_head.eval()
+    classifier = None
+    if classifier_state:
+        weight = classifier_state.get("weight")
+        if weight is None or weight.ndim != 2:
+            raise CheckpointError(f"{path}: classifier state without a 2-D linear.weight")
+        classifier = LinearClassifier(weight.shape[1], weight.shape[0])
+        _load_strict(classifier.linear, classifier_state, "classifier", str(path))
+        classifier.eval()
+    epoch = extras.get("epoch")
+    info = CheckpointInfo(
+        path=str(path),
+        layout=layout,
+        which=which,
+        epoch=int(epoch) if isinstance(epoch, (int, float)) else None,
+        ignored=ignored + sorted(k for k in extras if k not in USED_TOP_LEVEL_KEYS[layout] + (which,)),
+        args=_info_args(extras),
+    )
+    return LoadedCheckpoint(backbone.eval(), dino_head, classifier, info)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the result onto ``path`` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(
+    directory: str | os.PathLike,
+    backbone: EndoFMBackbone,
+    dino_head: DINOHead | None = None,
+    classifier: LinearClassifier | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write the package's format: ``config.json`` plus ``model.safetensors`` (keys ``backbone.*``,
+    ``head.*``, ``classifier.*``). Both files are written atomically; the weights first."""
+    directory = Path(directory)
+    tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    if dino_head is not None:
+        tensors.update({f"head.{k}": v for k, v in dino_head.state_dict().items()})
+    if classifier is not None:
+        tensors.update({f"classifier.{k}": v for k, v in classifier.state_dict().items()})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    config = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "backbone": backbone.config.to_dict(),
+        "dino_head": dino_head.config if dino_head is not None else None,
+        "classifier": classifier.config if classifier is not None else None,
+        "metadata": metadata or {},
+    }
+    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_safetensors(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return directory
+
+
+def _load_pretrained_dir(directory: Path) -> LoadedCheckpoint:
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: not valid JSON ({error})") from error
+    if config.get("format") != FORMAT_NAME or "backbone" not in config:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: not an endofm model config")
+    if config.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{directory}: format version {config['version']} is newer than this endofm")
+    state = read_state(directory / WEIGHTS_FILE) if (directory / WEIGHTS_FILE).exists() else None
+    if state is None:
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    try:
+        backbone = EndoFMBackbone(BackboneConfig.from_dict(config["backbone"]))
+    except InputError as error:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {error}") from error
+    _load_strict(backbone, _strip(state, "backbone."), "backbone", str(directory))
+    dino_head = classifier = None
+    if config.get("dino_head"):
+        dino_head = DINOHead(**config["dino_head"])
+        _load_strict(dino_head, _strip(state, "head."), "DINO head", str(directory))
+        dino_head.eval()
+    if config.get("classifier"):
+        classifier = LinearClassifier(**config["classifier"])
+        _load_strict(classifier, _strip(state, "classifier."), "classifier", str(directory))
+        classifier.eval()
+    info = CheckpointInfo(path=str(directory), layout="endofm", args=config.get("metadata") or None)
+    return LoadedCheckpoint(backbone.eval(), dino_head, classifier, info)
+
+
+def export_original(path: str | os.PathLike, backbone: EndoFMBackbone, dino_head: DINOHead | None = None) -> Path:
+    """Write a flat ``backbone.*`` (+ ``head.*``) dict, the ``endo_fm.pth`` layout the original code reads."""
+    path = Path(path)
+    state = {f"backbone.{k}": v.detach().cpu() for k, v in backbone.state_dict().items()}
+    if dino_head is not None:
+        state.update({f"head.{k}": v.detach().cpu() for k, v in dino_head.state_dict().items()})
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path
