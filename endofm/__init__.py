@@ -1,1 +1,51 @@
-"""endofm."""
+"""endofm: foundation models for endoscopy video.
+
+The public API, in a few lines::
+
+    import endofm
+
+    ckpt = endofm.load_checkpoint("endo_fm.pth")          # any original layout, or an endofm folder
+    video_embedding = endofm.embed_video("case.mp4", ckpt.backbone, window=32, stride=16)
+    model = endofm.build_model("endofm_vit_base")          # random weights, released architecture
+    cls = model(clips)                                     # clips [B, 3, T, H, W] -> [B, 768]
+    cls, patches = model.forward_tokens(clips)             # patches [B, T, h, w, 768]
+    endofm.save_pretrained("my-model", ckpt.backbone)      # safetensors + config.json
+
+Errors a user can cause are :class:`EndoFMError` subclasses with messages that name the file or key.
+"""
+
+from endofm.errors import CheckpointError, ConfigError, DatasetError, EndoFMError, InputError, VideoError
+from endofm.models import (
+    BackboneConfig,
+    DINOHead,
+    EndoFMBackbone,
+    LinearClassifier,
+    build_model,
+    export_original,
+    list_models,
+    load_checkpoint,
+    save_pretrained,
+)
+from endofm.tasks.embed import VideoEmbedding, embed_video
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneConfig",
+    "CheckpointError",
+    "ConfigError",
+    "DINOHead",
+    "DatasetError",
+    "EndoFMBackbone",
+    "EndoFMError",
+    "InputError",
+    "LinearClassifier",
+    "VideoEmbedding",
+    "VideoError",
+    "build_model",
+    "embed_video",
+    "export_original",
+    "list_models",
+    "load_checkpoint",
+    "save_pretrained",
+]

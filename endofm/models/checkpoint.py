@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
 from endofm.errors import CheckpointError, InputError
+from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import BackboneConfig, EndoFMBackbone
 from endofm.models.heads import DINOHead, LinearClassifier
 
@@ -129,7 +129,7 @@ def infer_backbone_config(state: Mapping[str, torch.Tensor], num_heads: int | No
     if num_heads is None:
         if dim % 64:
             raise CheckpointError(
-                f"cannot infer the number of heads for embed dim {dim} (not a multiple of 64); pass num_heads"
+                f"cannot infer the number of heads for embed dim {dim} (not a multiple of 64); pass num_heads (--num-heads on the command line)"
             )
         num_heads = dim // 64
     if dim % num_heads:
@@ -266,23 +266,10 @@ def load_checkpoint(
         layout=layout,
         which=which,
         epoch=int(epoch) if isinstance(epoch, (int, float)) else None,
-        ignored=ignored + sorted(k for k in extras if k not in USED_TOP_LEVEL_KEYS[layout] + (which,)),
+        ignored=ignored + sorted(k for k in extras if k not in USED_TOP_LEVEL_KEYS.get(layout, ()) + (which,)),
         args=_info_args(extras),
     )
     return LoadedCheckpoint(backbone.eval(), dino_head, classifier, info)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the result onto ``path`` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pretrained(
@@ -309,8 +296,8 @@ def save_pretrained(
         "classifier": classifier.config if classifier is not None else None,
         "metadata": metadata or {},
     }
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_safetensors(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_safetensors(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
 
 
@@ -350,5 +337,5 @@ def export_original(path: str | os.PathLike, backbone: EndoFMBackbone, dino_head
     state = {f"backbone.{k}": v.detach().cpu() for k, v in backbone.state_dict().items()}
     if dino_head is not None:
         state.update({f"head.{k}": v.detach().cpu() for k, v in dino_head.state_dict().items()})
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path

@@ -1,0 +1,135 @@
+"""``endofm convert``, ``endofm info`` and ``endofm embed``: checkpoints and feature extraction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
+    parser.add_argument("--which", choices=("teacher", "student"), default="teacher",
+                        help="network of a full pretraining checkpoint (default: teacher)")
+
+
+def _describe(ckpt) -> dict:
+    config = ckpt.backbone.config
+    return {
+        "layout": ckpt.info.layout,
+        "which": ckpt.info.which,
+        "epoch": ckpt.info.epoch,
+        "backbone": config.to_dict(),
+        "parameters_millions": round(sum(p.numel() for p in ckpt.backbone.parameters()) / 1e6, 3),
+        "dino_head": ckpt.dino_head.config if ckpt.dino_head is not None else None,
+        "classifier": ckpt.classifier.config if ckpt.classifier is not None else None,
+        "ignored": ckpt.info.ignored,
+    }
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from endofm.models.checkpoint import load_checkpoint, save_pretrained
+
+    ckpt = load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which)
+    metadata = {"converted_from": str(args.checkpoint), "layout": ckpt.info.layout, "which": ckpt.info.which}
+    out = save_pretrained(args.out_dir, ckpt.backbone, ckpt.dino_head, ckpt.classifier, metadata=metadata)
+    summary = _describe(ckpt)
+    print(f"converted {args.checkpoint} ({summary['layout']}, {summary['which']}) -> {out}")
+    print(f"backbone: {summary['backbone']['embed_dim']} dim, {summary['backbone']['depth']} blocks, "
+          f"{summary['backbone']['num_heads']} heads, {summary['parameters_millions']} M parameters")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from endofm.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which)
+    print(json.dumps(_describe(ckpt), indent=2))
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from endofm.errors import EndoFMError, InputError
+    from endofm.io import atomic_write
+    from endofm.models.checkpoint import load_checkpoint
+    from endofm.models.registry import build_model
+    from endofm.tasks.embed import embed_video, find_videos
+
+    if (args.checkpoint is None) == (args.model is None):
+        raise InputError("give exactly one of --checkpoint PATH or --model NAME (random weights)")
+    videos = find_videos(args.inputs)
+    if args.checkpoint is not None:
+        model = load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which).backbone
+    else:
+        print(f"warning: {args.model} has random weights; use --checkpoint for real features", file=sys.stderr)
+        model = build_model(args.model)
+    model.to(args.device)
+    rows, failures = [], []
+    for video in tqdm(videos, desc="embedding", unit="video", disable=args.quiet):
+        try:
+            result = embed_video(video, model, num_frames=args.frames, size=args.size, window=args.window,
+                                 stride=args.stride, normalization=args.normalization,
+                                 batch_size=args.batch_size, device=args.device)
+        except EndoFMError as error:
+            failures.append(f"{video}: {error}")
+            continue
+        rows.append(result)
+    if not rows:
+        raise InputError("no video could be embedded:\n  " + "\n  ".join(failures))
+    arrays = {
+        "features": np.concatenate([r.features for r in rows]).astype(np.float32),
+        "paths": np.array([r.path for r in rows for _ in r.starts]),
+        "starts": np.concatenate([r.starts for r in rows]),
+        "ends": np.concatenate([r.ends for r in rows]),
+        "source": np.array(str(args.checkpoint or args.model)),
+    }
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    atomic_write(args.out, write)
+    print(f"wrote {arrays['features'].shape[0]} clip embeddings of dim {arrays['features'].shape[1]} "
+          f"from {len(rows)} video(s) to {args.out}")
+    if failures:
+        print(f"{len(failures)} video(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``convert``, ``info`` and ``embed``."""
+    convert = subparsers.add_parser(
+        "convert", help="convert an original Endo-FM checkpoint to the endofm format (safetensors + config.json)")
+    convert.add_argument("checkpoint", help="original .pth (pretraining, endo_fm.pth, PolypDiag fine-tuned)")
+    convert.add_argument("out_dir", help="output folder")
+    _add_checkpoint_args(convert)
+    convert.set_defaults(func=_convert)
+
+    info = subparsers.add_parser("info", help="print the layout and architecture of a checkpoint")
+    info.add_argument("checkpoint", help="checkpoint file or endofm model folder")
+    _add_checkpoint_args(info)
+    info.set_defaults(func=_info)
+
+    embed = subparsers.add_parser(
+        "embed", help="clip embeddings of videos or frame folders, saved as .npz",
+        description="Embed videos with an Endo-FM backbone. The .npz holds features [N, D], paths, starts "
+                    "and ends (frame span of each clip) and source (the checkpoint).")
+    embed.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help="video files, frame folders or folders")
+    embed.add_argument("--checkpoint", help="checkpoint file or endofm model folder")
+    embed.add_argument("--model", help="named config with random weights instead of a checkpoint (testing)")
+    embed.add_argument("--out", required=True, help="output .npz")
+    embed.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
+    embed.add_argument("--size", type=int, default=None, help="crop size in pixels (default: the model's)")
+    embed.add_argument("--window", type=int, default=None, help="clip length in frames (default: whole video)")
+    embed.add_argument("--stride", type=int, default=None, help="step between clips in frames (default: window)")
+    embed.add_argument("--normalization", default="imagenet", help="normalisation preset (default: imagenet)")
+    embed.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
+    embed.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_checkpoint_args(embed)
+    embed.set_defaults(func=_embed)

@@ -1,0 +1,1 @@
+"""Applying models to data: feature extraction (and, later, the downstream tasks)."""
