@@ -32,6 +32,12 @@ def write_test_video(path: Path, num_frames: int = 12, height: int = 48, width: 
 
 
 @pytest.fixture
+def make_video():
+    """The :func:`write_test_video` function, for tests that need several videos."""
+    return write_test_video
+
+
+@pytest.fixture
 def tiny_video(tmp_path: Path) -> Path:
     return write_test_video(tmp_path / "clip.mp4")
 

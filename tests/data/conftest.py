@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,11 +12,10 @@ import av
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-REAL_VIDEOS = SHARED / "data" / "real_videos"
+REAL_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_videos"
 
 
-def frame_pattern(index: int, height: int, width: int) -> np.ndarray:
+def _frame_pattern(index: int, height: int, width: int) -> np.ndarray:
     """A frame that differs from every other: gradients plus a square that moves with the index."""
     y, x = np.mgrid[0:height, 0:width]
     frame = np.zeros((height, width, 3), np.uint8)
@@ -28,7 +28,7 @@ def frame_pattern(index: int, height: int, width: int) -> np.ndarray:
     return frame
 
 
-def write_test_video(
+def _write_video(
     path: Path,
     num_frames: int = 40,
     size: tuple[int, int] = (48, 64),
@@ -51,7 +51,7 @@ def write_test_video(
         audio_stream = container.add_stream("aac", rate=16000) if audio else None
         samples_per_frame = 16000 // fps
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frame_pattern(i, height, width), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(_frame_pattern(i, height, width), format="rgb24")
             container.mux(stream.encode(frame))
             if audio_stream is not None:
                 tone = np.sin(np.arange(samples_per_frame) * 0.1 + i).astype(np.float32)[None, :]
@@ -70,10 +70,10 @@ def write_test_video(
 def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Good videos in several containers and codecs (written once per session)."""
     root = tmp_path_factory.mktemp("videos")
-    write_test_video(root / "h264.mp4", num_frames=40)
-    write_test_video(root / "audio.mp4", num_frames=30, audio=True)
-    write_test_video(root / "mpeg4.avi", num_frames=20, codec="mpeg4", size=(32, 48), fps=25)
-    write_test_video(root / "clip.mkv", num_frames=24, size=(40, 40))
+    _write_video(root / "h264.mp4", num_frames=40)
+    _write_video(root / "audio.mp4", num_frames=30, audio=True)
+    _write_video(root / "mpeg4.avi", num_frames=20, codec="mpeg4", size=(32, 48), fps=25)
+    _write_video(root / "clip.mkv", num_frames=24, size=(40, 40))
     return root
 
 
@@ -89,14 +89,14 @@ def broken_files(tmp_path: Path, video_dir: Path) -> dict[str, Path]:
     files["zero"].write_bytes(b"")
     files["text"].write_text("this is not a video\n" * 20)
     files["truncated"].write_bytes(good[: len(good) // 2])
-    faststart = write_test_video(tmp_path / "faststart.mp4", num_frames=40, faststart=True)
+    faststart = _write_video(tmp_path / "faststart.mp4", num_frames=40, faststart=True)
     data = faststart.read_bytes()
     files["truncated_faststart"] = tmp_path / "truncated_faststart.mp4"
     files["truncated_faststart"].write_bytes(data[: int(len(data) * 0.6)])
     return files
 
 
-def corrupt_middle(source: Path, target: Path) -> Path:
+def _corrupt_middle(source: Path, target: Path) -> Path:
     """A copy of ``source`` whose video data is overwritten with garbage from 40 % to 70 % of its length."""
     data = bytearray(source.read_bytes())
     start = data.find(b"mdat")
@@ -119,7 +119,33 @@ def corpus(tmp_path: Path, video_dir: Path) -> Path:
     for i in range(12):
         from PIL import Image
 
-        Image.fromarray(frame_pattern(i, 24, 32)).save(root / "b" / "frames" / f"{i}.png")
+        Image.fromarray(_frame_pattern(i, 24, 32)).save(root / "b" / "frames" / f"{i}.png")
     (root / "a" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(200))
     (root / "readme.txt").write_text("not a video")
     return root
+
+
+@pytest.fixture(scope="session")
+def frame_pattern() -> Callable[[int, int, int], np.ndarray]:
+    """The function drawing test frame ``index`` at ``(height, width)``."""
+    return _frame_pattern
+
+
+@pytest.fixture(scope="session")
+def make_video() -> Callable[..., Path]:
+    """The function writing a test video (see ``_write_video``)."""
+    return _write_video
+
+
+@pytest.fixture(scope="session")
+def corrupt_middle() -> Callable[[Path, Path], Path]:
+    """The function writing a copy of a video with garbage in the middle of its data."""
+    return _corrupt_middle
+
+
+@pytest.fixture(scope="session")
+def real_videos() -> Path:
+    """Folder of the real videos in ../shared; skips the test when it is absent."""
+    if not REAL_VIDEOS.is_dir():
+        pytest.skip(f"real videos not found at {REAL_VIDEOS} (../shared is absent)")
+    return REAL_VIDEOS

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_VIDEOS, corrupt_middle, frame_pattern, write_test_video
 from PIL import Image
 
 from endofm.data.video import NORMALIZATION, VideoReader, normalize, read_video_info
@@ -28,7 +28,7 @@ def test_seek_reads_equal_full_decode(video_dir: Path, name: str) -> None:
         assert torch.equal(reader.read(backwards), full[backwards])
 
 
-def test_frames_match_what_was_encoded(video_dir: Path) -> None:
+def test_frames_match_what_was_encoded(video_dir: Path, frame_pattern: Callable) -> None:
     with VideoReader(video_dir / "h264.mp4") as reader:
         frames = reader.read([0, 17, 39])
     for k, index in enumerate([0, 17, 39]):
@@ -52,7 +52,9 @@ def test_audio_stream_is_ignored(video_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("size", "shape"), [(24, (24, 32)), ((20, 30), (20, 30)), (None, (48, 64))])
-def test_resize_on_decode(video_dir: Path, size: int | tuple[int, int] | None, shape: tuple[int, int]) -> None:
+def test_resize_on_decode(
+    video_dir: Path, size: int | tuple[int, int] | None, shape: tuple[int, int]
+) -> None:
     with VideoReader(video_dir / "h264.mp4", size=size) as reader:
         assert reader.read([5]).shape == (1, 3, *shape)
         assert reader.info.width == 64 and reader.frame_size == shape
@@ -69,9 +71,8 @@ def test_missing_zero_text_and_truncated_files(tmp_path: Path, broken_files: dic
     with pytest.raises(VideoError, match="no such file"):
         VideoReader(tmp_path / "missing.mp4")
     for kind, path in broken_files.items():
-        with pytest.raises(VideoError, match=str(path)):
-            with VideoReader(path) as reader:
-                reader.read_all()
+        with pytest.raises(VideoError, match=str(path)), VideoReader(path) as reader:
+            reader.read_all()
         assert kind
 
 
@@ -80,13 +81,15 @@ def test_truncated_file_with_index_at_start_is_reported(broken_files: dict[str, 
         VideoReader(broken_files["truncated_faststart"])
 
 
-def test_corrupt_frame_mid_video_names_file_and_frame(tmp_path: Path, video_dir: Path) -> None:
+def test_corrupt_frame_mid_video_names_file_and_frame(
+    tmp_path: Path, video_dir: Path, corrupt_middle: Callable
+) -> None:
     bad = corrupt_middle(video_dir / "h264.mp4", tmp_path / "bad.mp4")
     with pytest.raises(VideoError, match=r"bad\.mp4.*frame \d+"), VideoReader(bad) as reader:
         reader.read_all()
 
 
-def test_frame_folder_natural_sort_gray_and_16_bit(tmp_path: Path) -> None:
+def test_frame_folder_natural_sort_gray_and_16_bit(tmp_path: Path, frame_pattern: Callable) -> None:
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in (1, 2, 10):
@@ -94,21 +97,23 @@ def test_frame_folder_natural_sort_gray_and_16_bit(tmp_path: Path) -> None:
     Image.fromarray(np.full((24, 32), 77, np.uint8)).save(folder / "frame11.png")
     Image.fromarray(np.full((24, 32), 32896, np.uint16)).save(folder / "frame12.png")
     Image.fromarray(np.full((24, 32), 65535, np.uint16)).save(folder / "frame13.tif")
+    Image.fromarray(np.full((24, 32, 3), 200, np.uint8)).save(folder / "frame20.jpeg")
     (folder / "notes.txt").write_text("ignored")
     with VideoReader(folder) as reader:
-        assert len(reader) == 6 and reader.info.width == 32 and reader.info.height == 24
+        assert len(reader) == 7 and reader.info.width == 32 and reader.info.height == 24
         frames = reader.read(range(6))
         expected = torch.from_numpy(frame_pattern(10, 24, 32)).permute(2, 0, 1).float()
-        assert (frames[2].float() - expected).abs().mean() < 3.0
+        assert torch.equal(frames[2].float(), expected)
         assert frames.dtype == torch.uint8 and frames.shape == (6, 3, 24, 32)
         assert torch.all(frames[3] == 77)
         assert torch.all(frames[4] == 128)
         assert torch.all(frames[5] == 255)
+        assert (reader.read([6]).float() - 200).abs().max() <= 2
     with VideoReader(folder, size=12) as reader:
         assert reader.read([0, 5]).shape == (2, 3, 12, 16)
 
 
-def test_frame_folder_errors(tmp_path: Path) -> None:
+def test_frame_folder_errors(tmp_path: Path, frame_pattern: Callable) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(VideoError, match="no frames"):
@@ -134,26 +139,20 @@ def test_normalize() -> None:
         normalize(video[0], "half")
 
 
-def test_seek_with_many_keyframes(tmp_path: Path) -> None:
-    path = write_test_video(tmp_path / "long.mp4", num_frames=90, size=(32, 32))
+def test_seek_with_many_keyframes(tmp_path: Path, make_video: Callable) -> None:
+    path = make_video(tmp_path / "long.mp4", num_frames=90, size=(32, 32))
     with VideoReader(path) as reader:
         full = reader.read_all()
         for start in (0, 7, 8, 45, 81, 89):
             assert torch.equal(reader.read([start]), full[[start]])
 
 
-needs_real = pytest.mark.skipif(
-    not REAL_VIDEOS.is_dir(), reason=f"real videos not found at {REAL_VIDEOS} (../shared is absent)"
-)
-
-
-@needs_real
 @pytest.mark.parametrize(
     ("name", "frames", "width", "height"),
     [("bigbuckbunny.mp4", 132, 1280, 720), ("bikes.mp4", 250, 640, 272)],
 )
-def test_real_videos(name: str, frames: int, width: int, height: int) -> None:
-    path = REAL_VIDEOS / name
+def test_real_videos(real_videos: Path, name: str, frames: int, width: int, height: int) -> None:
+    path = real_videos / name
     info = read_video_info(path)
     assert (info.num_frames, info.width, info.height) == (frames, width, height)
     assert info.fps == pytest.approx(25.0) and info.duration == pytest.approx(frames / 25)

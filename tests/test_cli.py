@@ -1,0 +1,58 @@
+"""The ``endofm`` command: results on good input, one clear line and a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from endofm import build_model, load_checkpoint
+from endofm.cli.main import main
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = build_model("endofm_vit_micro", embed_dim=128, num_heads=2)
+    path = tmp_path / "teacher.pth"
+    torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, path)
+    return path, model.eval()
+
+
+def test_convert_then_info(tmp_path, checkpoint, capsys):
+    path, model = checkpoint
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 0
+    video = torch.randn(1, 3, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(tmp_path / "out").backbone(video), model(video))
+    assert main(["info", str(tmp_path / "out")]) == 0
+    assert '"layout": "endofm"' in capsys.readouterr().out
+
+
+def test_embed_writes_features_and_reports_bad_files(tmp_path, checkpoint, make_video, capsys):
+    path, _ = checkpoint
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_video(videos / "a.mp4", num_frames=10)
+    make_video(videos / "b.mp4", num_frames=16, seed=1)
+    (videos / "broken.mp4").write_bytes(b"\x00" * 64)
+    out = tmp_path / "feats.npz"
+    code = main(["embed", str(videos), "--checkpoint", str(path), "--out", str(out), "--frames", "2",
+                 "--size", "32", "--window", "8", "--quiet"])
+    assert code == 1, "a failed video makes the exit status non-zero"
+    assert "broken.mp4" in capsys.readouterr().err
+    data = np.load(out)
+    assert data["features"].shape == (4, 128)
+    assert [p.rsplit("/", 1)[-1] for p in data["paths"]] == ["a.mp4", "a.mp4", "b.mp4", "b.mp4"]
+
+
+def test_errors_print_one_line_without_traceback(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"garbage")
+    for args in (["info", str(tmp_path / "missing.pth")], ["convert", str(tmp_path / "junk.pth"), str(tmp_path / "o")],
+                 ["embed", str(tmp_path), "--model", "endofm_vit_micro", "--out", str(tmp_path / "f.npz")]):
+        result = subprocess.run([sys.executable, "-m", "endofm", *args], capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr and result.stderr.startswith("endofm: error:"), result.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "f.npz").exists()
