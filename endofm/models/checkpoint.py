@@ -129,7 +129,8 @@ def infer_backbone_config(state: Mapping[str, torch.Tensor], num_heads: int | No
     if num_heads is None:
         if dim % 64:
             raise CheckpointError(
-                f"cannot infer the number of heads for embed dim {dim} (not a multiple of 64); pass num_heads (--num-heads on the command line)"
+                f"cannot infer the number of heads for embed dim {dim} (not a multiple of 64); "
+                "pass num_heads (--num-heads on the command line)"
             )
         num_heads = dim // 64
     if dim % num_heads:

@@ -65,7 +65,7 @@ class DINOHead(nn.Module):
         else:
             layers: list[nn.Module] = []
             dims = [in_dim] + [hidden_dim] * (num_layers - 1)
-            for layer_in, layer_out in zip(dims[:-1], dims[1:]):
+            for layer_in, layer_out in zip(dims[:-1], dims[1:], strict=True):
                 layers.append(nn.Linear(layer_in, layer_out))
                 if use_bn:
                     layers.append(nn.BatchNorm1d(layer_out))
