@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from endofm.errors import EndoFMError
 
-COMMAND_MODULES = ("models", "data")
+COMMAND_MODULES = ("demo", "models", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
