@@ -30,3 +30,7 @@ class VideoError(EndoFMError):
 
 class DatasetError(EndoFMError):
     """A dataset folder in the wrong layout, or with labels or annotations that do not fit."""
+
+
+class TrainingError(EndoFMError):
+    """A training run that cannot go on (a non-finite loss, a resume that does not fit the config)."""

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["endofm.models.backbone", "endofm.models.heads", "endofm.models.registry", "endofm.tasks.embed",
-           "endofm.metrics.knn", "endofm.models.checkpoint"]
+           "endofm.metrics.knn", "endofm.config",
+           "endofm.pretrain.schedules", "endofm.pretrain.loss", "endofm.pretrain.ema"]
 
 
 @pytest.mark.parametrize("name", MODULES)

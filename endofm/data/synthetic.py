@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -33,14 +36,15 @@ POLYP_SHAPES = ("round", "elongated", "sessile")
 
 # Mucosa and polyp colours (linear RGB in [0, 1]); both labels draw the mucosa from the same range so that
 # the global colour of a frame says nothing about the label.
-_MUCOSA_LOW = np.array([0.72, 0.34, 0.30])
-_MUCOSA_HIGH = np.array([0.92, 0.52, 0.46])
+_MUCOSA_LOW = np.array([0.85, 0.42, 0.42])
+_MUCOSA_HIGH = np.array([1.0, 0.6, 0.58])
 _POLYP_COLOURS = {
-    "adenomatous": (np.array([0.80, 0.26, 0.24]), np.array([0.70, 0.30, 0.36])),
-    "hyperplastic": (np.array([0.93, 0.68, 0.60]), np.array([0.88, 0.60, 0.56])),
+    "adenomatous": (np.array([0.78, 0.18, 0.2]), np.array([0.68, 0.22, 0.32])),
+    "hyperplastic": (np.array([0.98, 0.66, 0.6]), np.array([0.92, 0.6, 0.64])),
 }
 
 Box = tuple[int, int, int, int]
+_TEX_TURN, _TEX_DEPTH = 128, 256
 
 
 @dataclass
@@ -99,6 +103,65 @@ def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return padded[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
 
 
+@dataclass
+class _Polyp:
+    """A polyp on the tube wall and how it looks; :meth:`draw` paints it into one frame."""
+
+    angle: float
+    u0: float
+    size: float
+    axes: tuple[float, float]
+    orient: float
+    lobes: int
+    lobe_phase: float
+    irregular: float
+    flat: bool
+    colour: np.ndarray
+    pit: np.ndarray
+    texture_gain: float
+    first_visible: int
+
+    def draw(
+        self,
+        img: np.ndarray,
+        mask: np.ndarray,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        light: np.ndarray,
+        camera: tuple[float, float, float, float, float],
+        half: float,
+    ) -> None:
+        """Blend the polyp into ``img`` [H, W, 3] and set its pixels in ``mask`` [H, W], in place."""
+        cx, cy, zoom, roll, phase = camera
+        pr = 1.0 / (self.u0 - phase)
+        px = cx + zoom * pr * math.cos(self.angle + roll)
+        py = cy + zoom * pr * math.sin(self.angle + roll)
+        radius = self.size * pr * zoom
+        # Only the pixels of a window around the polyp are touched.
+        h, w = mask.shape
+        reach = radius * max(self.axes) * (1.0 + self.irregular) * half + 2
+        col, row = px * half + w / 2.0, py * half + h / 2.0
+        r0, r1 = max(int(row - reach), 0), min(int(row + reach) + 1, h)
+        c0, c1 = max(int(col - reach), 0), min(int(col + reach) + 1, w)
+        if r0 >= r1 or c0 >= c1:
+            return
+        win = (slice(r0, r1), slice(c0, c1))
+        qx, qy = (xs[win] - px) / radius, (ys[win] - py) / radius
+        co, si = math.cos(self.orient + roll), math.sin(self.orient + roll)
+        u, v = (co * qx + si * qy) / self.axes[0], (-si * qx + co * qy) / self.axes[1]
+        d = np.hypot(u, v) / (1.0 + self.irregular * np.sin(self.lobes * np.arctan2(v, u) + self.lobe_phase))
+        inside = d < 1.0
+        height = np.sqrt(np.clip(1.0 - d**2, 0, 1)) * (0.5 if self.flat else 1.0)
+        # Light comes from the camera: a specular spot on the side facing the screen centre.
+        spot = np.exp(-((qx + 0.5 * px) ** 2 + (qy + 0.5 * py) ** 2) / (0.2 if self.flat else 0.06))
+        pits = _sample_periodic(self.pit, u * 6, v * 6)
+        dome = (0.6 + 0.4 * height) * (1.0 + self.texture_gain * (pits - 0.5))
+        body = self.colour * (dome * light[win])[..., None] + (0.5 * spot * height)[..., None]
+        alpha = np.clip((1.0 - d) * 6.0, 0, 1)[..., None]
+        img[win] = img[win] * (1 - alpha) + body * alpha
+        mask[win] = inside
+
+
 def render_video(
     seed: int | Sequence[int],
     num_frames: int = 32,
@@ -126,16 +189,19 @@ def render_video(
 
     # Screen coordinates in units of half the short side.
     half = min(h, w) / 2.0
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     xs = (xs + 0.5 - w / 2.0) / half
     ys = (ys + 0.5 - h / 2.0) / half
-    vignette = np.clip(1.0 - rng.uniform(0.25, 0.4) * (xs**2 + ys**2), 0.15, 1.0)
+    vignette = np.clip(1.0 - rng.uniform(0.2, 0.35) * (xs**2 + ys**2), 0.2, 1.0).astype(np.float32)
 
-    # Scene: wall texture in tube coordinates, folds, lumen, colours.
-    tex_low = rng.random((8, 16))
-    tex_high = rng.random((32, 64))
-    fold_wobble = rng.random((16, 1))
-    mucosa = rng.uniform(_MUCOSA_LOW, _MUCOSA_HIGH)
+    # Scene: wall texture in tube coordinates (angle turns x depth), folds, lumen, colours.
+    ta, td = np.meshgrid(np.arange(_TEX_TURN) / _TEX_TURN, np.arange(_TEX_DEPTH) / 8.0, indexing="ij")
+    low = _sample_periodic(rng.random((8, 16)), ta * 8, td * 2)
+    high = _sample_periodic(rng.random((32, 64)), ta * 32, td * 8)
+    wall = np.stack([low, high], axis=-1).astype(np.float32)
+    wobble = rng.random(16)
+    mucosa = rng.uniform(_MUCOSA_LOW, _MUCOSA_HIGH).astype(np.float32)
+    grain = np.array([1.0, 1.4, 1.4], dtype=np.float32)
     fold_freq = rng.uniform(1.2, 2.0)
     fold_depth = rng.uniform(0.25, 0.45)
     lumen_radius = rng.uniform(0.1, 0.2)
@@ -156,71 +222,52 @@ def render_video(
     zoom = 1.0 + rng.uniform(0.0, 0.1) * np.sin(rng.uniform(0.05, 0.15) * t + rng.uniform(0, 2 * np.pi))
     blur = rng.uniform(0.0, 1.0, size=num_frames) < 0.3
 
-    # Polyp: fixed on the wall at angle polyp_angle and inverse radius u0, met as the camera advances.
+    # Polyp: fixed on the wall at an angle and inverse radius, met as the camera advances.
+    polyp_spec = None
     if has_polyp:
         shape = POLYP_SHAPES[int(rng.integers(len(POLYP_SHAPES)))]
-        axes = {"round": (1.0, 1.0), "elongated": (1.5, 0.7), "sessile": (1.35, 1.15)}[shape]
-        flat = shape == "sessile"
-        polyp_u0 = 1.0 / end_radius + speed * (num_frames - 1)
-        polyp_angle = rng.uniform(0, 2 * np.pi)
-        polyp_size = rng.uniform(0.3, 0.42) * (0.8 if cls == "hyperplastic" else 1.0)
-        orient = rng.uniform(0, np.pi)
-        lobes, lobe_phase = int(rng.integers(3, 7)), rng.uniform(0, 2 * np.pi)
-        irregular = rng.uniform(0.03, 0.1)
-        colour = _POLYP_COLOURS[cls][int(rng.integers(2))] * rng.uniform(0.92, 1.05)
-        pit = rng.random((24, 24))
-        texture_gain = 0.25 if cls == "adenomatous" else 0.06
-        first_visible = 0 if always_visible or rng.random() < 0.75 else int(rng.integers(1, num_frames // 4 + 2))
+        late = not always_visible and rng.random() < 0.25
+        polyp_spec = _Polyp(
+            angle=rng.uniform(0, 2 * np.pi),
+            u0=1.0 / end_radius + speed * (num_frames - 1),
+            size=rng.uniform(0.45, 0.6) * (0.85 if cls == "hyperplastic" else 1.0),
+            axes={"round": (1.0, 1.0), "elongated": (1.5, 0.7), "sessile": (1.35, 1.15)}[shape],
+            orient=rng.uniform(0, np.pi),
+            lobes=int(rng.integers(3, 7)),
+            lobe_phase=rng.uniform(0, 2 * np.pi),
+            irregular=rng.uniform(0.02, 0.06),
+            flat=shape == "sessile",
+            colour=(_POLYP_COLOURS[cls][int(rng.integers(2))] * rng.uniform(0.92, 1.05)).astype(np.float32),
+            pit=rng.random((24, 24)),
+            texture_gain=0.3 if cls == "adenomatous" else 0.06,
+            first_visible=int(rng.integers(1, num_frames // 4 + 2)) if late else 0,
+        )
     else:
         shape = None
 
     frames = np.empty((num_frames, h, w, 3), dtype=np.uint8)
     masks = np.zeros((num_frames, h, w), dtype=bool)
-    noise = rng.normal(0.0, 0.012, size=(num_frames, h, w, 1))
+    noise = rng.normal(0.0, 0.012, size=(num_frames, h, w, 1)).astype(np.float32)
     for i in range(num_frames):
-        dx, dy = xs - cx[i], ys - cy[i]
-        r = np.hypot(dx, dy) / zoom[i]
-        ang = np.arctan2(dy, dx) - roll[i]
-        depth = 1.0 / np.maximum(r, 0.12) + phase[i]
-        turn = ang / (2 * np.pi)
-        low = _sample_periodic(tex_low, turn * 8, depth * 2.0)
-        high = _sample_periodic(tex_high, turn * 32, depth * 8.0)
-        wobble = _sample_periodic(fold_wobble, turn * 16, np.zeros_like(turn))
-        ring = np.cos(2 * np.pi * fold_freq * depth + 2.5 * wobble)
-        shade = 1.0 - fold_depth * ((1.0 - ring) / 2.0) ** 2
-        lumen = 1.0 - 0.96 * np.exp(-((r / lumen_radius) ** 2))
-        falloff = np.clip(r / 0.9, 0.2, 1.0) ** 0.8
-        light = (shade * lumen * falloff * vignette)[..., None]
-        tint = 0.8 + 0.25 * low[..., None] + 0.12 * (high[..., None] - 0.5) * np.array([1.0, 1.4, 1.4])
+        dx, dy = xs - np.float32(cx[i]), ys - np.float32(cy[i])
+        r = np.hypot(dx, dy) / np.float32(zoom[i])
+        turn = (np.arctan2(dy, dx) - np.float32(roll[i])) / np.float32(2 * np.pi)
+        depth = 1.0 / np.maximum(r, 0.12) + np.float32(phase[i])
+        ti = ((turn + 8.0) * _TEX_TURN).astype(np.int32) % _TEX_TURN
+        texel = wall[ti, (depth * 8.0).astype(np.int32) % _TEX_DEPTH]
+        wob = np.interp(turn * 16, np.arange(16), wobble, period=16).astype(np.float32)
+        ring = np.cos(np.float32(2 * np.pi * fold_freq) * depth + 2.5 * wob)
+        shade = 1.0 - np.float32(fold_depth) * ((1.0 - ring) * 0.5) ** 2
+        lumen = 1.0 - 0.96 * np.exp(-((r / np.float32(lumen_radius)) ** 2))
+        falloff = np.clip(r / 0.8, 0.3, 1.0) ** 0.7 * vignette
+        light = (shade * lumen * falloff)[..., None]
+        tint = 0.85 + 0.25 * texel[..., :1] + 0.12 * (texel[..., 1:] - 0.5) * grain
         img = mucosa * tint * light
-        sparkle = np.clip((ring - 0.985) / 0.015, 0, 1) * (high > 0.72) * (r > 2 * lumen_radius)
-        img = img + sparkle[..., None] * 0.8
+        sparkle = np.clip((ring - 0.985) / 0.015, 0, 1) * (texel[..., 1] > 0.72) * (r > 2 * lumen_radius)
+        img += sparkle[..., None] * 0.8
 
-        if has_polyp and i >= first_visible:
-            pr = 1.0 / (polyp_u0 - phase[i])
-            pa = polyp_angle + roll[i]
-            px = cx[i] + zoom[i] * pr * math.cos(pa)
-            py = cy[i] + zoom[i] * pr * math.sin(pa)
-            radius = polyp_size * pr * zoom[i]
-            qx, qy = (xs - px) / radius, (ys - py) / radius
-            co, si = math.cos(orient + roll[i]), math.sin(orient + roll[i])
-            u, v = (co * qx + si * qy) / axes[0], (-si * qx + co * qy) / axes[1]
-            d = np.hypot(u, v) / (1.0 + irregular * np.sin(lobes * np.arctan2(v, u) + lobe_phase))
-            inside = d < 1.0
-            if inside.any():
-                height = np.sqrt(np.clip(1.0 - d**2, 0, 1))
-                if flat:
-                    height = 0.5 * height
-                dome = 0.55 + 0.45 * height
-                # Light comes from the camera (screen centre): a highlight on the side facing it.
-                hx, hy = px * 0.25, py * 0.25
-                spot = np.exp(-(((qx + hx * 2) ** 2 + (qy + hy * 2) ** 2) / (0.08 if not flat else 0.2)))
-                pits = _sample_periodic(pit, u * 6, v * 6)
-                body = colour * (dome * (1.0 + texture_gain * (pits - 0.5)))[..., None]
-                body = body * (falloff * vignette)[..., None] + (0.7 * spot * height)[..., None]
-                alpha = np.clip((1.0 - d) * 6.0, 0, 1)[..., None]
-                img = img * (1 - alpha) + body * alpha
-                masks[i] = inside
+        if polyp_spec is not None and i >= polyp_spec.first_visible:
+            polyp_spec.draw(img, masks[i], xs, ys, falloff, (cx[i], cy[i], zoom[i], roll[i], phase[i]), half)
 
         if blur[i]:
             sx = int(np.sign(cx[min(i + 1, num_frames - 1)] - cx[max(i - 1, 0)]))
@@ -365,7 +412,8 @@ def write_cvc(
         video = render_video([seed, 2, k], length, size, polyp=True, always_visible=True)
         for j in range(length):
             _save_image(root / "Original" / f"{start + j}.tif", video.frames[j], "TIFF")
-            _save_image(root / "Ground Truth" / f"{start + j}.tif", video.masks[j].astype(np.uint8) * 255, "TIFF")
+            mask = video.masks[j].astype(np.uint8) * 255
+            _save_image(root / "Ground Truth" / f"{start + j}.tif", mask, "TIFF")
         lines.append(f"sequence_{k:03d} {start} {length} -1")
         start += length
     order = rng.permutation(num_sequences)
@@ -433,29 +481,47 @@ def write_kumc(
     return root
 
 
+def write_pretrain(root: str | os.PathLike, num_videos: int, seed: int = 0, **render: Any) -> Path:
+    """Write ``num_videos`` unlabelled mp4s ``clip_<i>.mp4`` (half with a polyp) for pretraining manifests."""
+    root = Path(root)
+    for i in range(num_videos):
+        video = render_video([seed, 0, i], **render)
+        write_video(root / f"clip_{i:04d}.mp4", video.frames, video.fps)
+    return root
+
+
 def write_synthetic_corpus(out_dir: str | os.PathLike, num_videos: int = 100, seed: int = 0) -> Path:
     """Write every synthetic layout under ``out_dir`` and return it.
 
-    ``pretrain/`` (``num_videos`` unlabeled mp4s for pretraining manifests), ``polypdiag/``
-    (``num_videos`` labelled mp4s), ``cvc/`` (``max(4, num_videos // 5)`` sequences) and ``kumc/``
-    (``max(3, num_videos // 5)`` videos), plus ``corpus.json`` describing them. Sizes are small
-    (128x128, 32 frames) so that a 100-video corpus takes well under a minute.
+    ``pretrain/`` (``num_videos`` unlabelled mp4s), ``polypdiag/`` (``num_videos`` labelled mp4s),
+    ``cvc/`` (``max(4, num_videos // 5)`` sequences) and ``kumc/`` (``max(3, num_videos // 5)`` videos),
+    plus ``corpus.json`` describing them. Frames are 128x128 (32 per video); the layouts are written in
+    two processes when two CPUs are free, so a 100-video corpus takes well under a minute.
     """
     out = Path(out_dir)
     if num_videos < 2:
         raise InputError(f"a synthetic corpus needs at least 2 videos, got {num_videos}")
     out.mkdir(parents=True, exist_ok=True)
-    for i in range(num_videos):
-        video = render_video([seed, 0, i], 32, 128)
-        write_video(out / "pretrain" / f"clip_{i:04d}.mp4", video.frames, video.fps)
     n_cvc, n_kumc = max(4, num_videos // 5), max(3, num_videos // 5)
-    write_polypdiag(out / "polypdiag", num_videos, seed)
-    write_cvc(out / "cvc", n_cvc, seed)
-    write_kumc(out / "kumc", n_kumc, seed)
+    jobs = [
+        (write_pretrain, out / "pretrain", num_videos),
+        (write_polypdiag, out / "polypdiag", num_videos),
+        (write_cvc, out / "cvc", n_cvc),
+        (write_kumc, out / "kumc", n_kumc),
+    ]
+    workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers > 1 and num_videos >= 10:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for future in [pool.submit(fn, path, n, seed) for fn, path, n in jobs]:
+                future.result()
+    else:
+        for fn, path, n in jobs:
+            fn(path, n, seed)
     summary = {
         "seed": seed,
         "pretrain": {"videos": num_videos, "frames": 32, "size": [128, 128]},
-        "polypdiag": {"videos": num_videos},
+        "polypdiag": {"videos": num_videos, "frames": 32, "size": [128, 128]},
         "cvc": {"sequences": n_cvc},
         "kumc": {"videos": n_kumc},
     }

@@ -180,7 +180,7 @@ class VideoReader:
             raise VideoError(f"{self.path}: video stream has repeated frame timestamps")
         if stream.frames and len(pts) < stream.frames:
             raise VideoError(
-                f"{self.path}: truncated: the header promises {stream.frames} frames, the file holds {len(pts)}"
+                f"{self.path}: truncated: header promises {stream.frames} frames, file holds {len(pts)}"
             )
         keyframes = tuple(i for i, (_, key) in enumerate(packets) if key) or (0,)
         return _StreamIndex(pts, keyframes)
@@ -237,7 +237,7 @@ class VideoReader:
         return frames
 
     def _decode_from(self, keyframe: int, wanted: list[int]) -> dict[int, np.ndarray] | None:
-        """Seek to frame ``keyframe`` and decode; ``None`` when the seek landed after the first wanted frame."""
+        """Seek to frame ``keyframe`` and decode; ``None`` when the seek lands past the first wanted one."""
         height, width = self.frame_size
         wanted_set = set(wanted)
         last = wanted[-1]
@@ -245,7 +245,9 @@ class VideoReader:
         position = keyframe
         first_seen = True
         try:
-            self._container.seek(self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
+            self._container.seek(
+                self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False
+            )
             for frame in self._container.decode(self._stream):
                 index = self._pts_to_index.get(frame.pts)
                 if index is None:
@@ -337,7 +339,7 @@ def read_video_info(path: str | os.PathLike) -> VideoInfo:
 
 
 def normalize(video: torch.Tensor, preset: str = "imagenet") -> torch.Tensor:
-    """``uint8`` (or float in [0, 1]) ``[T, 3, H, W]`` to a float tensor normalised with a preset's mean/std."""
+    """``uint8`` (or float in [0, 1]) ``[T, 3, H, W]`` to floats normalised with a preset's mean/std."""
     if preset not in NORMALIZATION:
         raise InputError(f"unknown normalisation preset {preset!r}; choose from {sorted(NORMALIZATION)}")
     if video.ndim != 4 or video.shape[1] != 3:

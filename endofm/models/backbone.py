@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from endofm.errors import InputError
-from endofm.models.layers import DividedSpaceTimeBlock
+from endofm.models.layers import ATTENTION_IMPLS, Attention, DividedSpaceTimeBlock
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,15 @@ class EndoFMBackbone(nn.Module):
         self.grad_checkpointing = enable
         return self
 
+    def set_attention_impl(self, impl: str = "sdpa") -> EndoFMBackbone:
+        """Attention path of every block: ``sdpa`` (default, fused kernels) or ``math`` (explicit softmax)."""
+        if impl not in ATTENTION_IMPLS:
+            raise InputError(f"unknown attention impl {impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.impl = impl
+        return self
+
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim != 5:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -185,47 +194,44 @@ class EndoFMBackbone(nn.Module):
             return self.time_embed
         return F.interpolate(self.time_embed.transpose(1, 2), size=frames, mode="nearest").transpose(1, 2)
 
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """Patch-embed a clip: ``cls [B, 1, D]``, ``patches [B, h*w, T, D]`` and the grid ``(h, w)``."""
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch-embed a clip into the blocks' layout ``[T, B, 1 + h*w, D]`` (CLS in slot 0 of every frame)."""
         self._check_input(x)
-        batch, _, frames, _, _ = x.shape
-        frames_flat = x.transpose(1, 2).reshape(batch * frames, 3, *x.shape[3:])
-        feat = self.patch_embed.proj(frames_flat)
+        batch, _, frames, height, width = x.shape
+        feat = self.patch_embed.proj(x.permute(2, 0, 1, 3, 4).reshape(frames * batch, 3, height, width))
         grid_h, grid_w = feat.shape[-2:]
         cls_pos, patch_pos = self._resized_pos_embed(grid_h, grid_w)
-        patches = feat.flatten(2).transpose(1, 2) + patch_pos
-        patches = patches.reshape(batch, frames, grid_h * grid_w, self.embed_dim).transpose(1, 2)
-        patches = patches + self._resized_time_embed(frames).unsqueeze(1)
-        cls = (self.cls_token + cls_pos).expand(batch, 1, self.embed_dim)
-        return cls, patches, (grid_h, grid_w)
+        embed = patch_pos.unsqueeze(0) + self._resized_time_embed(frames).view(frames, 1, 1, self.embed_dim)
+        patches = feat.flatten(2).transpose(1, 2).view(frames, batch, grid_h * grid_w, self.embed_dim) + embed
+        cls = (self.cls_token + cls_pos).view(1, 1, 1, self.embed_dim).expand(frames, batch, 1, self.embed_dim)
+        return torch.cat((cls, patches), dim=2), (grid_h, grid_w)
 
-    def _run_blocks(self, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                cls, patches = checkpoint(block, cls, patches, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False)
             else:
-                cls, patches = block(cls, patches)
-        return cls, patches
+                x = block(x)
+        return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the final norm, ``[B, 1 + h*w*T, D]``: CLS, then patches ordered ``(h w t)``."""
-        cls, patches = self._run_blocks(*self._embed(x)[:2])
-        batch = patches.shape[0]
-        return self.norm(torch.cat((cls, patches.reshape(batch, -1, self.embed_dim)), dim=1))
+        tokens = self._run_blocks(self._embed(x)[0])
+        batch = tokens.shape[1]
+        patches = tokens[:, :, 1:].permute(1, 2, 0, 3).reshape(batch, -1, self.embed_dim)
+        return self.norm(torch.cat((tokens[0, :, :1], patches), dim=1))
 
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cls [B, D], patches [B, T, h, w, D])`` after the final norm, for dense heads."""
-        batch, _, frames = x.shape[:3]
-        cls, patches, (grid_h, grid_w) = self._embed(x)
-        cls, patches = self._run_blocks(cls, patches)
-        cls, patches = self.norm(cls), self.norm(patches)
-        patches = patches.reshape(batch, grid_h, grid_w, frames, self.embed_dim).permute(0, 3, 1, 2, 4)
-        return cls[:, 0], patches
+        tokens, (grid_h, grid_w) = self._embed(x)
+        tokens = self.norm(self._run_blocks(tokens))
+        frames, batch = tokens.shape[:2]
+        patches = tokens[:, :, 1:].transpose(0, 1).reshape(batch, frames, grid_h, grid_w, self.embed_dim)
+        return tokens[0, :, 0], patches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The clip embedding: the CLS token after the final norm, ``[B, D]``."""
-        cls, patches = self._run_blocks(*self._embed(x)[:2])
-        return self.norm(cls[:, 0])
+        return self.norm(self._run_blocks(self._embed(x)[0])[0, :, 0])
 
     def last_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial self-attention of the last block, ``[B, T, heads, 1 + h*w, 1 + h*w]``.
@@ -233,9 +239,9 @@ class EndoFMBackbone(nn.Module):
         Row 0 is the CLS query: ``attn[..., 0, 1:]`` reshaped to ``(h, w)`` is the per-frame map that
         attention visualisations show.
         """
-        batch, _, frames = x.shape[:3]
-        cls, patches, _ = self._embed(x)
+        tokens, _ = self._embed(x)
         for block in self.blocks[:-1]:
-            cls, patches = block(cls, patches)
-        attn = self.blocks[-1].spatial_attention(cls, patches)
-        return attn.reshape(batch, frames, *attn.shape[1:])
+            tokens = block(tokens)
+        frames, batch = tokens.shape[:2]
+        attn = self.blocks[-1].spatial_attention(tokens)
+        return attn.view(frames, batch, *attn.shape[1:]).transpose(0, 1)

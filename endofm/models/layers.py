@@ -10,15 +10,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: zero whole rows of the leading dimension with probability ``drop_prob``.
+ATTENTION_IMPLS = ("sdpa", "math")
+"""Attention paths: ``sdpa`` (``scaled_dot_product_attention``: fused kernels, no layout copies) or ``math``
+(explicit ``softmax(q k^T * scale) v``)."""
 
-    Surviving rows are scaled by ``1 / (1 - drop_prob)`` so the expectation is unchanged.
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0) -> torch.Tensor:
+    """Stochastic depth: zero whole slices along ``dim`` (the sample dimension) with probability ``drop_prob``.
+
+    Surviving slices are scaled by ``1 / (1 - drop_prob)`` so the expectation is unchanged.
     """
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
-    mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask_shape = [1] * x.ndim
+    mask_shape[dim] = x.shape[dim]
     mask = x.new_empty(mask_shape).bernoulli_(keep)
     return x * mask.div_(keep)
 
@@ -30,18 +36,18 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return drop_path(x, self.drop_prob, self.training)
+    def forward(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training, dim)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention``.
+    """Multi-head self-attention with the original's ``qkv`` and ``proj`` layers.
 
-    ``forward(x, return_attention=True)`` also returns the softmax attention maps ``[B, heads, N, N]``,
-    computed explicitly (slower; for visualisation).
+    :meth:`attend` takes ``q, k, v`` as (possibly strided) ``[batch, heads, L, head_dim]`` views, so callers
+    can split heads out of the ``qkv`` output without copying; ``impl`` picks the path (:data:`ATTENTION_IMPLS`).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0) -> None:
@@ -52,23 +58,41 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.attn_drop = attn_drop
+        self.impl = "sdpa"
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+
+    def split_heads(self, qkv: torch.Tensor, batch_first: bool = True) -> tuple[torch.Tensor, ...]:
+        """``q, k, v`` views ``[batch, heads, L, head_dim]`` of a ``qkv`` output ``[a, b, 3 * dim]``, no copy.
+
+        ``batch_first``: ``a`` is the batch and ``b`` the sequence; otherwise attention runs across ``a``.
+        """
+        first, second = qkv.shape[:2]
+        heads = qkv.view(first, second, 3, self.num_heads, self.head_dim)
+        return heads.permute(2, 0, 3, 1, 4).unbind(0) if batch_first else heads.permute(2, 1, 3, 0, 4).unbind(0)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out [batch, L, heads * head_dim], weights [batch, heads, L, L] or None)``."""
+        batch, _, length, _ = q.shape
+        dropout = self.attn_drop if self.training else 0.0
+        if self.impl == "sdpa" and not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            weights = None
+        else:
+            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            out = F.dropout(weights, dropout, self.training) @ v
+        return out.transpose(1, 2).reshape(batch, length, -1), weights
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        if return_attention:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            out = attn @ v
-        else:
-            dropout = self.attn_drop if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        out = self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
-        return (out, attn) if return_attention else out
+        """Self-attention over ``x [B, N, D]``; with ``return_attention`` also the maps ``[B, heads, N, N]``."""
+        q, k, v = self.split_heads(self.qkv(x))
+        out, weights = self.attend(q, k, v, need_weights=return_attention)
+        out = self.proj(out)
+        return (out, weights) if return_attention else out
 
 
 class Mlp(nn.Module):
@@ -87,12 +111,16 @@ class Mlp(nn.Module):
 class DividedSpaceTimeBlock(nn.Module):
     """One transformer block: temporal attention, then spatial attention, then the MLP.
 
-    Tokens come in as ``cls [B, 1, D]`` and ``patches [B, S, T, D]`` (``S = h * w`` spatial positions in
-    row-major order, ``T`` frames), which is the original ``(h w t)`` token order without the CLS.
+    Tokens are ``x [T, B, 1 + S, D]``: for every frame ``t`` and clip ``b``, slot 0 holds the clip's CLS token
+    (the same in every frame) and slots ``1..S`` the frame's patches in row-major order. In this layout both
+    attentions read their heads straight out of the ``qkv`` output, the spatial sequence ``[CLS, patches of
+    frame t]`` is stored as it is, and no token is re-arranged, repeated or concatenated:
 
-    - temporal: each spatial position attends over its ``T`` frames; the result passes ``temporal_fc``;
+    - temporal: each spatial position attends over its ``T`` frames; the result passes ``temporal_fc``
+      (CLS slots are computed along and reset: the CLS has no temporal branch);
     - spatial: each frame attends over ``[CLS, its S patches]``; the CLS result is averaged over frames;
-    - MLP on every token. Stochastic depth wraps the three branches.
+    - MLP on every token. Stochastic depth wraps the three branches, per sample of each branch's batch
+      (spatial positions, frames, clips), as in the original.
     """
 
     def __init__(
@@ -115,31 +143,31 @@ class DividedSpaceTimeBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def _temporal(self, patches: torch.Tensor) -> torch.Tensor:
-        batch, space, frames, dim = patches.shape
-        seq = patches.reshape(batch * space, frames, dim)
-        res = self.drop_path(self.temporal_attn(self.temporal_norm1(seq)))
-        return patches + self.temporal_fc(res).reshape(batch, space, frames, dim)
+    def _temporal(self, x: torch.Tensor) -> torch.Tensor:
+        frames, batch, tokens, dim = x.shape
+        qkv = self.temporal_attn.qkv(self.temporal_norm1(x)).view(frames, batch * tokens, -1)
+        out, _ = self.temporal_attn.attend(*self.temporal_attn.split_heads(qkv, batch_first=False))
+        res = self.temporal_fc(self.drop_path(self.temporal_attn.proj(out)))  # [B * (1 + S), T, D]
+        out = x + res.view(batch, tokens, frames, dim).permute(2, 0, 1, 3)
+        out[:, :, 0] = x[:, :, 0]
+        return out
 
-    def _spatial_input(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        batch, space, frames, dim = patches.shape
-        per_frame = patches.transpose(1, 2).reshape(batch * frames, space, dim)
-        cls_per_frame = cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim)
-        return torch.cat((cls_per_frame, per_frame), dim=1)
+    def _spatial_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        frames, batch, tokens, _ = x.shape
+        qkv = self.attn.qkv(self.norm1(x)).view(frames * batch, tokens, -1)
+        return self.attn.split_heads(qkv)
 
-    def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, space, frames, dim = patches.shape
-        patches = self._temporal(patches)
-        res = self.drop_path(self.attn(self.norm1(self._spatial_input(cls, patches))))
-        res = res.reshape(batch, frames, 1 + space, dim)
-        cls = cls + res[:, :, :1].mean(dim=1)
-        patches = patches + res[:, :, 1:].transpose(1, 2)
-        tokens = torch.cat((cls, patches.reshape(batch, space * frames, dim)), dim=1)
-        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
-        return tokens[:, :1], tokens[:, 1:].reshape(batch, space, frames, dim)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [T, B, 1 + S, D]`` to the block's output in the same layout."""
+        x = self._temporal(x)
+        out, _ = self.attn.attend(*self._spatial_qkv(x))
+        res = self.drop_path(self.attn.proj(out)).view(x.shape)
+        cls = x[0, :, 0] + res[:, :, 0].mean(dim=0)
+        x = x + res
+        x[:, :, 0] = cls
+        return x + self.drop_path(self.mlp(self.norm2(x)), dim=1)
 
-    def spatial_attention(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """Softmax maps of this block's spatial attention, ``[B * T, heads, 1 + S, 1 + S]``."""
-        patches = self._temporal(patches)
-        _, attn = self.attn(self.norm1(self._spatial_input(cls, patches)), return_attention=True)
-        return attn
+    def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax maps of this block's spatial attention, ``[T * B, heads, 1 + S, 1 + S]``."""
+        _, weights = self.attn.attend(*self._spatial_qkv(self._temporal(x)), need_weights=True)
+        return weights

@@ -52,9 +52,7 @@ def test_audio_stream_is_ignored(video_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("size", "shape"), [(24, (24, 32)), ((20, 30), (20, 30)), (None, (48, 64))])
-def test_resize_on_decode(
-    video_dir: Path, size: int | tuple[int, int] | None, shape: tuple[int, int]
-) -> None:
+def test_resize_on_decode(video_dir: Path, size: int | tuple[int, int] | None, shape: tuple[int, int]) -> None:
     with VideoReader(video_dir / "h264.mp4", size=size) as reader:
         assert reader.read([5]).shape == (1, 3, *shape)
         assert reader.info.width == 64 and reader.frame_size == shape
@@ -93,7 +91,7 @@ def test_frame_folder_natural_sort_gray_and_16_bit(tmp_path: Path, frame_pattern
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in (1, 2, 10):
-        Image.fromarray(frame_pattern(i, 24, 32)).save(folder / f"frame{i}.jpg", quality=100)
+        Image.fromarray(frame_pattern(i, 24, 32)).save(folder / f"frame{i}.png")
     Image.fromarray(np.full((24, 32), 77, np.uint8)).save(folder / "frame11.png")
     Image.fromarray(np.full((24, 32), 32896, np.uint16)).save(folder / "frame12.png")
     Image.fromarray(np.full((24, 32), 65535, np.uint16)).save(folder / "frame13.tif")

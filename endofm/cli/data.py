@@ -1,0 +1,71 @@
+"""``endofm data``: scan a video corpus into a manifest, pre-resize videos, write a synthetic corpus."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command group and its subcommands."""
+    parser = subparsers.add_parser("data", help="video corpora: scan, transcode, synthetic data")
+    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+    scan = commands.add_parser("scan", help="list videos and clips of a folder tree in a manifest CSV")
+    scan.add_argument("root", type=Path, help="folder to walk for videos and frame folders")
+    scan.add_argument("--out", type=Path, required=True, help="manifest CSV to write (reused on rerun)")
+    scan.add_argument(
+        "--clip-seconds",
+        type=float,
+        default=5.0,
+        help="clip length in seconds (default 5); 0 gives one row per video",
+    )
+    scan.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scan.set_defaults(func=_scan)
+
+    transcode = commands.add_parser("transcode", help="re-encode videos with a smaller short side")
+    transcode.add_argument("src", type=Path, help="folder of source videos")
+    transcode.add_argument("out", type=Path, help="folder for the re-encoded videos (same tree)")
+    transcode.add_argument("--short-side", type=int, default=256, help="short side in pixels (default 256)")
+    transcode.add_argument("--no-progress", action="store_true", help="no progress bar")
+    transcode.set_defaults(func=_transcode)
+
+    synth = commands.add_parser("synth", help="write a synthetic endoscopy corpus (all dataset layouts)")
+    synth.add_argument("out", type=Path, help="output folder")
+    synth.add_argument("--videos", type=int, default=100, help="number of videos (default 100)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(func=_synth)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from endofm.data.manifest import scan_videos
+
+    clip_seconds = args.clip_seconds if args.clip_seconds > 0 else None
+    summary = scan_videos(args.root, args.out, clip_seconds=clip_seconds, progress=not args.no_progress)
+    print(f"manifest: {summary.out_csv}")
+    print(f"videos ok: {summary.videos_ok} ({summary.frames} frames), clips: {summary.clips}")
+    print(f"read: {summary.scanned}, unchanged since last scan: {summary.reused}")
+    print(f"failed: {len(summary.failed)}")
+    for path, reason in summary.failed:
+        print(f"  {path}: {reason}")
+    return 0
+
+
+def _transcode(args: argparse.Namespace) -> int:
+    from endofm.data.manifest import transcode_videos
+
+    summary = transcode_videos(args.src, args.out, short_side=args.short_side, progress=not args.no_progress)
+    counts = (len(summary.written), len(summary.up_to_date), len(summary.failed))
+    print("written: {}, up to date: {}, failed: {}".format(*counts))
+    for path, reason in summary.failed:
+        print(f"  {path}: {reason}")
+    return 1 if summary.failed else 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from endofm.data.synthetic import write_synthetic_corpus
+
+    out = write_synthetic_corpus(args.out, num_videos=args.videos, seed=args.seed)
+    print(f"synthetic corpus: {out}")
+    return 0

@@ -1,0 +1,39 @@
+"""``endofm pretrain``: self-supervised pretraining with a YAML recipe and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from endofm.config import load_config
+    from endofm.engine.distributed import shutdown
+    from endofm.pretrain import PretrainConfig, pretrain
+
+    config = load_config(PretrainConfig, args.config, args.overrides)
+    try:
+        summary = pretrain(config, resume=args.resume)
+    finally:
+        shutdown()
+    if summary.get("exports"):
+        print(f"run folder: {config.run.out_dir}")
+        for name, path in summary["exports"].items():
+            print(f"  {name}: {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``pretrain``."""
+    parser = subparsers.add_parser(
+        "pretrain", help="self-supervised pretraining (Endo-FM recipe); torchrun for several GPUs/nodes",
+        description="Pretrain a backbone on your videos. Examples:\n"
+                    "  endofm pretrain --config configs/pretrain/cpu_tiny.yaml data.manifest=videos/\n"
+                    "  torchrun --nproc_per_node 4 -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml "
+                    "data.manifest=manifest.csv\n"
+                    "The run folder (run.out_dir) gets config.yaml, log.jsonl, checkpoints/, plots/ and the teacher "
+                    "in the endofm format (teacher/) and the original layout (teacher_endo_fm.pth).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML recipe (default: the built-in defaults, ViT-B)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last.pt")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
+    parser.set_defaults(func=_pretrain)

@@ -1,0 +1,278 @@
+"""The one training loop of the package, shared by pretraining and fine-tuning.
+
+A :class:`Recipe` says what is trained (network, optimiser, loss, schedules, extra state); the
+:class:`Trainer` does the rest the same way for every recipe: devices and DDP, precision, a resumable data
+order, atomic checkpoints with everything needed to continue exactly, a JSONL log, a progress bar, PNG
+plots, and stopping cleanly on a non-finite loss.
+
+Run folder::
+
+    config.yaml          the resolved config (written by the caller)
+    log.jsonl            one record per step and per epoch
+    checkpoints/last.pt  the latest training state (also epoch_NNNN.pt at epoch ends)
+    plots/*.png          curves of the logged values
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from endofm.engine.distributed import DistributedContext, all_reduce_sum, barrier
+from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
+from endofm.engine.sampler import ShardedBatchSampler
+from endofm.engine.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
+from endofm.errors import ConfigError, TrainingError
+
+
+@dataclass
+class RunConfig:
+    """How a run is driven, whatever it trains."""
+
+    out_dir: str = "runs/pretrain"
+    epochs: int = 30
+    batch_size: int = 12
+    """Global batch size: split evenly over the processes of a distributed run."""
+    num_workers: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
+    seed: int = 0
+    checkpoint_every: int = 0
+    """Also write ``last.pt`` every this many steps (0: at epoch ends only)."""
+    max_steps: int | None = None
+    """Stop after this many steps in all (a short run; the schedules still span ``epochs``)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"run.epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"run.batch_size must be at least 1, got {self.batch_size}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"run.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.num_workers < 0 or self.checkpoint_every < 0:
+            raise ConfigError("run.num_workers and run.checkpoint_every must not be negative")
+
+
+class Recipe(ABC):
+    """What a run trains. ``network`` is the trainable module (wrapped in DDP by the trainer)."""
+
+    network: nn.Module
+    plot_keys: tuple[str, ...] = ("loss", "lr")
+
+    @abstractmethod
+    def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
+        """Build the schedules for this many steps and return the optimiser."""
+
+    @abstractmethod
+    def compute_loss(self, network: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward a batch; return the loss and values to log."""
+
+    def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Set the schedules' values for this step; return them for the log."""
+        return {}
+
+    def after_backward(self, epoch: int) -> None:
+        """Adjust gradients (clipping, freezing) before the optimiser step."""
+
+    def after_step(self, step: int) -> None:
+        """Work after the optimiser step (the teacher's moving average)."""
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        """Evaluate at the end of an epoch; return values to log."""
+        return {}
+
+    def finish(self, out_dir: Path) -> dict[str, str]:
+        """Write the run's products (exports) on the main process; return what was written."""
+        return {}
+
+    def batch_size(self, batch: Any) -> int:
+        """Samples in this process's batch (for throughput)."""
+        return len(batch)
+
+    def skipped(self, batch: Any) -> list[str]:
+        """Samples of the batch that were replaced because they could not be read."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """State beyond the network and optimiser (the teacher, the loss centre)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting, or None for fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+class Trainer:
+    """Runs a :class:`Recipe` over a dataset; see the module docstring for what it writes."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        dataset: Dataset,
+        collate_fn: Any,
+        run: RunConfig,
+        context: DistributedContext,
+        config_dict: dict[str, Any] | None = None,
+    ) -> None:
+        self.recipe, self.dataset, self.collate_fn = recipe, dataset, collate_fn
+        self.run, self.context = run, context
+        self.config_dict = config_dict or {}
+        self.out_dir = Path(run.out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.logger = JsonlLogger(self.out_dir / "log.jsonl", enabled=context.is_main)
+        self.sampler = ShardedBatchSampler(
+            len(dataset), run.batch_size, context.rank, context.world_size, seed=run.seed
+        )
+        self.steps_per_epoch = len(dataset) // run.batch_size
+        self.dtype = autocast_dtype(run.precision, context.device)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    def _save(self, optimizer: torch.optim.Optimizer, epoch: int, next_step: int, global_step: int,
+              epoch_end: bool = False) -> None:
+        if self.context.is_main:
+            state = {
+                "network": self.recipe.network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "recipe": self.recipe.state_dict(),
+                "epoch": epoch,
+                "next_step": next_step,
+                "global_step": global_step,
+                "rng": capture_rng_state(),
+                "config": self.config_dict,
+                "world_size": self.context.world_size,
+            }
+            save_training_state(self.last_checkpoint, state)
+            if epoch_end:
+                save_training_state(self.checkpoint_dir / f"epoch_{epoch:04d}.pt", state)
+        barrier()
+
+    def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+        if not self.last_checkpoint.exists():
+            raise TrainingError(f"cannot resume: no checkpoint at {self.last_checkpoint}")
+        state = load_training_state(self.last_checkpoint)
+        saved = state.get("config", {})
+        for section, key in (("run", "batch_size"), ("run", "epochs"), ("run", "seed")):
+            old, new = saved.get(section, {}).get(key), self.config_dict.get(section, {}).get(key)
+            if old is not None and old != new:
+                raise TrainingError(f"cannot resume: {section}.{key} was {old} in the checkpoint, now {new}")
+        self.recipe.network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.recipe.load_state_dict(state["recipe"])
+        restore_rng_state(state["rng"])
+        self.logger.truncate_after(state["global_step"] - 1)
+        return state["epoch"], state["next_step"]
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``); returns the last epoch's logged values and the exports."""
+        optimizer = self.recipe.configure(self.steps_per_epoch, self.run.epochs)
+        start_epoch, start_step = self._resume(optimizer) if resume else (0, 0)
+        network = self.recipe.network
+        if self.context.distributed:
+            device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+            network = DistributedDataParallel(network, device_ids=device_ids)
+        global_step = start_epoch * self.steps_per_epoch + start_step
+        summary: dict[str, Any] = {}
+        for epoch in range(start_epoch, self.run.epochs):
+            if self.run.max_steps is not None and global_step >= self.run.max_steps:
+                break
+            epoch_stats = self._train_epoch(network, optimizer, epoch, start_step, global_step)
+            global_step = epoch_stats.pop("global_step")
+            finished = epoch_stats.pop("finished")
+            start_step = 0
+            if not finished:
+                break
+            summary = {"event": "epoch", "epoch": epoch, **epoch_stats, **self.recipe.on_epoch_end(epoch)}
+            self.logger.log(summary)
+            self._save(optimizer, epoch + 1, 0, global_step, epoch_end=True)
+            self._plot()
+        exports = self.recipe.finish(self.out_dir) if self.context.is_main else {}
+        barrier()
+        return {**summary, "exports": exports, "global_step": global_step}
+
+    def _train_epoch(self, network: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, start_step: int,
+                     global_step: int) -> dict[str, Any]:
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        self.sampler.set_epoch(epoch, start_step)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=self.run.num_workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.context.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.run.seed + epoch),
+        )
+        network.train()
+        losses, skipped = [], []
+        progress = tqdm(loader, total=len(self.sampler), initial=0, desc=f"epoch {epoch + 1}/{self.run.epochs}",
+                        disable=not (self.run.progress and self.context.is_main), unit="step", dynamic_ncols=True)
+        finished = True
+        tick = time.perf_counter()
+        for offset, batch in enumerate(progress):
+            step_in_epoch = start_step + offset
+            scheduled = self.recipe.before_step(global_step, epoch, optimizer)
+            with torch.autocast(self.context.device.type, dtype=self.dtype or torch.float32,
+                                enabled=self.dtype is not None):
+                loss, values = self.recipe.compute_loss(network, batch, epoch)
+            loss_value = float(all_reduce_sum(loss.detach().float().clone())) / self.context.world_size
+            if not math.isfinite(loss_value):
+                raise TrainingError(
+                    f"the loss became {loss_value} at epoch {epoch + 1}, step {step_in_epoch + 1}; stopped without "
+                    f"saving, so {self.last_checkpoint} still holds the last good state. Lower the learning rate, "
+                    "use run.precision=fp32, or check the data."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.recipe.after_backward(epoch)
+            optimizer.step()
+            self.recipe.after_step(global_step)
+            skipped += self.recipe.skipped(batch)
+            global_step += 1
+            now = time.perf_counter()
+            clips_per_s = self.recipe.batch_size(batch) * self.context.world_size / max(now - tick, 1e-9)
+            tick = now
+            losses.append(loss_value)
+            record = {"step": global_step, "epoch": epoch, "loss": loss_value, **scheduled, **values,
+                      "clips_per_s": clips_per_s}
+            self.logger.log(record)
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduled.get('lr', 0):.2e}",
+                                 clips_s=f"{clips_per_s:.1f}")
+            at_limit = self.run.max_steps is not None and global_step >= self.run.max_steps
+            if at_limit or (self.run.checkpoint_every and global_step % self.run.checkpoint_every == 0):
+                self._save(optimizer, epoch, step_in_epoch + 1, global_step)
+            if at_limit:
+                finished = step_in_epoch + 1 == self.steps_per_epoch
+                break
+        progress.close()
+        skipped_count = int(all_reduce_sum(torch.tensor(len(skipped))))
+        if skipped and self.context.is_main:
+            tqdm.write(f"epoch {epoch + 1}: {skipped_count} unreadable clip(s) replaced, e.g. {skipped[0]}")
+        mean_loss = sum(losses) / len(losses) if losses else float("nan")
+        return {"mean_loss": mean_loss, "skipped": skipped_count, "global_step": global_step, "finished": finished}
+
+    def _plot(self) -> None:
+        if self.context.is_main and self.logger.path.exists():
+            records = [r for r in read_jsonl(self.logger.path) if "step" in r]
+            plot_curves(records, self.recipe.plot_keys, self.out_dir / "plots")

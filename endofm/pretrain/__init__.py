@@ -1,0 +1,22 @@
+"""Self-supervised pretraining with the Endo-FM recipe: loss, EMA teacher, schedules, the run."""
+
+from endofm.pretrain.config import DataConfig, LossConfig, ModelConfig, OptimConfig, PretrainConfig
+from endofm.pretrain.ema import update_ema
+from endofm.pretrain.loss import DINOLoss
+from endofm.pretrain.recipe import DINORecipe, MultiViewNetwork, pretrain
+from endofm.pretrain.schedules import cosine_schedule, teacher_temperature_schedule
+
+__all__ = [
+    "DINOLoss",
+    "DINORecipe",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "MultiViewNetwork",
+    "OptimConfig",
+    "PretrainConfig",
+    "cosine_schedule",
+    "pretrain",
+    "teacher_temperature_schedule",
+    "update_ema",
+]

@@ -1,0 +1,83 @@
+"""The pretraining config: sections for the model, data, optimiser, loss and run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from endofm.data.views import MultiViewConfig
+from endofm.engine.trainer import RunConfig
+from endofm.errors import ConfigError
+from endofm.models.registry import MODEL_CONFIGS
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and DINO head of the student and teacher."""
+
+    arch: str = "endofm_vit_base"
+    drop_path_rate: float = 0.1
+    init: str | None = None
+    """Initial weights: an original checkpoint (``endo_fm.pth``, SVT's Kinetics weights, a full training
+    checkpoint) or an endofm model folder. Its architecture must match ``arch``."""
+    num_heads: int | None = None
+    """Heads of the ``init`` checkpoint when they cannot be inferred (embed dim not a multiple of 64)."""
+    grad_checkpointing: bool = False
+    head_out_dim: int = 65536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in MODEL_CONFIGS:
+            raise ConfigError(f"model.arch {self.arch!r} is not one of {sorted(MODEL_CONFIGS)}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+
+@dataclass
+class DataConfig:
+    """Where the clips come from and how they become views."""
+
+    manifest: str = ""
+    """A manifest CSV from ``endofm data scan``, or a folder of videos (scanned into the run folder)."""
+    clip_seconds: float = 5.0
+    """Clip length when ``manifest`` is a folder that is scanned."""
+    views: MultiViewConfig = field(default_factory=MultiViewConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedules (per iteration)."""
+
+    lr: float = 5e-4
+    """Peak learning rate for a global batch of 256; scaled linearly with the batch size."""
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    """Per-parameter gradient-norm clip, as the original (0 turns it off)."""
+    freeze_last_layer_epochs: int = 1
+    momentum_teacher: float = 0.996
+
+
+@dataclass
+class LossConfig:
+    """Temperatures and centring of the self-distillation loss."""
+
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs; loaded from ``configs/pretrain/*.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,201 @@
+"""The Endo-FM pretraining recipe on the shared training engine, and :func:`pretrain`, its entry point."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from endofm.config import config_to_dict, save_config
+from endofm.data.datasets.pretrain import PretrainClips, collate_views
+from endofm.data.manifest import read_manifest, scan_videos
+from endofm.data.views import MultiViewSampler
+from endofm.engine.distributed import DistributedContext, barrier, init_distributed
+from endofm.engine.trainer import Recipe, Trainer
+from endofm.errors import ConfigError, DatasetError, TrainingError
+from endofm.models.backbone import EndoFMBackbone
+from endofm.models.checkpoint import export_original, load_checkpoint, save_pretrained
+from endofm.models.heads import DINOHead
+from endofm.models.registry import MODEL_CONFIGS, build_model
+from endofm.pretrain.config import ModelConfig, PretrainConfig
+from endofm.pretrain.ema import update_ema
+from endofm.pretrain.loss import DINOLoss
+from endofm.pretrain.schedules import cosine_schedule, teacher_temperature_schedule
+
+ARCHITECTURE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias")
+
+
+class MultiViewNetwork(nn.Module):
+    """Backbone on each group of equally shaped views, then the head on all their CLS embeddings.
+
+    ``forward(groups)`` returns ``[sum of group sizes, K]`` in the order of the groups.
+    """
+
+    def __init__(self, backbone: EndoFMBackbone, head: DINOHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, groups: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(torch.cat([self.backbone(group) for group in groups]))
+
+
+def build_backbone(model: ModelConfig, drop_path_rate: float) -> EndoFMBackbone:
+    """The configured backbone, with the ``init`` weights when given (their architecture must match)."""
+    if model.init is None:
+        return build_model(model.arch, drop_path_rate=drop_path_rate)
+    source = load_checkpoint(model.init, num_heads=model.num_heads).backbone
+    wanted = MODEL_CONFIGS[model.arch]
+    different = [f"{name} {getattr(source.config, name)} vs {getattr(wanted, name)}" for name in ARCHITECTURE_FIELDS
+                 if getattr(source.config, name) != getattr(wanted, name)]
+    if different:
+        raise ConfigError(f"model.init {model.init} does not fit model.arch={model.arch}: " + ", ".join(different))
+    backbone = build_model(model.arch, drop_path_rate=drop_path_rate, img_size=source.config.img_size,
+                           num_frames=source.config.num_frames)
+    backbone.load_state_dict(source.state_dict())
+    return backbone
+
+
+def teacher_groups(groups: list[torch.Tensor], group_views: list[list[int]], num_global: int,
+                   batch: int) -> list[torch.Tensor]:
+    """The rows of the first ``num_global`` views, still grouped by shape."""
+    selected = []
+    for group, views in zip(groups, group_views, strict=True):
+        count = sum(1 for v in views if v < num_global)
+        if count:
+            selected.append(group[: count * batch])
+    return selected
+
+
+def clip_per_parameter(parameters: Any, max_norm: float) -> None:
+    """Scale each parameter's gradient to a norm of at most ``max_norm`` (the original's clipping)."""
+    for param in parameters:
+        if param.grad is not None:
+            norm = param.grad.norm(2)
+            param.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
+class DINORecipe(Recipe):
+    """Self-distillation with an EMA teacher on global views and a student on all views."""
+
+    plot_keys = ("loss", "lr", "momentum", "teacher_entropy", "weight_decay")
+
+    def __init__(self, config: PretrainConfig, context: DistributedContext) -> None:
+        self.config = config
+        self.device = context.device
+        model = config.model
+        student_backbone = build_backbone(model, model.drop_path_rate).set_grad_checkpointing(model.grad_checkpointing)
+        head = DINOHead(student_backbone.embed_dim, model.head_out_dim, model.head_hidden_dim,
+                        model.head_bottleneck_dim, norm_last_layer=model.norm_last_layer)
+        self.network = MultiViewNetwork(student_backbone, head).to(self.device)
+        teacher_backbone = EndoFMBackbone(dataclasses.replace(student_backbone.config, drop_path_rate=0.0))
+        self.teacher = MultiViewNetwork(teacher_backbone, copy.deepcopy(head)).to(self.device)
+        self.teacher.load_state_dict(self.network.state_dict())
+        self.teacher.requires_grad_(False).eval()
+        self.num_views = len(config.data.views.views)
+        self.loss = DINOLoss(model.head_out_dim, self.num_views, 2, config.loss.student_temp,
+                             config.loss.center_momentum).to(self.device)
+
+    def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
+        optim, loss = self.config.optim, self.config.loss
+        peak_lr = optim.lr * self.config.run.batch_size / 256.0
+        self.lr = cosine_schedule(peak_lr, optim.min_lr, epochs, steps_per_epoch, optim.warmup_epochs)
+        self.weight_decay = cosine_schedule(optim.weight_decay, optim.weight_decay_end, epochs, steps_per_epoch)
+        self.momentum = cosine_schedule(optim.momentum_teacher, 1.0, epochs, steps_per_epoch)
+        self.teacher_temp = teacher_temperature_schedule(loss.warmup_teacher_temp, loss.teacher_temp,
+                                                         loss.warmup_teacher_temp_epochs, epochs)
+        decay, no_decay = [], []
+        for name, param in self.network.named_parameters():
+            if param.requires_grad:
+                (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
+        return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+
+    def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        for index, group in enumerate(optimizer.param_groups):
+            group["lr"] = float(self.lr[step])
+            if index == 0:
+                group["weight_decay"] = float(self.weight_decay[step])
+        return {"lr": float(self.lr[step]), "weight_decay": float(self.weight_decay[step]),
+                "momentum": float(self.momentum[step]), "teacher_temp": float(self.teacher_temp[epoch])}
+
+    def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        groups = [group.to(self.device, non_blocking=True) for group in batch["groups"]]
+        local_batch = len(batch["meta"]["path"])
+        temperature = float(self.teacher_temp[epoch])
+        with torch.no_grad():
+            teacher_out = self.teacher(teacher_groups(groups, batch["group_views"], 2, local_batch))
+            probs = self.loss.teacher_probabilities(teacher_out, temperature)
+            entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean())
+        student_out = network(groups)
+        return self.loss(student_out, teacher_out, temperature), {"teacher_entropy": entropy}
+
+    def after_backward(self, epoch: int) -> None:
+        if self.config.optim.clip_grad > 0:
+            clip_per_parameter(self.network.parameters(), self.config.optim.clip_grad)
+        if epoch < self.config.optim.freeze_last_layer_epochs:
+            for param in self.network.head.last_layer.parameters():
+                param.grad = None
+
+    def after_step(self, step: int) -> None:
+        update_ema(self.teacher, self.network, float(self.momentum[step]))
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["meta"]["path"])
+
+    def skipped(self, batch: dict) -> list[str]:
+        return batch["skipped"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict(), "center": self.loss.center}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.loss.center.copy_(state["center"])
+
+    def finish(self, out_dir: Path) -> dict[str, str]:
+        metadata = {"source": "endofm pretrain", "run": str(out_dir)}
+        ours = save_pretrained(out_dir / "teacher", self.teacher.backbone, self.teacher.head, metadata=metadata)
+        original = export_original(out_dir / "teacher_endo_fm.pth", self.teacher.backbone, self.teacher.head)
+        return {"teacher": str(ours), "teacher_original_layout": str(original)}
+
+
+def _clips(config: PretrainConfig, out_dir: Path, context: DistributedContext) -> list:
+    source = Path(config.data.manifest) if config.data.manifest else None
+    if source is None:
+        raise ConfigError("data.manifest is not set: give a manifest CSV (endofm data scan) or a folder of videos")
+    if not source.exists():
+        raise ConfigError(f"data.manifest {source} does not exist")
+    if source.is_dir():
+        manifest = out_dir / "manifest.csv"
+        if context.is_main:
+            scan_videos(source, manifest, clip_seconds=config.data.clip_seconds, progress=config.run.progress)
+        barrier()
+        source = manifest
+    clips = read_manifest(source)
+    if not clips:
+        raise DatasetError(f"{source}: no readable clips (every file failed or the manifest is empty)")
+    return clips
+
+
+def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or with ``resume`` continue) a pretraining run; returns the last epoch's summary and exports."""
+    context = init_distributed(config.run.device)
+    out_dir = Path(config.run.out_dir)
+    if not resume and (out_dir / "checkpoints" / "last.pt").exists():
+        raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another run.out_dir")
+    clips = _clips(config, out_dir, context)
+    if config.run.batch_size > len(clips):
+        raise ConfigError(f"run.batch_size={config.run.batch_size} is larger than the dataset ({len(clips)} clips)")
+    if config.run.batch_size % context.world_size:
+        raise ConfigError(f"run.batch_size={config.run.batch_size} is not divisible by {context.world_size} processes")
+    if context.is_main:
+        save_config(config, out_dir / "config.yaml")
+    torch.manual_seed(config.run.seed)
+    recipe = DINORecipe(config, context)
+    torch.manual_seed(config.run.seed + 1_000_003 * context.rank)
+    dataset = PretrainClips(clips, MultiViewSampler(config.data.views), seed=config.run.seed)
+    trainer = Trainer(recipe, dataset, collate_views, config.run, context, config_to_dict(config))
+    return trainer.fit(resume=resume)
