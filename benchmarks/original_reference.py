@@ -74,8 +74,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Divided space-time block on ``[B, 1 + h*w*T, D]`` tokens ordered ``(h w t)``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
-                 attn_drop: float, eps: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, attn_drop: float, eps: float
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop)
@@ -143,8 +144,9 @@ class OriginalVisionTransformer(nn.Module):
         self.time_drop = nn.Dropout(0.0)
         rates = [r.item() for r in torch.linspace(0, config.drop_path_rate, config.depth)]
         self.blocks = nn.ModuleList(
-            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.attn_drop_rate,
-                  config.norm_eps)
+            Block(
+                dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.attn_drop_rate, config.norm_eps
+            )
             for rate in rates
         )
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)

@@ -7,6 +7,7 @@ it, as the original Endo-FM loader does. The corpus is written here (synthetic e
 :mod:`endofm.data.synthetic` is importable, moving gradients otherwise).
 
     python benchmarks/sampler_throughput.py --size 480 640 --out sampler_throughput.json
+    python benchmarks/sampler_throughput.py --input ../shared/data/real_videos/*.mp4 --out real.json
 """
 
 from __future__ import annotations
@@ -79,21 +80,30 @@ def run(args: argparse.Namespace) -> dict:
     sampler = MultiViewSampler(MultiViewConfig(decode_short_side=args.short_side))
     methods = {"union (ours)": union_views, "full clip (original)": full_clip_views}
     with tempfile.TemporaryDirectory() as tmp:
-        paths, source = write_corpus(Path(tmp), args.videos, args.frames, height, width)
+        if args.input:
+            paths, source = list(args.input), "given files"
+            with VideoReader(paths[0]) as reader:
+                height, width = reader.info.height, reader.info.width
+        else:
+            paths, source = write_corpus(Path(tmp), args.videos, args.frames, height, width)
+        lengths = []
+        for path in paths:
+            with VideoReader(path) as reader:
+                lengths.append(min(args.frames, len(reader)))
         for method in methods.values():
-            method(sampler, paths[0], args.frames, torch.Generator().manual_seed(0))
+            method(sampler, paths[0], lengths[0], torch.Generator().manual_seed(0))
         seconds = dict.fromkeys(methods, 0.0)
         for rep in range(args.clips):
-            path = paths[rep % len(paths)]
+            path, length = paths[rep % len(paths)], lengths[rep % len(paths)]
             for name, method in methods.items():
                 start = time.perf_counter()
-                method(sampler, path, args.frames, torch.Generator().manual_seed(rep))
+                method(sampler, path, length, torch.Generator().manual_seed(rep))
                 seconds[name] += time.perf_counter() - start
     rates = {name: args.clips / total for name, total in seconds.items()}
     ours, original = rates["union (ours)"], rates["full clip (original)"]
     return {
         "video_size": [height, width],
-        "clip_frames": args.frames,
+        "clip_frames": lengths,
         "decode_short_side": args.short_side,
         "clips_timed_per_method": args.clips,
         "corpus": source,
@@ -112,10 +122,12 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--clips", type=int, default=6, help="clips timed per method")
     parser.add_argument("--short-side", type=int, default=256, help="decode short side of the union method")
+    parser.add_argument("--input", type=Path, nargs="+", help="time these videos instead of a synthetic corpus")
     parser.add_argument("--out", type=Path, default=Path("sampler_throughput.json"))
     args = parser.parse_args()
     result = run(args)
-    print(f"{args.size[0]}x{args.size[1]} clips of {args.frames} frames, 10 views, {result['corpus']} corpus")
+    height, width = result["video_size"]
+    print(f"{height}x{width} clips of {max(result['clip_frames'])} frames, 10 views, {result['corpus']}")
     print(f"{'method':<24}{'clips/s':>10}")
     for name, rate in result["clips_per_second"].items():
         print(f"{name:<24}{rate:>10.2f}")

@@ -62,10 +62,7 @@ def run_demo(config: DemoConfig) -> dict:
     data_seconds = time.perf_counter() - started
 
     torch.manual_seed(config.seed)
-    if config.checkpoint:
-        model = load_checkpoint(config.checkpoint).backbone
-    else:
-        model = build_model(config.model)
+    model = load_checkpoint(config.checkpoint).backbone if config.checkpoint else build_model(config.model)
     model = model.to(config.device).eval()
     splits = {name: _read_split(data_root, name) for name in ("train", "test")}
     features: dict[str, dict[str, np.ndarray]] = {}

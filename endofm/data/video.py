@@ -179,9 +179,7 @@ class VideoReader:
         if len(set(pts)) != len(pts):
             raise VideoError(f"{self.path}: video stream has repeated frame timestamps")
         if stream.frames and len(pts) < stream.frames:
-            raise VideoError(
-                f"{self.path}: truncated: header promises {stream.frames} frames, file holds {len(pts)}"
-            )
+            raise VideoError(f"{self.path}: truncated: header promises {stream.frames} frames, file holds {len(pts)}")
         keyframes = tuple(i for i, (_, key) in enumerate(packets) if key) or (0,)
         return _StreamIndex(pts, keyframes)
 
@@ -200,10 +198,7 @@ class VideoReader:
         if not indices:
             return torch.empty((0, 3, height, width), dtype=torch.uint8)
         wanted = sorted(set(indices))
-        if self._frame_files is not None:
-            frames = {i: self._read_image(i) for i in wanted}
-        else:
-            frames = self._decode(wanted)
+        frames = self._decode(wanted) if self._frame_files is None else self._read_images(wanted)
         stacked = np.stack([frames[i] for i in indices])
         return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
 
@@ -211,14 +206,18 @@ class VideoReader:
         """Every frame, as ``uint8 [T, 3, H, W]`` RGB."""
         return self.read(range(self.info.num_frames))
 
-    def _read_image(self, index: int) -> np.ndarray:
-        image = _load_image(self._frame_files[index], index)
-        height, width = self.frame_size
-        if image.shape[:2] != (height, width):
-            from PIL import Image
+    def _read_images(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """Load the wanted frames of a frame folder, resized to ``frame_size``."""
+        from PIL import Image
 
-            image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-        return image
+        height, width = self.frame_size
+        frames = {}
+        for index in wanted:
+            image = _load_image(self._frame_files[index], index)
+            if image.shape[:2] != (height, width):
+                image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+            frames[index] = image
+        return frames
 
     def _decode(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Decode from the keyframe before ``wanted[0]`` up to ``wanted[-1]``; convert only wanted frames."""
@@ -245,9 +244,7 @@ class VideoReader:
         position = keyframe
         first_seen = True
         try:
-            self._container.seek(
-                self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False
-            )
+            self._container.seek(self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
             for frame in self._container.decode(self._stream):
                 index = self._pts_to_index.get(frame.pts)
                 if index is None:

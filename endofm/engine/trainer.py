@@ -180,7 +180,7 @@ class Trainer:
         optimizer.load_state_dict(state["optimizer"])
         self.recipe.load_state_dict(state["recipe"])
         restore_rng_state(state["rng"])
-        self.logger.truncate_after(state["global_step"] - 1)
+        self.logger.truncate_after(state["global_step"])
         return state["epoch"], state["next_step"]
 
     def fit(self, resume: bool = False) -> dict[str, Any]:

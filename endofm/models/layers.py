@@ -145,7 +145,7 @@ class DividedSpaceTimeBlock(nn.Module):
 
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         frames, batch, tokens, dim = x.shape
-        qkv = self.temporal_attn.qkv(self.temporal_norm1(x)).view(frames, batch * tokens, -1)
+        qkv = self.temporal_attn.qkv(self.temporal_norm1(x.view(frames, batch * tokens, dim)))
         out, _ = self.temporal_attn.attend(*self.temporal_attn.split_heads(qkv, batch_first=False))
         res = self.temporal_fc(self.drop_path(self.temporal_attn.proj(out)))  # [B * (1 + S), T, D]
         out = x + res.view(batch, tokens, frames, dim).permute(2, 0, 1, 3)
@@ -153,8 +153,8 @@ class DividedSpaceTimeBlock(nn.Module):
         return out
 
     def _spatial_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        frames, batch, tokens, _ = x.shape
-        qkv = self.attn.qkv(self.norm1(x)).view(frames * batch, tokens, -1)
+        frames, batch, tokens, dim = x.shape
+        qkv = self.attn.qkv(self.norm1(x.view(frames * batch, tokens, dim)))
         return self.attn.split_heads(qkv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,9 @@ class DividedSpaceTimeBlock(nn.Module):
         cls = x[0, :, 0] + res[:, :, 0].mean(dim=0)
         x = x + res
         x[:, :, 0] = cls
-        return x + self.drop_path(self.mlp(self.norm2(x)), dim=1)
+        frames, batch, tokens, dim = x.shape
+        res = self.mlp(self.norm2(x.view(frames, batch * tokens, dim))).view(x.shape)
+        return x + self.drop_path(res, dim=1)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax maps of this block's spatial attention, ``[T * B, heads, 1 + S, 1 + S]``."""

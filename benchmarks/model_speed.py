@@ -1,0 +1,328 @@
+"""Speed and memory of the backbone against the original model code, side by side in one run.
+
+Every variant gets the same weights (one state dict) and the same input; timings interleave the variants
+round by round (so a busy machine slows all of them alike) and report the best and the median round.
+
+- ``original``: :mod:`original_reference`, the original module structure (the baseline of every ratio);
+- ``sdpa`` / ``math``: our backbone with either attention path; ``ckpt``: ``sdpa`` with gradient
+  checkpointing; ``compile``: ``torch.compile`` of ``sdpa`` (``--compile``, timed after warm-up);
+  ``int8``: dynamic int8 linears (inference only).
+
+Measured per config: inference clips/s, training step (forward + backward + AdamW step) on a batch of
+clips and on the pretraining multi-view batch (2 global + 8 local views, each group forwarded separately),
+peak memory of a training step (process peak RSS above the resident model, in a fresh subprocess), and the
+share of profiled CPU time outside matmul kernels (``aten::mm/addmm/bmm/baddbmm`` and the convolution).
+
+    python benchmarks/model_speed.py --quick --out speed.json
+    python benchmarks/model_speed.py --configs cpu_small endofm_vit_base --compile --out speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from original_reference import OriginalVisionTransformer  # noqa: E402
+
+from endofm.models.quantize import quantize_int8  # noqa: E402
+from endofm.models.registry import build_model  # noqa: E402
+
+MATMUL_OPS = {
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
+    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+}
+ATTENTION_OPS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """A model and the input sizes it is measured at."""
+
+    model: str
+    overrides: dict
+    frames: int
+    size: int
+    batch: int
+    local_size: int
+    multiview_batch: int
+
+
+CONFIGS = {
+    "cpu_small": BenchConfig("endofm_vit_small", {"depth": 4, "img_size": 112}, 8, 112, 4, 48, 1),
+    "endofm_vit_base": BenchConfig("endofm_vit_base", {}, 8, 224, 2, 96, 1),
+    "base_tiny_input": BenchConfig("endofm_vit_base", {}, 4, 112, 1, 48, 1),
+}
+"""``cpu_small``: 384 dim, 4 blocks, 6 heads, 8 x 112 px, batch 4. ``endofm_vit_base``: the released model
+at 8 x 224. ``base_tiny_input``: the released model on 4 x 112 px clips (``--quick``)."""
+GLOBAL_FRAMES, LOCAL_FRAMES = (8, 16), (2, 2, 4, 4, 8, 8, 16, 16)
+
+
+def make_models(name: str, variants: list[str]) -> dict[str, nn.Module]:
+    """The variants of one config, all with the weights of one randomly initialised backbone."""
+    cfg = CONFIGS[name]
+    torch.manual_seed(0)
+    ours = build_model(cfg.model, **cfg.overrides)
+    state = ours.state_dict()
+    models: dict[str, nn.Module] = {}
+    for variant in variants:
+        if variant == "original":
+            model = OriginalVisionTransformer(ours.config)
+            model.load_state_dict(state)
+        elif variant == "int8":
+            model = quantize_int8(copy.deepcopy(ours))
+        else:
+            model = copy.deepcopy(ours).set_attention_impl("math" if variant == "math" else "sdpa")
+            model.set_grad_checkpointing(variant == "ckpt")
+            if variant == "compile":
+                model = torch.compile(model)
+        models[variant] = model
+    return models
+
+
+def clips(cfg: BenchConfig, batch: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random batch ``[batch, 3, frames, size, size]``."""
+    return torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def multiview_batch(cfg: BenchConfig) -> list[torch.Tensor]:
+    """The pretraining views at this config's scale: 2 global views, 8 local views."""
+    views = [clips(cfg, cfg.multiview_batch, f, cfg.size, i) for i, f in enumerate(GLOBAL_FRAMES)]
+    views += [clips(cfg, cfg.multiview_batch, f, cfg.local_size, 10 + i) for i, f in enumerate(LOCAL_FRAMES)]
+    return views
+
+
+def train_step_fn(model: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], None]:
+    """One AdamW step on the mean squared CLS output of every input (forwarded one group at a time)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(model(x).square().mean() for x in inputs)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def infer_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One inference forward."""
+
+    def run() -> None:
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+
+    return run
+
+
+def time_interleaved(fns: dict[str, Callable[[], None]], warmup: int, rounds: int) -> dict[str, dict]:
+    """Seconds per call of each function, measured round-robin; best and median of ``rounds``."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"best_s": min(t), "median_s": statistics.median(t)} for name, t in times.items()}
+
+
+def op_shares(fn: Callable[[], None], iterations: int = 1) -> dict:
+    """Profiled CPU self time split into matmul kernels, fused attention kernels and everything else."""
+    fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(iterations):
+            fn()
+    total = matmul = attention = 0.0
+    others: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        t = event.self_cpu_time_total
+        total += t
+        if event.key in MATMUL_OPS:
+            matmul += t
+        elif event.key in ATTENTION_OPS:
+            attention += t
+        else:
+            others[event.key] += t
+    top = sorted(others.items(), key=lambda kv: -kv[1])[:6]
+    return {
+        "non_matmul_share": 1 - matmul / total,
+        "non_matmul_non_attention_share": 1 - (matmul + attention) / total,
+        "attention_kernel_share": attention / total,
+        "top_other_ops": {k: round(v / total, 4) for k, v in top},
+    }
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child_peak_memory(name: str, variant: str, kind: str) -> None:
+    """(Subprocess.) Print the peak RSS of one training step above the resident model, in MiB."""
+    cfg = CONFIGS[name]
+    model = make_models(name, [variant])[variant]
+    inputs = multiview_batch(cfg) if kind == "multiview" else [clips(cfg, cfg.batch, cfg.frames, cfg.size)]
+    step = train_step_fn(model, inputs)
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _rss_kib("VmRSS")
+    step()
+    print(json.dumps({"peak_mib": (_rss_kib("VmHWM") - base) / 1024}))
+
+
+def peak_memory(name: str, variant: str, kind: str) -> float | None:
+    """Peak training-step memory of one variant measured in a fresh process (None where unsupported)."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    cmd = [sys.executable, __file__, "--child", name, variant, kind]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def bench_config(name: str, args: argparse.Namespace) -> dict:
+    """Every measurement of one config."""
+    cfg = CONFIGS[name]
+    variants = ["original", "sdpa", "math", "ckpt", "int8"] + (["compile"] if args.compile else [])
+    models = make_models(name, variants)
+    x = clips(cfg, cfg.batch, cfg.frames, cfg.size)
+    result: dict = {"config": dataclasses.asdict(cfg), "input": list(x.shape)}
+    with torch.inference_mode():
+        ref = models["original"].eval()(x)
+        result["max_abs_diff_vs_original"] = {
+            v: float((models[v].eval()(x) - ref).abs().max()) for v in ("sdpa", "math") if v in models
+        }
+        if "int8" in models:
+            cos = torch.nn.functional.cosine_similarity(models["int8"](x), ref)
+            result["int8_min_cosine_vs_fp32"] = float(cos.min())
+    infer_variants = [v for v in variants if v != "ckpt"]
+    warmup, rounds = args.warmup, args.rounds
+    inf = time_interleaved({v: infer_fn(models[v], x) for v in infer_variants}, warmup + 1, rounds)
+    result["inference"] = {v: {**t, "clips_per_s": cfg.batch / t["best_s"]} for v, t in inf.items()}
+    train_variants = [v for v in variants if v != "int8"]
+    result["train_step"] = time_interleaved(
+        {v: train_step_fn(models[v], [x]) for v in train_variants}, warmup, rounds)
+    if not args.no_multiview:
+        views = multiview_batch(cfg)
+        result["multiview_step"] = time_interleaved(
+            {v: train_step_fn(models[v], views) for v in train_variants}, warmup, rounds)
+    result["op_shares"] = {
+        f"{mode}/{v}": op_shares(infer_fn(models[v], x) if mode == "forward" else train_step_fn(models[v], [x]))
+        for mode in ("forward", "train_step") for v in ("original", "sdpa", "math")
+    }
+    if not args.no_memory:
+        kinds = ["clips"] + ([] if args.no_multiview else ["multiview"])
+        result["peak_train_mib"] = {
+            f"{kind}/{v}": peak_memory(name, v, kind) for kind in kinds for v in ("original", "sdpa", "ckpt")
+        }
+    result["ratios"] = ratios(result)
+    return result
+
+
+def ratios(result: dict) -> dict:
+    """Speed-ups over the original (best rounds), and the checkpointing and int8 trade-offs."""
+    out: dict = {}
+    for section in ("inference", "train_step", "multiview_step"):
+        times = result.get(section)
+        if not times:
+            continue
+        base = times["original"]["best_s"]
+        out[section] = {f"{v}_speedup_vs_original": base / t["best_s"] for v, t in times.items() if v != "original"}
+        if "ckpt" in times:
+            out[section]["ckpt_time_vs_sdpa"] = times["ckpt"]["best_s"] / times["sdpa"]["best_s"]
+    if "int8" in result["inference"]:
+        out["inference"]["int8_speedup_vs_sdpa"] = (
+            result["inference"]["sdpa"]["best_s"] / result["inference"]["int8"]["best_s"])
+    mem = result.get("peak_train_mib")
+    if mem:
+        for kind in ("clips", "multiview"):
+            if mem.get(f"{kind}/original"):
+                out[f"peak_mem_{kind}"] = {
+                    "sdpa_vs_original": mem[f"{kind}/sdpa"] / mem[f"{kind}/original"],
+                    "ckpt_vs_sdpa": mem[f"{kind}/ckpt"] / mem[f"{kind}/sdpa"],
+                }
+    return out
+
+
+def print_table(name: str, result: dict) -> None:
+    """Human-readable summary of one config."""
+    print(f"\n== {name}: input {result['input']}")
+    print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} {'peak MiB':>10s}")
+    mem = result.get("peak_train_mib", {})
+    for v in ("original", "sdpa", "math", "ckpt", "compile", "int8"):
+        cells = [
+            f"{result['inference'][v]['clips_per_s']:14.2f}" if v in result["inference"] else f"{'-':>14s}",
+            f"{result['train_step'][v]['best_s']:13.3f}" if v in result["train_step"] else f"{'-':>13s}",
+            f"{result['multiview_step'][v]['best_s']:12.3f}" if v in result.get("multiview_step", {}) else f"{'-':>12s}",
+            f"{mem[f'clips/{v}']:10.0f}" if mem.get(f"clips/{v}") else f"{'-':>10s}",
+        ]
+        if any(c.strip() != "-" for c in cells):
+            print(f"{v:10s} " + " ".join(cells))
+    for key, shares in result["op_shares"].items():
+        print(f"  {key:22s} outside matmul {shares['non_matmul_share']:6.1%}  outside matmul+attention "
+              f"{shares['non_matmul_non_attention_share']:6.1%}")
+    print("  ratios: " + json.dumps(result["ratios"], indent=None, default=lambda f: round(f, 3)))
+
+
+def main() -> None:
+    """Parse arguments, run the configs, print the tables, write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
+    parser.add_argument("--quick", action="store_true", help="cpu_small + base_tiny_input, few rounds (~2 min)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (after warm-up)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-multiview", action="store_true", help="skip the multi-view pretraining batch")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child_peak_memory(*args.child)
+        return
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
+    configs = args.configs or (["cpu_small", "base_tiny_input"] if args.quick else ["cpu_small", "endofm_vit_base"])
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+        "args": vars(args),
+        "configs": {},
+    }
+    for name in configs:
+        start = time.perf_counter()
+        report["configs"][name] = bench_config(name, args)
+        report["configs"][name]["bench_seconds"] = time.perf_counter() - start
+        print_table(name, report["configs"][name])
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

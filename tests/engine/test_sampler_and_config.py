@@ -1,0 +1,61 @@
+"""Batch order across processes and resumes; typed configs with errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from endofm.config import load_config, save_config
+from endofm.engine.sampler import ShardedBatchSampler
+from endofm.errors import ConfigError, InputError
+from endofm.pretrain import PretrainConfig
+
+
+def test_processes_together_see_the_single_process_batches():
+    single = list(ShardedBatchSampler(20, 4, seed=3))
+    shards = [list(ShardedBatchSampler(20, 4, rank=r, world_size=2, seed=3)) for r in range(2)]
+    assert len(single) == 5
+    for step, batch in enumerate(single):
+        assert sorted(shards[0][step] + shards[1][step]) == sorted(batch)
+    assert sorted(i for b in single for i in b) == list(range(20))
+
+
+def test_epochs_reshuffle_and_resume_skips_done_steps():
+    sampler = ShardedBatchSampler(12, 3, seed=0)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0, start_step=2)
+    assert list(sampler) == first[2:] and len(sampler) == 2
+
+
+def test_batch_larger_than_dataset_is_refused():
+    with pytest.raises(InputError, match="larger than the dataset"):
+        ShardedBatchSampler(3, 4)
+    with pytest.raises(InputError, match="multiple"):
+        ShardedBatchSampler(30, 5, world_size=2)
+
+
+def test_recipe_files_load_and_round_trip(tmp_path):
+    config = load_config(PretrainConfig, "configs/pretrain/endofm_vit_base.yaml")
+    assert config.data.views.local_frames == (2, 2, 4, 4, 8, 8, 16, 16) and config.model.head_out_dim == 65536
+    tiny = load_config(PretrainConfig, "configs/pretrain/cpu_tiny.yaml", ["run.epochs=3", "optim.lr=1e-3"])
+    assert tiny.run.epochs == 3 and tiny.optim.lr == 1e-3 and tiny.model.arch == "endofm_vit_mini"
+    save_config(tiny, tmp_path / "config.yaml")
+    assert load_config(PretrainConfig, tmp_path / "config.yaml") == tiny
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.learning_rate=1", "unknown config key optim.learning_rate"),
+        ("run.epochs=many", "run.epochs: expected an integer"),
+        ("model.arch=resnet50", "model.arch 'resnet50'"),
+        ("data.views.flip_p=3", "flip_p must be a probability"),
+        ("run.precision=fp8", "run.precision"),
+        ("lr", "not of the form key=value"),
+    ],
+)
+def test_bad_config_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(PretrainConfig, overrides=[override])

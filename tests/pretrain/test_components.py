@@ -1,0 +1,82 @@
+"""The recipe's small components against direct statements of their formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from endofm.pretrain import DINOLoss, cosine_schedule, teacher_temperature_schedule, update_ema
+from endofm.pretrain.recipe import clip_per_parameter, teacher_groups
+
+
+def reference_dino_loss(student, teacher, center, views, student_temp, teacher_temp):
+    """Loop over samples and pairs, with softmax written out."""
+    batch = teacher.shape[0] // 2
+    total, terms = 0.0, 0
+    for i in range(2):
+        for v in range(views):
+            if v == i:
+                continue
+            for b in range(batch):
+                t = teacher[i * batch + b] - center[0]
+                q = torch.exp(t / teacher_temp) / torch.exp(t / teacher_temp).sum()
+                s = student[v * batch + b] / student_temp
+                log_p = s - torch.log(torch.exp(s).sum())
+                total += float(-(q * log_p).sum()) / batch
+            terms += 1
+    return total / terms
+
+
+def test_dino_loss_and_center_follow_the_formula():
+    torch.manual_seed(0)
+    views, batch, dim = 5, 3, 7
+    student, teacher = torch.randn(views * batch, dim), torch.randn(2 * batch, dim)
+    loss_fn = DINOLoss(dim, views, student_temp=0.1, center_momentum=0.9)
+    loss_fn.center.copy_(torch.randn(1, dim) * 0.1)
+    center = loss_fn.center.clone()
+    loss = loss_fn(student, teacher, teacher_temp=0.07)
+    assert math.isclose(float(loss), reference_dino_loss(student, teacher, center, views, 0.1, 0.07), rel_tol=1e-5)
+    torch.testing.assert_close(loss_fn.center, 0.9 * center + 0.1 * teacher.mean(dim=0, keepdim=True))
+
+
+def test_dino_loss_gradient_reaches_only_the_student():
+    student = torch.randn(4 * 2, 5, requires_grad=True)
+    teacher = torch.randn(2 * 2, 5, requires_grad=True)
+    DINOLoss(5, 4)(student, teacher, 0.04).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_schedules():
+    lr = cosine_schedule(1.0, 0.1, epochs=3, steps_per_epoch=4, warmup_epochs=1)
+    assert len(lr) == 12 and lr[0] == 0.0 and np.allclose(lr[:4], [0, 1 / 3, 2 / 3, 1])
+    steps = np.arange(8)
+    assert np.allclose(lr[4:], 0.1 + 0.45 * (1 + np.cos(np.pi * steps / 8)))
+    assert np.all(np.diff(lr[4:]) < 0)
+    assert teacher_temperature_schedule(0.04, 0.07, 2, 4).tolist() == [0.04, 0.07, 0.07, 0.07]
+
+
+def test_ema_moves_the_teacher_towards_the_student():
+    teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
+    before = teacher.weight.detach().clone()
+    update_ema(teacher, student, 0.9)
+    torch.testing.assert_close(teacher.weight, 0.9 * before + 0.1 * student.weight.detach())
+
+
+def test_clipping_is_per_parameter():
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    a.grad, b.grad = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.3, 0.4, 0.0])
+    clip_per_parameter([a, b], 1.0)
+    assert math.isclose(float(a.grad.norm()), 1.0, rel_tol=1e-5)
+    torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4, 0.0]))
+
+
+def test_teacher_sees_only_the_global_views():
+    batch = 2
+    groups = [torch.arange(2 * batch), torch.arange(100, 104), torch.arange(200, 202)]
+    picked = teacher_groups(groups, [[0, 1], [2, 3], [4]], num_global=2, batch=batch)
+    assert [g.tolist() for g in picked] == [[0, 1, 2, 3]]
+    picked = teacher_groups([torch.arange(2), torch.arange(10, 12), torch.arange(20, 24)], [[0], [1], [2, 3]], 2, 2)
+    assert [g.tolist() for g in picked] == [[0, 1], [10, 11]]

@@ -1,0 +1,147 @@
+"""Whole pretraining runs at toy scale: outputs, exact resume after SIGKILL, DDP equivalence, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from endofm import load_checkpoint
+from endofm.config import load_config
+from endofm.data.synthetic import render_video, write_video
+from endofm.errors import ConfigError, DatasetError, TrainingError
+from endofm.pretrain import PretrainConfig, pretrain
+
+TOY = [
+    "model.arch=endofm_vit_micro", "model.drop_path_rate=0.0", "model.head_out_dim=64",
+    "model.head_hidden_dim=32", "model.head_bottleneck_dim=16",
+    "data.views.global_frames=[2,4]", "data.views.global_size=32", "data.views.local_frames=[2,2]",
+    "data.views.local_size=16", "data.views.decode_short_side=40",
+    "optim.warmup_epochs=1", "optim.lr=0.05",
+    "run.epochs=2", "run.batch_size=4", "run.num_workers=0", "run.device=cpu", "run.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(8):
+        video = render_video(i, num_frames=12, size=48)
+        write_video(root / f"clip_{i}.mp4", video.frames, video.fps)
+    return root
+
+
+def _config(videos: Path, out: Path, *extra: str) -> PretrainConfig:
+    return load_config(PretrainConfig, overrides=[*TOY, f"data.manifest={videos}", f"run.out_dir={out}", *extra])
+
+
+def _cli(videos: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "endofm", "pretrain", *TOY, f"data.manifest={videos}", f"run.out_dir={out}", *extra]
+
+
+def _teacher(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "teacher_endo_fm.pth", weights_only=True)
+
+
+def test_a_run_writes_everything_a_user_needs(videos, tmp_path):
+    out = tmp_path / "run"
+    summary = pretrain(_config(videos, out))
+    assert summary["global_step"] == 4 and summary["epoch"] == 1
+    for name in ("config.yaml", "log.jsonl", "manifest.csv", "checkpoints/last.pt", "checkpoints/epoch_0002.pt",
+                 "plots/loss.png", "plots/lr.png", "plots/momentum.png", "plots/teacher_entropy.png"):
+        assert (out / name).exists(), name
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(k in steps[0] for k in ("loss", "lr", "momentum", "teacher_entropy", "clips_per_s"))
+    assert steps[0]["lr"] == 0.0 and steps[1]["lr"] > 0  # warm-up starts at zero
+    ours = load_checkpoint(out / "teacher")
+    original = load_checkpoint(out / "teacher_endo_fm.pth", num_heads=2)
+    assert ours.dino_head is not None and original.info.layout == "teacher_flat"
+    torch.testing.assert_close(ours.backbone.state_dict(), original.backbone.state_dict())
+    first_block = "backbone.blocks.0.attn.qkv.weight"
+    start = torch.load(out / "checkpoints/epoch_0002.pt", weights_only=True)
+    assert not torch.equal(start["network"][first_block], start["recipe"]["teacher"][first_block])
+    with pytest.raises(TrainingError, match="already holds a run"):
+        pretrain(_config(videos, out))
+
+
+def test_resume_after_sigkill_gives_the_same_teacher(videos, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run([sys.executable, *_cli(videos, reference, "run.checkpoint_every=1")], check=True, env=env)
+    process = subprocess.Popen([sys.executable, *_cli(videos, killed, "run.checkpoint_every=1")], env=env)
+    log = killed / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and sum(1 for line in log.read_text().splitlines() if '"step"' in line) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed mid-epoch"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "teacher_endo_fm.pth").exists()
+    subprocess.run([sys.executable, *_cli(videos, killed, "run.checkpoint_every=1"), "--resume"], check=True, env=env)
+    expected, resumed = _teacher(reference), _teacher(killed)
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"step"' in line]
+    assert steps == [1, 2, 3, 4], "steps redone after the resume are logged once"
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(videos, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run([sys.executable, *_cli(videos, single)], check=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29517", *_cli(videos, double)], check=True)
+    expected, distributed = _teacher(single), _teacher(double)
+    for key in expected:
+        torch.testing.assert_close(distributed[key], expected[key], rtol=1e-4, atol=1e-5)
+    assert json.loads((double / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+
+
+def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(videos, tmp_path, monkeypatch):
+    from endofm.pretrain import recipe as recipe_module
+
+    out = tmp_path / "nan"
+    pretrain(_config(videos, out, "run.max_steps=2"))
+    last = (out / "checkpoints/last.pt").read_bytes()
+    original = recipe_module.DINORecipe.compute_loss
+
+    def poisoned(self, network, batch, epoch):
+        loss, values = original(self, network, batch, epoch)
+        return loss * float("nan"), values
+
+    monkeypatch.setattr(recipe_module.DINORecipe, "compute_loss", poisoned)
+    with pytest.raises(TrainingError, match="the loss became nan"):
+        pretrain(_config(videos, out), resume=True)
+    assert (out / "checkpoints/last.pt").read_bytes() == last
+
+
+def test_bad_input_is_refused_before_any_work(videos, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no readable clips"):
+        pretrain(_config(empty, tmp_path / "a"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.mp4").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match="no readable clips"):
+        pretrain(_config(broken, tmp_path / "b"))
+    with pytest.raises(ConfigError, match="larger than the dataset"):
+        pretrain(_config(videos, tmp_path / "c", "run.batch_size=64"))
+    other = tmp_path / "other.pth"
+    from endofm import build_model
+
+    torch.save(build_model("endofm_vit_small").state_dict(), other)
+    with pytest.raises(ConfigError, match="does not fit model.arch"):
+        pretrain(_config(videos, tmp_path / "d", f"model.init={other}"))
+    assert not (tmp_path / "d" / "log.jsonl").exists()
