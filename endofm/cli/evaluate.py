@@ -1,0 +1,67 @@
+"""``endofm evaluate``: measure a backbone or a fine-tuned model on a labelled dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _load_backbone(args: argparse.Namespace):
+    from endofm.models.checkpoint import load_checkpoint
+    from endofm.models.registry import build_model
+
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint, num_heads=args.num_heads).backbone
+    import torch
+
+    torch.manual_seed(args.seed)
+    return build_model(args.model)
+
+
+def _frozen(args: argparse.Namespace) -> int:
+    from endofm.errors import InputError
+    from endofm.io import atomic_write_text
+    from endofm.tasks.probe import evaluate_frozen
+
+    if (args.checkpoint is None) == (args.model is None):
+        raise InputError("give exactly one of --checkpoint PATH or --model NAME (random initialisation)")
+    backbone = _load_backbone(args)
+    metrics = evaluate_frozen(
+        backbone, args.data, train_split=args.train_split, test_split=args.split, k=args.k,
+        num_frames=args.frames or backbone.config.num_frames, size=args.size or backbone.config.img_size[0],
+        normalization=args.normalization, device=args.device, progress=not args.quiet,
+    )
+    metrics["backbone"] = args.checkpoint or f"{args.model} (random initialisation)"
+    print(f"{'metric':<24}value")
+    print(f"{'k-NN accuracy (k=' + str(args.k) + ')':<24}{metrics['knn_accuracy']:.4f}")
+    print(f"{'linear-probe accuracy':<24}{metrics['linear_probe_accuracy']:.4f}")
+    print(f"({metrics['train_videos']} {args.train_split} videos as memory, {metrics['test_videos']} {args.split} "
+          "videos evaluated)")
+    if args.out:
+        atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``evaluate`` and its sub-commands."""
+    parser = subparsers.add_parser("evaluate", help="evaluate frozen features (knn, linear) or fine-tuned models")
+    commands = parser.add_subparsers(dest="evaluate_command", metavar="WHAT", required=True)
+    for name, help_text in (("knn", "k-NN and linear-probe accuracy of frozen features on a labelled set"),
+                            ("linear", "same as knn: both measures are always reported")):
+        sub = commands.add_parser(name, help=help_text,
+                                  description="Labelled set in the PolypDiag layout: videos/ + splits/<split>.txt.")
+        sub.add_argument("--data", required=True, help="dataset root (PolypDiag layout)")
+        sub.add_argument("--checkpoint", help="checkpoint file or endofm model folder")
+        sub.add_argument("--model", help="named config with random weights (the baseline)")
+        sub.add_argument("--num-heads", type=int, default=None, help="heads of the checkpoint (default dim / 64)")
+        sub.add_argument("--train-split", default="train", help="split used as memory / probe training set")
+        sub.add_argument("--split", default="test", help="split evaluated (default: test)")
+        sub.add_argument("--k", type=int, default=5, help="neighbours of the k-NN vote")
+        sub.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
+        sub.add_argument("--size", type=int, default=None, help="crop size (default: the model's)")
+        sub.add_argument("--normalization", default="imagenet", help="normalisation preset")
+        sub.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (--model)")
+        sub.add_argument("--device", default="cpu", help="torch device")
+        sub.add_argument("--out", default=None, help="write the metrics as JSON here")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.set_defaults(func=_frozen)
