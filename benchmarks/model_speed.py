@@ -10,8 +10,11 @@ round by round (so a busy machine slows all of them alike) and report the best a
 
 Measured per config: inference clips/s, training step (forward + backward + AdamW step) on a batch of
 clips and on the pretraining multi-view batch (2 global + 8 local views, each group forwarded separately),
-peak memory of a training step (process peak RSS above the resident model, in a fresh subprocess), and the
-share of profiled CPU time outside matmul kernels (``aten::mm/addmm/bmm/baddbmm`` and the convolution).
+peak memory of a training step (process peak RSS above the resident model and optimiser state, in a fresh
+subprocess after a tiny warm-up step), and the share of profiled CPU self time outside matmul kernels
+(``aten::mm/addmm/bmm/baddbmm``, oneDNN ``mkldnn::_linear_pointwise``, the convolution); the fused CPU
+attention kernel is reported apart (``attention_kernel_share``) and counted as non-matmul in
+``non_matmul_share``.
 
     python benchmarks/model_speed.py --quick --out speed.json
     python benchmarks/model_speed.py --configs cpu_small endofm_vit_base --compile --out speed.json
@@ -44,7 +47,7 @@ from endofm.models.registry import build_model  # noqa: E402
 
 MATMUL_OPS = {
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
-    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "mkldnn::_linear_pointwise",
 }
 ATTENTION_OPS = {
     "aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -71,7 +74,8 @@ CONFIGS = {
     "base_tiny_input": BenchConfig("endofm_vit_base", {}, 4, 112, 1, 48, 1),
 }
 """``cpu_small``: 384 dim, 4 blocks, 6 heads, 8 x 112 px, batch 4. ``endofm_vit_base``: the released model
-at 8 x 224. ``base_tiny_input``: the released model on 4 x 112 px clips (``--quick``)."""
+at 8 x 224. ``base_tiny_input``: the released model on 4 x 112 px clips (a faster stand-in)."""
+VARIANTS = ("original", "sdpa", "math", "ckpt", "int8", "compile")
 GLOBAL_FRAMES, LOCAL_FRAMES = (8, 16), (2, 2, 4, 4, 8, 8, 16, 16)
 
 
@@ -109,9 +113,11 @@ def multiview_batch(cfg: BenchConfig) -> list[torch.Tensor]:
     return views
 
 
-def train_step_fn(model: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], None]:
+def train_step_fn(
+    model: nn.Module, inputs: list[torch.Tensor], optimizer: torch.optim.Optimizer | None = None
+) -> Callable[[], None]:
     """One AdamW step on the mean squared CLS output of every input (forwarded one group at a time)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def step() -> None:
         model.train()
@@ -182,11 +188,13 @@ def _rss_kib(field: str) -> int:
 
 
 def child_peak_memory(name: str, variant: str, kind: str) -> None:
-    """(Subprocess.) Print the peak RSS of one training step above the resident model, in MiB."""
+    """(Subprocess.) Print the peak RSS of one training step above the resident model and AdamW state, in MiB."""
     cfg = CONFIGS[name]
     model = make_models(name, [variant])[variant]
     inputs = multiview_batch(cfg) if kind == "multiview" else [clips(cfg, cfg.batch, cfg.frames, cfg.size)]
-    step = train_step_fn(model, inputs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    train_step_fn(model, [clips(cfg, 1, 1, 32)], optimizer)()  # a tiny step allocates the AdamW state
+    step = train_step_fn(model, inputs, optimizer)
     Path("/proc/self/clear_refs").write_text("5")
     base = _rss_kib("VmRSS")
     step()
@@ -198,14 +206,16 @@ def peak_memory(name: str, variant: str, kind: str) -> float | None:
     if not Path("/proc/self/clear_refs").exists():
         return None
     cmd = [sys.executable, __file__, "--child", name, variant, kind]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    # a fixed mmap threshold returns freed tensors to the system at once, so RSS follows live memory
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 def bench_config(name: str, args: argparse.Namespace) -> dict:
     """Every measurement of one config."""
     cfg = CONFIGS[name]
-    variants = ["original", "sdpa", "math", "ckpt", "int8"] + (["compile"] if args.compile else [])
+    variants = [v for v in VARIANTS if v in args.variants and (v != "compile" or args.compile)]
     models = make_models(name, variants)
     x = clips(cfg, cfg.batch, cfg.frames, cfg.size)
     result: dict = {"config": dataclasses.asdict(cfg), "input": list(x.shape)}
@@ -228,14 +238,16 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
         views = multiview_batch(cfg)
         result["multiview_step"] = time_interleaved(
             {v: train_step_fn(models[v], views) for v in train_variants}, warmup, rounds)
-    result["op_shares"] = {
+    result["op_shares"] = {} if args.no_profile else {
         f"{mode}/{v}": op_shares(infer_fn(models[v], x) if mode == "forward" else train_step_fn(models[v], [x]))
         for mode in ("forward", "train_step") for v in ("original", "sdpa", "math")
+        if v in models and not (args.quick and v == "math")
     }
     if not args.no_memory:
         kinds = ["clips"] + ([] if args.no_multiview else ["multiview"])
         result["peak_train_mib"] = {
             f"{kind}/{v}": peak_memory(name, v, kind) for kind in kinds for v in ("original", "sdpa", "ckpt")
+            if v in models
         }
     result["ratios"] = ratios(result)
     return result
@@ -259,10 +271,9 @@ def ratios(result: dict) -> dict:
     if mem:
         for kind in ("clips", "multiview"):
             if mem.get(f"{kind}/original"):
-                out[f"peak_mem_{kind}"] = {
-                    "sdpa_vs_original": mem[f"{kind}/sdpa"] / mem[f"{kind}/original"],
-                    "ckpt_vs_sdpa": mem[f"{kind}/ckpt"] / mem[f"{kind}/sdpa"],
-                }
+                out[f"peak_mem_{kind}"] = {"sdpa_vs_original": mem[f"{kind}/sdpa"] / mem[f"{kind}/original"]}
+                if mem.get(f"{kind}/ckpt"):
+                    out[f"peak_mem_{kind}"]["ckpt_vs_sdpa"] = mem[f"{kind}/ckpt"] / mem[f"{kind}/sdpa"]
     return out
 
 
@@ -271,11 +282,12 @@ def print_table(name: str, result: dict) -> None:
     print(f"\n== {name}: input {result['input']}")
     print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} {'peak MiB':>10s}")
     mem = result.get("peak_train_mib", {})
+    multiview = result.get("multiview_step", {})
     for v in ("original", "sdpa", "math", "ckpt", "compile", "int8"):
         cells = [
             f"{result['inference'][v]['clips_per_s']:14.2f}" if v in result["inference"] else f"{'-':>14s}",
             f"{result['train_step'][v]['best_s']:13.3f}" if v in result["train_step"] else f"{'-':>13s}",
-            f"{result['multiview_step'][v]['best_s']:12.3f}" if v in result.get("multiview_step", {}) else f"{'-':>12s}",
+            f"{multiview[v]['best_s']:12.3f}" if v in multiview else f"{'-':>12s}",
             f"{mem[f'clips/{v}']:10.0f}" if mem.get(f"clips/{v}") else f"{'-':>10s}",
         ]
         if any(c.strip() != "-" for c in cells):
@@ -290,12 +302,15 @@ def main() -> None:
     """Parse arguments, run the configs, print the tables, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
-    parser.add_argument("--quick", action="store_true", help="cpu_small + base_tiny_input, few rounds (~2 min)")
+    parser.add_argument("--quick", action="store_true", help="cpu_small only, 2 rounds, no multi-view (~2 min)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (after warm-up)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="variants to run (original and sdpa are always run)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-multiview", action="store_true", help="skip the multi-view pretraining batch")
+    parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler op shares")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
@@ -305,9 +320,10 @@ def main() -> None:
     if args.child:
         child_peak_memory(*args.child)
         return
+    args.variants = sorted(set(args.variants) | {"original", "sdpa"}, key=VARIANTS.index)
     if args.quick:
-        args.rounds = min(args.rounds, 3)
-    configs = args.configs or (["cpu_small", "base_tiny_input"] if args.quick else ["cpu_small", "endofm_vit_base"])
+        args.rounds, args.warmup, args.no_multiview = min(args.rounds, 2), 0, True
+    configs = args.configs or (["cpu_small"] if args.quick else ["cpu_small", "endofm_vit_base"])
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
@@ -315,8 +331,10 @@ def main() -> None:
         "configs": {},
     }
     for name in configs:
+        report["configs"][name] = {"load_average_before": os.getloadavg()}
         start = time.perf_counter()
-        report["configs"][name] = bench_config(name, args)
+        report["configs"][name].update(bench_config(name, args))
+        report["configs"][name]["load_average_after"] = os.getloadavg()
         report["configs"][name]["bench_seconds"] = time.perf_counter() - start
         print_table(name, report["configs"][name])
     if args.out:

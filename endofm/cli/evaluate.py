@@ -42,6 +42,24 @@ def _frozen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task(args: argparse.Namespace) -> int:
+    from endofm.errors import InputError
+    from endofm.io import atomic_write_text
+    from endofm.tasks.common import json_safe, print_table, read_finetuned
+    from endofm.tasks.registry import evaluate_model
+
+    model = read_finetuned(args.checkpoint)
+    if model.task != args.evaluate_command:
+        raise InputError(f"{args.checkpoint} is a {model.task} model, not a {args.evaluate_command} model")
+    metrics = evaluate_model(model, args.data, args.split, args.device, args.batch_size)
+    print_table(f"{model.task} metrics of {args.checkpoint} on {args.data} ({args.split}):", metrics)
+    if args.out:
+        report = {"task": model.task, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+                  "metrics": metrics}
+        atomic_write_text(args.out, json.dumps(json_safe(report), indent=2) + "\n")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` and its sub-commands."""
     parser = subparsers.add_parser("evaluate", help="evaluate frozen features (knn, linear) or fine-tuned models")
@@ -65,3 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--out", default=None, help="write the metrics as JSON here")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         sub.set_defaults(func=_frozen)
+    for name, layout in (("classify", "PolypDiag"), ("segment", "CVC-ClinicDB"), ("detect", "KUMC/PolypsSet")):
+        sub = commands.add_parser(name, help=f"metrics of a fine-tuned {name} model on a {layout}-layout split")
+        sub.add_argument("--checkpoint", required=True, help="fine-tuned model folder (a run's model/)")
+        sub.add_argument("--data", required=True, help=f"dataset root ({layout} layout)")
+        sub.add_argument("--split", default="test", help="split evaluated (default: test)")
+        sub.add_argument("--batch-size", type=int, default=2, help="samples per forward pass")
+        sub.add_argument("--device", default="cpu", help="torch device")
+        sub.add_argument("--out", default=None, help="write the metrics as JSON here")
+        sub.set_defaults(func=_task)

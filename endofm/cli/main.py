@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from endofm.errors import EndoFMError
 
-COMMAND_MODULES = ("demo", "models", "data", "pretrain", "evaluate", "visualize")
+COMMAND_MODULES = ("demo", "models", "data", "pretrain", "evaluate", "visualize", "finetune", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from endofm.errors import EndoFMError, InputError
@@ -68,6 +69,12 @@ def _embed(args: argparse.Namespace) -> int:
         print(f"warning: {args.model} has random weights; use --checkpoint for real features", file=sys.stderr)
         model = build_model(args.model)
     model.to(args.device)
+    if args.int8:
+        from endofm.models.quantize import quantize_int8
+
+        if torch.device(args.device).type != "cpu":
+            raise InputError("--int8 runs on the CPU: use --device cpu")
+        model = quantize_int8(model)
     rows, failures = [], []
     for video in tqdm(videos, desc="embedding", unit="video", disable=args.quiet):
         try:
@@ -130,6 +137,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embed.add_argument("--normalization", default="imagenet", help="normalisation preset (default: imagenet)")
     embed.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
     embed.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    embed.add_argument("--int8", action="store_true",
+                       help="dynamic int8 linear layers (CPU only): faster, embeddings within ~1e-2 cosine")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_checkpoint_args(embed)
     embed.set_defaults(func=_embed)

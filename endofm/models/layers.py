@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 ATTENTION_IMPLS = ("sdpa", "math")
 """Attention paths: ``sdpa`` (``scaled_dot_product_attention``: fused kernels, no layout copies) or ``math``
 (explicit ``softmax(q k^T * scale) v``)."""
@@ -27,6 +26,66 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0) -
     mask_shape[dim] = x.shape[dim]
     mask = x.new_empty(mask_shape).bernoulli_(keep)
     return x * mask.div_(keep)
+
+
+def _onednn_eligible(x: torch.Tensor, layer: nn.Module) -> bool:
+    if torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return False  # compilers fuse on their own
+    return (
+        type(layer) is nn.Linear
+        and layer.bias is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and layer.weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x @ w.T + b (+ residual)`` by oneDNN with bias and residual in the GEMM epilogue; backward by matmuls."""
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad2d = grad.reshape(-1, grad.shape[-1])
+        grad_x = grad2d.mm(weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad2d.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        grad_b = grad2d.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
+
+
+def linear(
+    x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``layer(x)``, then GELU when ``gelu``, then ``+ residual`` when given (same shape as the output).
+
+    On float32 CPUs oneDNN runs it with bias, residual and (in inference) GELU fused into the GEMM: no
+    separate pass over the output. Other devices, dtypes and layers (e.g. quantised ones) run ``layer``.
+    """
+    if not _onednn_eligible(x, layer):
+        out = layer(x)
+        out = F.gelu(out) if gelu else out
+        return out if residual is None else residual + out
+    x = x.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
+        if gelu:
+            out = F.gelu(_OneDNNLinear.apply(x, layer.weight, layer.bias, None))
+            return out if residual is None else residual + out
+        return _OneDNNLinear.apply(x, layer.weight, layer.bias, residual)
+    if residual is not None and not gelu:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), layer.weight, layer.bias, "add")
+    out = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none")
+    return out if residual is None else residual + out
 
 
 class DropPath(nn.Module):
@@ -89,23 +148,22 @@ class Attention(nn.Module):
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Self-attention over ``x [B, N, D]``; with ``return_attention`` also the maps ``[B, heads, N, N]``."""
-        q, k, v = self.split_heads(self.qkv(x))
+        q, k, v = self.split_heads(linear(x, self.qkv))
         out, weights = self.attend(q, k, v, need_weights=return_attention)
-        out = self.proj(out)
+        out = linear(out, self.proj)
         return (out, weights) if return_attention else out
 
 
 class Mlp(nn.Module):
-    """Two linear layers with a GELU between them."""
+    """Two linear layers with a GELU between them (fused into ``fc1`` where :func:`linear` can)."""
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(linear(x, self.fc1, gelu=True), self.fc2)
 
 
 class DividedSpaceTimeBlock(nn.Module):
@@ -145,29 +203,37 @@ class DividedSpaceTimeBlock(nn.Module):
 
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         frames, batch, tokens, dim = x.shape
-        qkv = self.temporal_attn.qkv(self.temporal_norm1(x.view(frames, batch * tokens, dim)))
+        qkv = linear(self.temporal_norm1(x.view(frames, batch * tokens, dim)), self.temporal_attn.qkv)
         out, _ = self.temporal_attn.attend(*self.temporal_attn.split_heads(qkv, batch_first=False))
-        res = self.temporal_fc(self.drop_path(self.temporal_attn.proj(out)))  # [B * (1 + S), T, D]
+        res = linear(self.drop_path(linear(out, self.temporal_attn.proj)), self.temporal_fc)
         out = x + res.view(batch, tokens, frames, dim).permute(2, 0, 1, 3)
         out[:, :, 0] = x[:, :, 0]
         return out
 
     def _spatial_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         frames, batch, tokens, dim = x.shape
-        qkv = self.attn.qkv(self.norm1(x.view(frames * batch, tokens, dim)))
+        qkv = linear(self.norm1(x.view(frames * batch, tokens, dim)), self.attn.qkv)
         return self.attn.split_heads(qkv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [T, B, 1 + S, D]`` to the block's output in the same layout."""
+        frames, batch, tokens, dim = x.shape
+        dropping = self.training and self.drop_path.drop_prob > 0
         x = self._temporal(x)
         out, _ = self.attn.attend(*self._spatial_qkv(x))
-        res = self.drop_path(self.attn.proj(out)).view(x.shape)
-        cls = x[0, :, 0] + res[:, :, 0].mean(dim=0)
-        x = x + res
+        if dropping or torch.is_grad_enabled():  # autograd forbids the in-place CLS write on a fused output
+            res = self.drop_path(linear(out, self.attn.proj)).view(x.shape)
+            cls = x[0, :, 0] + res[:, :, 0].mean(dim=0)
+            x = x + res
+        else:  # the residual add runs in the GEMM; the CLS slots of x are equal, so mean(x + res) = x + mean(res)
+            x = linear(out, self.attn.proj, residual=x.view(frames * batch, tokens, dim)).view(x.shape)
+            cls = x[:, :, 0].mean(dim=0)
         x[:, :, 0] = cls
-        frames, batch, tokens, dim = x.shape
-        res = self.mlp(self.norm2(x.view(frames, batch * tokens, dim))).view(x.shape)
-        return x + self.drop_path(res, dim=1)
+        flat = x.view(frames, batch * tokens, dim)
+        hidden = linear(self.norm2(flat), self.mlp.fc1, gelu=True)
+        if dropping:
+            return x + self.drop_path(linear(hidden, self.mlp.fc2).view(x.shape), dim=1)
+        return linear(hidden, self.mlp.fc2, residual=flat).view(x.shape)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax maps of this block's spatial attention, ``[T * B, heads, 1 + S, 1 + S]``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from endofm import build_model, load_checkpoint
+from endofm import InputError, build_model, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 PARITY_DIR = ROOT.parent / "shared" / "fixtures" / "official_parity"
@@ -32,13 +32,20 @@ def _pair():
     return ours, original
 
 
-@pytest.mark.parametrize("shape", [(4, 64, 64), (2, 48, 80), (1, 32, 32), (8, 64, 64)])
+@pytest.mark.parametrize("shape, impl", [((4, 64, 64), "sdpa"), ((2, 48, 80), "sdpa"), ((1, 32, 32), "sdpa"),
+                                         ((3, 64, 48), "math")])
 @torch.no_grad()
-def test_same_state_dict_and_same_outputs(shape):
+def test_same_state_dict_and_same_outputs(shape, impl):
     ours, original = _pair()
+    ours.set_attention_impl(impl)
     video = torch.randn(2, 3, *shape)
     torch.testing.assert_close(original.forward_features(video), ours.forward_features(video), atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(original(video), ours(video), atol=2e-5, rtol=1e-4)
+
+
+def test_unknown_attention_impl_is_refused():
+    with pytest.raises(InputError, match="unknown attention impl"):
+        build_model("endofm_vit_micro").set_attention_impl("flash3")
 
 
 def test_same_gradients():

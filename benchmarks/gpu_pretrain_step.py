@@ -1,0 +1,193 @@
+"""One Endo-FM pretraining-like step of the released ViT-B, timed on a GPU (or, with ``--tiny``, on a CPU).
+
+The step follows the original recipe's shape of work: a student (backbone + DINO head) forwards the 10 views
+of every clip (2 global views of 8 and 16 frames at 224 px, 8 local views of 2, 2, 4, 4, 8, 8, 16, 16 frames
+at 96 px; each group of equal shape in one forward), an EMA teacher forwards the 2 global views without
+gradients, the loss is the mean of the 18 teacher-student cross-entropy terms, then backward, gradient
+clipping, an AdamW step and the EMA update. It runs in bf16 autocast with the flash SDPA kernel.
+
+Reported: seconds per step (median of the timed steps), peak GPU memory, model FLOPs per step (counted by
+``torch.utils.flop_counter`` without checkpointing's recomputation) and achieved TFLOP/s. Self-checks:
+finite loss, gradients everywhere, the SDPA kernel that ran, and the targets (<= 0.45 s/step, <= 18 GiB)
+as pass/fail lines.
+
+    python benchmarks/gpu_pretrain_step.py --out gpu_step.json               # H100/H200-class GPU
+    python benchmarks/gpu_pretrain_step.py --tiny --device cpu               # a small CPU self-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from endofm.models.heads import DINOHead
+from endofm.models.registry import build_model
+
+GLOBAL_FRAMES, LOCAL_FRAMES = (8, 16), (2, 2, 4, 4, 8, 8, 16, 16)
+TARGET_S_PER_STEP, TARGET_GIB = 0.45, 18.0
+
+
+class Network(nn.Module):
+    """Backbone + DINO head; views are forwarded in groups of equal shape, the head runs on all at once."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(torch.cat([self.backbone(v) for v in views]))
+
+
+def make_views(batch: int, global_size: int, local_size: int, device: torch.device) -> list[torch.Tensor]:
+    """The 10 views of a batch of clips: 2 global, then 8 local."""
+    shapes = [(f, global_size) for f in GLOBAL_FRAMES] + [(f, local_size) for f in LOCAL_FRAMES]
+    return [torch.randn(batch, 3, f, s, s, device=device) for f, s in shapes]
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, views: int) -> torch.Tensor:
+    """Mean cross-entropy over every (teacher global view i, student view v != i) pair."""
+    student_logp = F.log_softmax(student.float() / 0.1, dim=-1).chunk(views)
+    teacher_p = F.softmax((teacher.float() - center) / 0.04, dim=-1).detach().chunk(2)
+    terms = [(-t * student_logp[v]).sum(-1).mean() for i, t in enumerate(teacher_p) for v in range(views) if v != i]
+    return torch.stack(terms).mean()
+
+
+def build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Student and EMA teacher."""
+    if args.tiny:
+        backbone = build_model("endofm_vit_micro", drop_path_rate=0.1)
+        head = DINOHead(in_dim=backbone.embed_dim, out_dim=1024, hidden_dim=128, bottleneck_dim=32)
+    else:
+        backbone = build_model("endofm_vit_base")
+        head = DINOHead(in_dim=backbone.embed_dim)
+    backbone.set_grad_checkpointing(args.grad_checkpointing)
+    student = Network(backbone, head).to(device)
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    return student, teacher
+
+
+def pick_sdpa_backends(device: torch.device, dtype: torch.dtype) -> tuple[list[SDPBackend], str]:
+    """Flash attention alone where it runs on these (strided) inputs; else flash + memory-efficient."""
+    if device.type != "cuda":
+        return [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH], "cpu flash"
+    q = torch.randn(64, 8, 12, 3, 64, device=device, dtype=dtype).permute(3, 1, 2, 0, 4)[0]  # strided like ours
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            F.scaled_dot_product_attention(q, q, q)
+        return [SDPBackend.FLASH_ATTENTION], "flash"
+    except RuntimeError:
+        return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION], "flash+efficient (flash refused)"
+
+
+def main() -> None:
+    """Run the step, print a summary and the checks, write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch", type=int, default=8, help="clips per step (per GPU)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
+    parser.add_argument("--tiny", action="store_true", help="micro model, 64/32 px, batch 2: a CPU self-test")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    global_size, local_size = (64, 32) if args.tiny else (224, 96)
+    batch = 2 if args.tiny else args.batch
+    dtype = torch.float32 if args.no_bf16 else torch.bfloat16
+    student, teacher = build(args, device)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=5e-4 * batch / 256, weight_decay=0.04, fused=device.type == "cuda")
+    center = torch.zeros(1, student.head.last_layer.weight_v.shape[0], device=device)
+    views = make_views(batch, global_size, local_size, device)
+    backends, kernel = pick_sdpa_backends(device, dtype)
+    autocast = nullcontext() if args.no_bf16 else torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def step() -> float:
+        nonlocal center
+        with sdpa_kernel(backends), autocast:
+            with torch.no_grad():
+                teacher_out = teacher(views[:2])
+            loss = dino_loss(student(views), teacher_out, center, len(views))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1 - 0.996)
+            center = center * 0.9 + teacher_out.float().mean(0, keepdim=True) * 0.1
+        return float(loss.detach())
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    losses = [step() for _ in range(args.warmup)]
+    missing = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
+    student.backbone.set_grad_checkpointing(False)  # count model FLOPs, not checkpointing's recomputation
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    student.backbone.set_grad_checkpointing(args.grad_checkpointing)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        sync()
+        start = time.perf_counter()
+        losses.append(step())
+        sync()
+        times.append(time.perf_counter() - start)
+    s_per_step = statistics.median(times)
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "tiny": args.tiny,
+        "batch": batch,
+        "views": [list(v.shape) for v in views],
+        "dtype": str(dtype),
+        "sdpa_kernel": kernel,
+        "grad_checkpointing": args.grad_checkpointing,
+        "s_per_step": s_per_step,
+        "step_times_s": times,
+        "peak_memory_gib": peak_gib,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / s_per_step / 1e12,
+        "losses": losses,
+    }
+    checks = {
+        "finite loss": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
+        "every trainable parameter got a gradient": not missing,
+    }
+    if not args.tiny and device.type == "cuda":
+        checks[f"s/step <= {TARGET_S_PER_STEP}"] = s_per_step <= TARGET_S_PER_STEP
+        checks[f"peak memory <= {TARGET_GIB} GiB"] = peak_gib <= TARGET_GIB
+    result["checks"] = checks
+    mem = f"{peak_gib:.2f} GiB" if peak_gib is not None else "n/a (cpu)"
+    print(f"{result['device']}: {s_per_step:.3f} s/step, peak {mem}, {flops / 1e9:.1f} GFLOP/step, "
+          f"{result['achieved_tflops']:.2f} TFLOP/s, sdpa {kernel}, checkpointing {args.grad_checkpointing}")
+    for name, ok in checks.items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if not all(v for k, v in checks.items() if k in ("finite loss", "every trainable parameter got a gradient")):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Segmentation metrics: Dice and the 95th-percentile Hausdorff distance (HD95), per sequence.
+
+Masks are boolean (or 0/1) arrays. Conventions for empty masks (stated because papers differ):
+
+- Dice: both empty -> 1.0 (nothing to find, nothing found); one empty -> 0.0.
+- HD95 (pixels): both empty -> 0.0; exactly one empty -> the frame's diagonal, the largest distance
+  possible in the frame (a finite worst case, so averages stay defined).
+
+HD95 follows the common (medpy) definition: the surface of a mask is its foreground pixels with a
+4-neighbour outside the mask (or outside the image); HD95 is the larger of the two directed 95th
+percentiles of surface-to-surface Euclidean distances.
+
+Per sequence (:func:`sequence_metrics`), Dice is computed over all pixels of all frames of the sequence
+(the original's per-case volume Dice) and HD95 is the mean of the frames' 2-D HD95 (time is not a spatial
+axis); :func:`segmentation_metrics` averages both over sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from endofm.errors import InputError
+
+
+def _pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p, t = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)
+    if p.shape != t.shape:
+        raise InputError(f"prediction shape {p.shape} differs from the target's {t.shape}")
+    return p, t
+
+
+def dice(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice coefficient ``2 |P & T| / (|P| + |T|)`` of two masks of any shape (1.0 when both are empty)."""
+    p, t = _pair(pred, target)
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """Coordinates ``[K, 2]`` of the foreground pixels of a 2-D mask that touch the background or the image
+    edge through one of their 4 neighbours."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise InputError(f"surface() needs a 2-D mask, got shape {m.shape}")
+    padded = np.pad(m, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return np.argwhere(m & ~interior)
+
+
+def hd95(pred: np.ndarray, target: np.ndarray) -> float:
+    """95th-percentile symmetric Hausdorff distance (pixels) between two 2-D masks; see the module doc
+    for empty masks."""
+    p, t = _pair(pred, target)
+    if p.ndim != 2:
+        raise InputError(f"hd95() needs 2-D masks, got shape {p.shape}")
+    has_p, has_t = bool(p.any()), bool(t.any())
+    if not has_p and not has_t:
+        return 0.0
+    if has_p != has_t:
+        return math.hypot(*p.shape)
+    sp, st = surface(p), surface(t)
+    to_target = cKDTree(st).query(sp)[0]
+    to_pred = cKDTree(sp).query(st)[0]
+    return float(max(np.percentile(to_target, 95), np.percentile(to_pred, 95)))
+
+
+def sequence_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Dice over the whole ``[T, H, W]`` sequence and the mean per-frame HD95."""
+    p, t = _pair(pred, target)
+    if p.ndim != 3:
+        raise InputError(f"sequence masks must be [T, H, W], got shape {p.shape}")
+    return {"dice": dice(p, t), "hd95": float(np.mean([hd95(a, b) for a, b in zip(p, t, strict=True)]))}
+
+
+def segmentation_metrics(sequences: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, object]:
+    """Per-sequence Dice and HD95 of ``{name: (pred [T, H, W], target [T, H, W])}``, and their means."""
+    if not sequences:
+        raise InputError("no sequences to evaluate")
+    per_sequence = {name: sequence_metrics(p, t) for name, (p, t) in sequences.items()}
+    return {
+        "dice": float(np.mean([m["dice"] for m in per_sequence.values()])),
+        "hd95": float(np.mean([m["hd95"] for m in per_sequence.values()])),
+        "sequences": per_sequence,
+    }

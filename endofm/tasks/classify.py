@@ -1,0 +1,201 @@
+"""PolypDiag classification: the CLS embedding and a linear head, fully fine-tuned or as a linear probe.
+
+:func:`finetune_classify` trains on the shared engine, selects the best epoch on a validation split and
+reports binary F1 (the original's metric), macro F1, accuracy and AUROC of that model on the test split.
+Split rules (``data.splits``): with ``splits/test.txt`` present, ``val.txt`` selects and ``test.txt`` tests;
+in the original layout (``train.txt`` and ``val.txt`` only, ``val.txt`` being what the original tested on)
+``val_fraction`` of the training videos (stratified by label) select and ``val.txt`` tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, default_collate
+from tqdm import tqdm
+
+from endofm.data.datasets.polypdiag import PolypDiagDataset
+from endofm.data.datasets.splits import split_by_case
+from endofm.data.transforms import eval_transform, train_transform
+from endofm.engine.distributed import DistributedContext
+from endofm.engine.trainer import RunConfig
+from endofm.errors import ConfigError, DatasetError
+from endofm.metrics.classification import classification_metrics
+from endofm.models.backbone import EndoFMBackbone
+from endofm.models.heads import LinearClassifier
+from endofm.tasks.common import (
+    FinetuneModelConfig,
+    FinetuneRecipe,
+    OptimConfig,
+    SelectionConfig,
+    SplitsConfig,
+    build_backbone,
+    run_finetune,
+)
+
+CLASSIFY_DEFAULT_DATA = {"num_frames": 8, "size": 224, "normalization": "polypdiag"}
+"""Preprocessing of the original PolypDiag fine-tuning (used for the original's fine-tuned checkpoints)."""
+
+
+@dataclass
+class ClassifyDataConfig:
+    """Where the PolypDiag-layout data is and how clips are made."""
+
+    root: str = ""
+    num_frames: int = 8
+    size: int = 224
+    normalization: str = "polypdiag"
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+
+
+@dataclass
+class ClassifyConfig:
+    """A classification fine-tuning run; defaults are the original's hyper-parameters."""
+
+    mode: str = "finetune"
+    """``finetune`` (all weights) or ``linear`` (frozen backbone, linear probe)."""
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=1e-3, scale_lr=True))
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/finetune-classify", epochs=20,
+                                                             batch_size=4))
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("finetune", "linear"):
+            raise ConfigError(f"mode must be finetune or linear, got {self.mode!r}")
+
+
+class ClassifierNetwork(nn.Module):
+    """Backbone CLS embedding -> linear head; with ``freeze_backbone`` the backbone stays frozen in eval mode."""
+
+    def __init__(self, backbone: EndoFMBackbone, head: LinearClassifier, freeze_backbone: bool = False) -> None:
+        super().__init__()
+        self.backbone, self.head, self.freeze_backbone = backbone, head, freeze_backbone
+        if freeze_backbone:
+            backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ClassifierNetwork:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if self.freeze_backbone:
+            with torch.no_grad():
+                features = self.backbone(video)
+            return self.head(features)
+        return self.head(self.backbone(video))
+
+
+def classify_datasets(data: ClassifyDataConfig, select_on_test: bool = False,
+                      seed: int = 0) -> tuple[PolypDiagDataset, PolypDiagDataset, PolypDiagDataset, dict[str, str]]:
+    """Train, validation and test datasets, and the names of their splits (see the module docstring)."""
+    root = Path(data.root)
+    if not data.root:
+        raise ConfigError("data.root is not set: give the PolypDiag folder (--data ROOT)")
+    splits = data.splits
+    train_tf = train_transform(data.size, normalization=data.normalization)
+    eval_tf = eval_transform(data.size, normalization=data.normalization)
+    has_test = (root / "splits" / "test.txt").exists()
+    test_name = splits.test if splits.test != "auto" else ("test" if has_test else "val")
+
+    def make(split: str, transform: Any) -> PolypDiagDataset:
+        return PolypDiagDataset(root, split, num_frames=data.num_frames, transform=transform)
+
+    train = make(splits.train, train_tf)
+    test = make(test_name, eval_tf)
+    if select_on_test:
+        return train, test, test, {"train": splits.train, "val": test_name, "test": test_name}
+    val_name = splits.val
+    if val_name == "auto":
+        val_name = "val" if test_name != "val" and (root / "splits" / "val.txt").exists() else ""
+    if val_name:
+        return train, make(val_name, eval_tf), test, {"train": splits.train, "val": val_name, "test": test_name}
+    parts = split_by_case(train.items, lambda item: str(item[0]),
+                          {"train": 1 - splits.val_fraction, "val": splits.val_fraction}, seed=seed,
+                          stratify=lambda item: item[1])
+    if not parts["train"] or not parts["val"]:
+        raise DatasetError(f"{root / 'splits' / (splits.train + '.txt')}: too few videos to hold out a validation "
+                           "split; add splits/test.txt or give data.splits.val")
+    val = make(splits.train, eval_tf)
+    train.items, val.items = parts["train"], parts["val"]
+    held_out = f"{splits.val_fraction:g} of {splits.train} (held out, stratified)"
+    return train, val, test, {"train": f"{splits.train} (rest)", "val": held_out, "test": test_name}
+
+
+@torch.inference_mode()
+def predict_probabilities(network: nn.Module, dataset: Any, batch_size: int, device: torch.device,
+                          num_workers: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[N, C]`` and labels ``[N]`` of every sample of a dataset."""
+    was_training = network.training
+    network.eval()
+    probs, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=default_collate)
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        probs.append(F.softmax(network(batch["video"].to(device)).float(), dim=1).cpu())
+        labels.append(torch.as_tensor(batch["label"]))
+    network.train(was_training)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate_classifier(network: nn.Module, dataset: Any, batch_size: int = 4, device: str | torch.device = "cpu",
+                        num_workers: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Binary F1, macro F1, accuracy and AUROC (and the sample count) of a classifier on a dataset."""
+    probs, labels = predict_probabilities(network, dataset, batch_size, torch.device(device), num_workers, progress)
+    return {**classification_metrics(labels, probs), "samples": int(len(labels))}
+
+
+class ClassifyRecipe(FinetuneRecipe):
+    """Cross-entropy on the linear head's logits."""
+
+    task = "classify"
+    default_metric = "binary_f1"
+
+    def __init__(self, config: ClassifyConfig, context: DistributedContext, val_set: Any, test_set: Any,
+                 split_names: dict[str, str]) -> None:
+        super().__init__(config, context, val_set, test_set, split_names)
+        model = config.model
+        if config.mode == "linear":
+            model = dataclasses.replace(model, drop_path_rate=0.0)
+        backbone = build_backbone(model)
+        head = LinearClassifier(backbone.embed_dim, len(PolypDiagDataset.classes))
+        self.network = ClassifierNetwork(backbone, head, freeze_backbone=config.mode == "linear").to(self.device)
+
+    def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = network(batch["video"].to(self.device, non_blocking=True))
+        labels = torch.as_tensor(batch["label"], device=self.device)
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, {"train_accuracy": float((logits.argmax(1) == labels).float().mean())}
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["label"])
+
+    def evaluate(self, dataset: Any) -> dict[str, Any]:
+        run = self.config.run
+        return evaluate_classifier(self.network, dataset, run.batch_size, self.device, run.num_workers)
+
+    def head_config(self) -> dict[str, Any]:
+        return dict(self.network.head.config)
+
+    def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
+        return self.network.backbone, self.network.head
+
+    def data_config(self) -> dict[str, Any]:
+        data = self.config.data
+        return {"num_frames": data.num_frames, "size": data.size, "normalization": data.normalization,
+                "classes": list(PolypDiagDataset.classes)}
+
+
+def finetune_classify(config: ClassifyConfig, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune (or linear-probe) a classifier; the run folder gets ``model/``, ``metrics.json`` and plots."""
+    datasets = classify_datasets(config.data, config.selection.select_on_test, config.run.seed)
+    return run_finetune(config, ClassifyRecipe, datasets, default_collate, resume)

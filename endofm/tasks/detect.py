@@ -1,0 +1,241 @@
+"""KUMC detection: the backbone with a simple feature pyramid as the backbone of torchvision's FCOS.
+
+The input of a sample is the current frame and its reference frames (``data.ref_offsets``, the current frame
+last), stacked as channels ``[3T, H, W]`` so that torchvision's detection transform batches them like
+images; :class:`VideoPyramid` unstacks them into a clip ``[B, 3, T, H, W]``, runs the backbone, takes the
+current frame's patch tokens (stride = patch size) and builds the original's simple pyramid: deconv x2
+(stride 8), identity (stride 16), max-pool (stride 32), each followed by a 1x1 and a 3x3 convolution to
+``out_channels``. Frames are normalised by the dataset transform; the detector's own transform neither
+renormalises nor (for frames already at ``short_side``) resizes.
+
+Metrics: the original's frame-level F1 at score >= 0.5 (``frame_f1_original``: no IoU check), box-level
+precision/recall/F1 at IoU 0.5, and COCO mAP through pycocotools (:mod:`endofm.metrics.detection`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.transforms import v2
+
+from endofm.data.datasets.kumc import KUMCDataset
+from endofm.data.transforms import VideoTransform
+from endofm.engine.distributed import DistributedContext
+from endofm.engine.trainer import RunConfig
+from endofm.errors import ConfigError, InputError
+from endofm.metrics.detection import detection_metrics
+from endofm.models.backbone import EndoFMBackbone
+from endofm.tasks.common import (
+    FinetuneModelConfig,
+    FinetuneRecipe,
+    OptimConfig,
+    SelectionConfig,
+    SplitsConfig,
+    build_backbone,
+    run_finetune,
+)
+
+
+@dataclass
+class DetectDataConfig:
+    """Where the KUMC/PolypsSet-layout data is and how samples are made."""
+
+    root: str = ""
+    ref_offsets: tuple[int, ...] = (-2, -1)
+    """Reference frames relative to the current one (the original: the current frame + 2 references)."""
+    short_side: int = 600
+    max_size: int = 640
+    normalization: str = "imagenet"
+    hflip: float = 0.5
+    splits: SplitsConfig = field(default_factory=lambda: SplitsConfig(val="val", test="test"))
+
+
+@dataclass
+class DetectorConfig:
+    """Pyramid and FCOS head."""
+
+    out_channels: int = 256
+    head_convs: int = 4
+    score_thresh: float = 0.05
+    """Lowest score kept at inference (the metrics apply their own 0.5 threshold; mAP uses all)."""
+    nms_thresh: float = 0.6
+    detections_per_img: int = 100
+
+
+@dataclass
+class DetectConfig:
+    """A detection fine-tuning run; the original used SGD lr 0.0025, batch 1, short side 600 (96k iterations)."""
+
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    data: DetectDataConfig = field(default_factory=DetectDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.0025, momentum=0.9,
+                                                                   weight_decay=1e-4, warmup_epochs=1))
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/finetune-detect", epochs=12,
+                                                             batch_size=1))
+
+
+class VideoPyramid(nn.Module):
+    """Stacked clip ``[B, 3T, H, W]`` -> ``{"p8", "p16", "p32"}`` feature maps of the current (last) frame."""
+
+    def __init__(self, backbone: EndoFMBackbone, num_frames: int, out_channels: int = 256) -> None:
+        super().__init__()
+        dim = backbone.embed_dim
+        self.backbone, self.num_frames, self.out_channels = backbone, num_frames, out_channels
+        self.up = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.down = nn.MaxPool2d(kernel_size=2, stride=2)
+        groups = math.gcd(32, out_channels)
+        self.outputs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dim, out_channels, 1, bias=False), nn.GroupNorm(groups, out_channels),
+                          nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                          nn.GroupNorm(groups, out_channels))
+            for _ in range(3)
+        )
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        b, c, h, w = x.shape
+        if c != 3 * self.num_frames:
+            raise InputError(f"expected {3 * self.num_frames} stacked channels ({self.num_frames} frames), got {c}")
+        video = x.view(b, self.num_frames, 3, h, w).transpose(1, 2)
+        _, patches = self.backbone.forward_tokens(video)
+        current = patches[:, -1].permute(0, 3, 1, 2)
+        maps = (self.up(current), current, self.down(current))
+        return OrderedDict((name, block(m)) for name, block, m in zip(("p8", "p16", "p32"), self.outputs, maps,
+                                                                      strict=True))
+
+
+def build_detector(backbone: EndoFMBackbone, num_classes: int = 2, num_frames: int = 3, out_channels: int = 256,
+                   head_convs: int = 4, short_side: int = 600, max_size: int = 640, score_thresh: float = 0.05,
+                   nms_thresh: float = 0.6, detections_per_img: int = 100) -> FCOS:
+    """FCOS on a :class:`VideoPyramid` (``num_classes`` foreground classes; FCOS's labels are 1-based)."""
+    pyramid = VideoPyramid(backbone, num_frames, out_channels)
+    stride = backbone.patch_size
+    anchors = AnchorGenerator(sizes=((stride // 2,), (stride,), (stride * 2,)), aspect_ratios=((1.0,),) * 3)
+    head = FCOSHead(out_channels, 1, num_classes + 1, num_convs=head_convs)
+    channels = 3 * num_frames
+    model = FCOS(pyramid, num_classes + 1, min_size=short_side, max_size=max_size, image_mean=[0.0] * channels,
+                 image_std=[1.0] * channels, anchor_generator=anchors, head=head, score_thresh=score_thresh,
+                 nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+    model.config = {"num_classes": num_classes, "num_frames": num_frames, "out_channels": out_channels,
+                    "head_convs": head_convs, "short_side": short_side, "max_size": max_size,
+                    "score_thresh": score_thresh, "nms_thresh": nms_thresh, "detections_per_img": detections_per_img}
+    return model
+
+
+def detect_transforms(data: DetectDataConfig) -> tuple[VideoTransform, VideoTransform]:
+    """Train (resize + flip) and eval (resize) transforms: short side ``short_side``, long side <= ``max_size``."""
+    max_size = data.max_size if data.max_size > data.short_side else None
+    resize = v2.Resize(data.short_side, max_size=max_size, antialias=True)
+    train = VideoTransform(v2.Compose([resize, v2.RandomHorizontalFlip(data.hflip)]), data.normalization)
+    return train, VideoTransform(resize, data.normalization)
+
+
+def stack_clip(video: torch.Tensor) -> torch.Tensor:
+    """``[3, T, H, W]`` -> ``[3T, H, W]`` (frame-major), the detector's input."""
+    return video.transpose(0, 1).reshape(-1, *video.shape[-2:])
+
+
+def collate_detection(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lists of stacked clips and targets (labels stay 0-based), plus the metadata lists."""
+    return {"images": [stack_clip(s["video"]) for s in samples],
+            "targets": [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples],
+            "meta": [s["meta"] for s in samples]}
+
+
+def detect_datasets(data: DetectDataConfig, select_on_test: bool = False,
+                    seed: int = 0) -> tuple[KUMCDataset, KUMCDataset, KUMCDataset, dict[str, str]]:
+    """Train, validation and test datasets of the KUMC layout and the names of their splits."""
+    if not data.root:
+        raise ConfigError("data.root is not set: give the KUMC/PolypsSet folder (--data ROOT)")
+    train_tf, eval_tf = detect_transforms(data)
+    splits = data.splits
+    test_name = "test" if splits.test == "auto" else splits.test
+    val_name = test_name if select_on_test else ("val" if splits.val == "auto" else splits.val)
+
+    def make(split: str, transform: VideoTransform) -> KUMCDataset:
+        return KUMCDataset(data.root, split, ref_offsets=data.ref_offsets, transform=transform)
+
+    test = make(test_name, eval_tf)
+    val = test if select_on_test else make(val_name, eval_tf)
+    return make(splits.train, train_tf), val, test, {"train": splits.train, "val": val_name, "test": test_name}
+
+
+@torch.inference_mode()
+def detect_frames(model: FCOS, images: list[torch.Tensor], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Detections (boxes xyxy, scores, 0-based labels) of a list of stacked clips, on the CPU."""
+    outputs = model([image.to(device) for image in images])
+    return [{"boxes": o["boxes"].cpu(), "scores": o["scores"].cpu(), "labels": o["labels"].cpu() - 1}
+            for o in outputs]
+
+
+def evaluate_detector(model: FCOS, dataset: KUMCDataset, batch_size: int = 2, device: str | torch.device = "cpu",
+                      num_workers: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+    """Frame-level F1 (original), box P/R/F1 at IoU 0.5 and COCO mAP of a detector on a dataset."""
+    was_training = model.training
+    model.eval()
+    predictions, targets = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection)
+    for batch in loader:
+        predictions += detect_frames(model, batch["images"], torch.device(device))
+        targets += batch["targets"]
+    model.train(was_training)
+    num_classes = len(dataset.classes)
+    return {**detection_metrics(predictions, targets, num_classes, score_threshold=score_threshold),
+            "frames": len(targets)}
+
+
+class DetectRecipe(FinetuneRecipe):
+    """FCOS losses (focal classification, GIoU regression, centreness), summed."""
+
+    task = "detect"
+    default_metric = "map_50"
+
+    def __init__(self, config: DetectConfig, context: DistributedContext, val_set: Any, test_set: Any,
+                 split_names: dict[str, str]) -> None:
+        super().__init__(config, context, val_set, test_set, split_names)
+        det, data = config.detector, config.data
+        self.network = build_detector(build_backbone(config.model), len(KUMCDataset.classes),
+                                      len(data.ref_offsets) + 1, det.out_channels, det.head_convs, data.short_side,
+                                      data.max_size, det.score_thresh, det.nms_thresh,
+                                      det.detections_per_img).to(self.device)
+
+    def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        images = [image.to(self.device, non_blocking=True) for image in batch["images"]]
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device) + 1}
+                   for t in batch["targets"]]
+        losses = network(images, targets)
+        return sum(losses.values()), {k: float(v.detach()) for k, v in losses.items()}
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["images"])
+
+    def evaluate(self, dataset: Any) -> dict[str, Any]:
+        run = self.config.run
+        return evaluate_detector(self.network, dataset, max(run.batch_size, 2), self.device, run.num_workers)
+
+    def head_config(self) -> dict[str, Any]:
+        return dict(self.network.config)
+
+    def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
+        return self.network.backbone.backbone, self.network
+
+    def data_config(self) -> dict[str, Any]:
+        data = self.config.data
+        return {"ref_offsets": list(data.ref_offsets), "short_side": data.short_side, "max_size": data.max_size,
+                "normalization": data.normalization, "classes": list(KUMCDataset.classes)}
+
+
+def finetune_detect(config: DetectConfig, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune a detector; the run folder gets ``model/``, ``metrics.json`` and plots."""
+    datasets = detect_datasets(config.data, config.selection.select_on_test, config.run.seed)
+    return run_finetune(config, DetectRecipe, datasets, collate_detection, resume)

@@ -1,0 +1,47 @@
+"""The three fine-tuning tasks by name: their config class, entry point, and evaluation on a dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from endofm.tasks.classify import ClassifierNetwork, ClassifyConfig, finetune_classify
+from endofm.tasks.common import FinetunedModel
+from endofm.tasks.detect import DetectConfig, finetune_detect
+from endofm.tasks.segment import SegmentationNetwork, SegmentConfig, finetune_segment
+
+TASK_API: dict[str, tuple[type, Callable[..., dict[str, Any]]]] = {
+    "classify": (ClassifyConfig, finetune_classify),
+    "segment": (SegmentConfig, finetune_segment),
+    "detect": (DetectConfig, finetune_detect),
+}
+
+
+def evaluate_model(model: FinetunedModel, root: str, split: str = "test", device: str = "cpu",
+                   batch_size: int = 2) -> dict[str, Any]:
+    """Metrics of a fine-tuned model on one split of a dataset in its task's original layout, with the
+    preprocessing the model was trained with."""
+    from endofm.data.datasets.cvc import CVCDataset
+    from endofm.data.datasets.kumc import KUMCDataset
+    from endofm.data.datasets.polypdiag import PolypDiagDataset
+    from endofm.data.transforms import eval_transform
+    from endofm.tasks.classify import evaluate_classifier
+    from endofm.tasks.detect import DetectDataConfig, detect_transforms, evaluate_detector
+    from endofm.tasks.segment import SegmentDataConfig, evaluate_segmenter, segment_transforms
+
+    data = model.data
+    if model.task == "classify":
+        dataset = PolypDiagDataset(root, split, num_frames=int(data["num_frames"]),
+                                   transform=eval_transform(int(data["size"]), normalization=data["normalization"]))
+        network = ClassifierNetwork(model.backbone, model.head).to(device)
+        return evaluate_classifier(network, dataset, batch_size, device)
+    if model.task == "segment":
+        config = SegmentDataConfig(root=root, clip_length=int(data["clip_length"]), size=int(data["size"]),
+                                   normalization=data["normalization"])
+        dataset = CVCDataset(root, split, clip_length=config.clip_length, transform=segment_transforms(config)[1])
+        return evaluate_segmenter(SegmentationNetwork(model.backbone, model.head).to(device), dataset, batch_size,
+                                  device)
+    config = DetectDataConfig(root=root, ref_offsets=tuple(data["ref_offsets"]), short_side=int(data["short_side"]),
+                              max_size=int(data["max_size"]), normalization=data["normalization"])
+    dataset = KUMCDataset(root, split, ref_offsets=config.ref_offsets, transform=detect_transforms(config)[1])
+    return evaluate_detector(model.head.to(device), dataset, batch_size, device)

@@ -1,0 +1,54 @@
+"""Dynamic int8 quantisation for CPU deployment: same embeddings within a small angle, original untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from endofm import build_model
+from endofm.cli.main import main
+from endofm.models.quantize import quantize_int8
+
+
+def _trained_like_model() -> nn.Module:
+    model = build_model("endofm_vit_micro", embed_dim=128, num_heads=2).eval()
+    with torch.no_grad():  # temporal_fc starts at zero in most blocks: make every layer count
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    return model
+
+
+def test_quantised_copy_keeps_the_embeddings_and_leaves_the_model_alone():
+    model = _trained_like_model()
+    quantized = quantize_int8(model)
+    assert all(type(m) is not nn.Linear for m in quantized.modules())
+    assert type(model.blocks[0].mlp.fc1) is nn.Linear, "the original model is not modified"
+    video = torch.randn(3, 3, 4, 64, 64)
+    with torch.inference_mode():
+        cosine = torch.nn.functional.cosine_similarity(quantized(video), model(video))
+    assert float(cosine.min()) >= 0.99
+
+
+def test_int8_refuses_a_model_off_the_cpu():
+    model = build_model("endofm_vit_micro").to("meta")
+    with pytest.raises(Exception, match="cpu"):
+        quantize_int8(model)
+
+
+def test_embed_int8_flag(tmp_path, make_video):
+    model = _trained_like_model()
+    path = tmp_path / "teacher.pth"
+    torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, path)
+    video = make_video(tmp_path / "a.mp4", num_frames=12)
+    features = []
+    for extra in ([], ["--int8"]):
+        out = tmp_path / f"f{len(extra)}.npz"
+        args = ["embed", str(video), "--checkpoint", str(path), "--out", str(out), "--frames", "4", "--size", "48",
+                "--window", "6", "--quiet", *extra]
+        assert main(args) == 0
+        features.append(np.load(out)["features"])
+    a, b = features
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert a.shape == b.shape == (2, 128) and cosine.min() >= 0.99
