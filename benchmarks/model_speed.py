@@ -6,7 +6,8 @@ round by round (so a busy machine slows all of them alike) and report the best a
 - ``original``: :mod:`original_reference`, the original module structure (the baseline of every ratio);
 - ``sdpa`` / ``math``: our backbone with either attention path; ``ckpt``: ``sdpa`` with gradient
   checkpointing; ``compile``: ``torch.compile`` of ``sdpa`` (``--compile``, timed after warm-up);
-  ``int8``: dynamic int8 linears (inference only).
+  ``int8``: dynamic int8 linears (inference only). ``compile`` is left out of the multi-view batch, whose
+  mix of shapes inductor (torch 2.14, CPU) fails to compile.
 
 Measured per config: inference clips/s, training step (forward + backward + AdamW step) on a batch of
 clips and on the pretraining multi-view batch (2 global + 8 local views, each group forwarded separately),
@@ -236,8 +237,8 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
         {v: train_step_fn(models[v], [x]) for v in train_variants}, warmup, rounds)
     if not args.no_multiview:
         views = multiview_batch(cfg)
-        result["multiview_step"] = time_interleaved(
-            {v: train_step_fn(models[v], views) for v in train_variants}, warmup, rounds)
+        result["multiview_step"] = time_interleaved(  # inductor fails on the views' mix of shapes
+            {v: train_step_fn(models[v], views) for v in train_variants if v != "compile"}, warmup, rounds)
     result["op_shares"] = {} if args.no_profile else {
         f"{mode}/{v}": op_shares(infer_fn(models[v], x) if mode == "forward" else train_step_fn(models[v], [x]))
         for mode in ("forward", "train_step") for v in ("original", "sdpa", "math")

@@ -1,6 +1,8 @@
 """Building blocks of the divided space-time transformer: attention, MLP, stochastic depth, the block.
 
 Parameter names follow the original Endo-FM/TimeSformer code so its state dicts load without renaming.
+On float32 CPUs the linear layers run through oneDNN with bias, residual add and (in inference) GELU fused
+into the GEMM (:func:`linear`); elsewhere they are plain ``nn.Linear`` calls.
 """
 
 from __future__ import annotations
@@ -28,16 +30,19 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0) -
     return x * mask.div_(keep)
 
 
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def _onednn_eligible(x: torch.Tensor, layer: nn.Module) -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_scripting():
         return False  # compilers fuse on their own
     return (
-        type(layer) is nn.Linear
+        _HAS_ONEDNN_LINEAR
+        and type(layer) is nn.Linear
         and layer.bias is not None
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and layer.weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
     )
 
@@ -51,7 +56,7 @@ class _OneDNNLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         if residual is None:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
 
     @staticmethod
@@ -62,6 +67,51 @@ class _OneDNNLinear(torch.autograd.Function):
         grad_w = grad2d.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
         grad_b = grad2d.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
+
+
+class _OneDNNMlp(torch.autograd.Function):
+    """``fc2(gelu(fc1(x))) (+ residual)`` keeping only ``x`` and ``fc1``'s output for backward.
+
+    The GELU output (4 x the width of a token) is recomputed in backward instead of stored: a third less
+    activation memory for the MLP at the cost of one elementwise pass.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        w1: torch.Tensor,
+        b1: torch.Tensor,
+        w2: torch.Tensor,
+        b2: torch.Tensor,
+        residual: torch.Tensor | None,
+    ) -> torch.Tensor:
+        hidden = torch.ops.mkldnn._linear_pointwise(x, w1, b1, "none", [], "none")
+        ctx.save_for_backward(x, hidden, w1, w2)
+        act = F.gelu(hidden)
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(act, w2, b2, "none", [], "none")
+        return torch.ops.mkldnn._linear_pointwise.binary(act, residual.contiguous(), w2, b2, "add")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, hidden, w1, w2 = ctx.saved_tensors
+        grad2d = grad.reshape(-1, grad.shape[-1])
+        hidden2d = hidden.view(-1, hidden.shape[-1])
+        grad_w2 = grad2d.t().mm(F.gelu(hidden2d))
+        grad_hidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden2d)
+        grad_w1 = grad_hidden.t().mm(x.reshape(-1, x.shape[-1]))
+        grad_x = grad_hidden.mm(w1).view(x.shape)
+        return grad_x, grad_w1, grad_hidden.sum(0), grad_w2, grad2d.sum(0), grad if ctx.needs_input_grad[5] else None
+
+
+def mlp(x: torch.Tensor, module: Mlp, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``module(x) (+ residual)``; in training on float32 CPUs through :class:`_OneDNNMlp` (less memory)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or module.fc1.weight.requires_grad)
+    if grad and _onednn_eligible(x, module.fc1) and _onednn_eligible(x, module.fc2):
+        return _OneDNNMlp.apply(x.contiguous(), module.fc1.weight, module.fc1.bias, module.fc2.weight,
+                                module.fc2.bias, residual)
+    return linear(linear(x, module.fc1, gelu=True), module.fc2, residual=residual)
 
 
 def linear(
@@ -163,7 +213,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(linear(x, self.fc1, gelu=True), self.fc2)
+        return mlp(x, self)
 
 
 class DividedSpaceTimeBlock(nn.Module):
@@ -230,10 +280,9 @@ class DividedSpaceTimeBlock(nn.Module):
             cls = x[:, :, 0].mean(dim=0)
         x[:, :, 0] = cls
         flat = x.view(frames, batch * tokens, dim)
-        hidden = linear(self.norm2(flat), self.mlp.fc1, gelu=True)
         if dropping:
-            return x + self.drop_path(linear(hidden, self.mlp.fc2).view(x.shape), dim=1)
-        return linear(hidden, self.mlp.fc2, residual=flat).view(x.shape)
+            return x + self.drop_path(mlp(self.norm2(flat), self.mlp).view(x.shape), dim=1)
+        return mlp(self.norm2(flat), self.mlp, residual=flat).view(x.shape)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax maps of this block's spatial attention, ``[T * B, heads, 1 + S, 1 + S]``."""
