@@ -24,9 +24,17 @@ from endofm.data.synthetic import (
 from endofm.errors import InputError
 
 
+def _content(path: Path) -> bytes:
+    """A file's bytes; for an mp4 its decoded pixels (the container's bytes are not promised stable)."""
+    if path.suffix != ".mp4":
+        return path.read_bytes()
+    with av.open(str(path)) as container:
+        return b"".join(f.to_ndarray(format="rgb24").tobytes() for f in container.decode(video=0))
+
+
 def _digest(root: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(root)): hashlib.sha256(_content(p)).hexdigest()
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
