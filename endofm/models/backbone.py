@@ -8,6 +8,7 @@ resolution of at least one patch, including non-square frames and single images 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +230,28 @@ class EndoFMBackbone(nn.Module):
         patches = tokens[:, :, 1:].transpose(0, 1).reshape(batch, frames, grid_h, grid_w, self.embed_dim)
         return tokens[0, :, 0], patches
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The clip embedding: the CLS token after the final norm, ``[B, D]``."""
-        return self.norm(self._run_blocks(self._embed(x)[0])[0, :, 0])
+    def forward(self, x: torch.Tensor, keep_ratio: float = 1.0) -> torch.Tensor:
+        """The clip embedding: the CLS token after the final norm, ``[B, D]``.
+
+        ``keep_ratio < 1`` keeps a random subset of that share of the spatial positions of each clip (the
+        same positions in every frame, so temporal attention is unchanged) and drops the others before the
+        blocks: the token-drop speed variant of pretraining. Draws from the global torch generator.
+        """
+        tokens = self._embed(x)[0]
+        if keep_ratio < 1.0:
+            tokens = self._keep_random_positions(tokens, keep_ratio)
+        return self.norm(self._run_blocks(tokens)[0, :, 0])
+
+    @staticmethod
+    def _keep_random_positions(tokens: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+        """``[T, B, 1 + S, D]`` -> ``[T, B, 1 + K, D]``: the CLS and ``K = ceil(keep_ratio * S)`` positions."""
+        if not 0.0 < keep_ratio <= 1.0:
+            raise InputError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        frames, batch, length, dim = tokens.shape
+        keep = max(1, math.ceil(keep_ratio * (length - 1)))
+        order = torch.rand(batch, length - 1, device=tokens.device).argsort(dim=1)[:, :keep] + 1
+        index = torch.cat((order.new_zeros(batch, 1), order), dim=1)
+        return tokens.gather(2, index.view(1, batch, keep + 1, 1).expand(frames, batch, keep + 1, dim))
 
     def last_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial self-attention of the last block, ``[B, T, heads, 1 + h*w, 1 + h*w]``.

@@ -22,6 +22,9 @@ class ModelConfig:
     num_heads: int | None = None
     """Heads of the ``init`` checkpoint when they cannot be inferred (embed dim not a multiple of 64)."""
     grad_checkpointing: bool = False
+    token_keep_ratio: float = 1.0
+    """Token-drop speed variant (off at 1.0): the student's global views keep this random share of their
+    spatial positions. Not part of the published recipe."""
     head_out_dim: int = 65536
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
@@ -32,6 +35,8 @@ class ModelConfig:
             raise ConfigError(f"model.arch {self.arch!r} is not one of {sorted(MODEL_CONFIGS)}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if not 0.0 < self.token_keep_ratio <= 1.0:
+            raise ConfigError(f"model.token_keep_ratio must be in (0, 1], got {self.token_keep_ratio}")
 
 
 @dataclass

@@ -32,15 +32,18 @@ ARCHITECTURE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_rat
 class MultiViewNetwork(nn.Module):
     """Backbone on each group of equally shaped views, then the head on all their CLS embeddings.
 
-    ``forward(groups)`` returns ``[sum of group sizes, K]`` in the order of the groups.
+    ``forward(groups, keep_ratios)`` returns ``[sum of group sizes, K]`` in the order of the groups;
+    ``keep_ratios`` (one per group, default all 1.0) drops patch tokens of a group (token-drop variant).
     """
 
     def __init__(self, backbone: EndoFMBackbone, head: DINOHead) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, groups: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(torch.cat([self.backbone(group) for group in groups]))
+    def forward(self, groups: list[torch.Tensor], keep_ratios: list[float] | None = None) -> torch.Tensor:
+        keep_ratios = keep_ratios or [1.0] * len(groups)
+        embeddings = [self.backbone(group, keep_ratio=keep) for group, keep in zip(groups, keep_ratios, strict=True)]
+        return self.head(torch.cat(embeddings))
 
 
 def build_backbone(model: ModelConfig, drop_path_rate: float) -> EndoFMBackbone:
@@ -129,7 +132,9 @@ class DINORecipe(Recipe):
             teacher_out = self.teacher(teacher_groups(groups, batch["group_views"], 2, local_batch))
             probs = self.loss.teacher_probabilities(teacher_out, temperature)
             entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean())
-        student_out = network(groups)
+        keep = self.config.model.token_keep_ratio
+        keep_ratios = [keep if views[0] < 2 else 1.0 for views in batch["group_views"]]
+        student_out = network(groups, keep_ratios)
         return self.loss(student_out, teacher_out, temperature), {"teacher_entropy": entropy}
 
     def after_backward(self, epoch: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -80,3 +81,50 @@ def test_teacher_sees_only_the_global_views():
     assert [g.tolist() for g in picked] == [[0, 1, 2, 3]]
     picked = teacher_groups([torch.arange(2), torch.arange(10, 12), torch.arange(20, 24)], [[0], [1], [2, 3]], 2, 2)
     assert [g.tolist() for g in picked] == [[0, 1], [10, 11]]
+
+
+def test_token_drop_keeps_cls_and_whole_positions():
+    from endofm import InputError, build_model
+
+    model = build_model("endofm_vit_micro").eval()
+    video = torch.randn(2, 3, 3, 64, 64)
+    with torch.no_grad():
+        full = model(video)
+        # keeping every position in a shuffled order must not change the CLS: attention is order-free
+        torch.testing.assert_close(model(video, keep_ratio=0.99), full, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(model(video, keep_ratio=0.25), full, atol=1e-3)
+    tokens = torch.arange(2 * 3 * 17, dtype=torch.float32).view(2, 3, 17, 1).expand(2, 3, 17, 4)
+    kept = model._keep_random_positions(tokens, 0.25)
+    assert kept.shape == (2, 3, 5, 4)
+    assert torch.equal(kept[:, :, 0], tokens[:, :, 0])  # the CLS slot stays first
+    assert torch.equal(kept[0] - tokens[0, :, :1], kept[1] - tokens[1, :, :1])  # same positions in every frame
+    with pytest.raises(InputError, match="keep_ratio"):
+        model(video, keep_ratio=0.0)
+
+
+def test_token_drop_applies_to_the_students_global_views_only(monkeypatch):
+    from endofm.config import load_config
+    from endofm.engine.distributed import DistributedContext
+    from endofm.pretrain import PretrainConfig
+    from endofm.pretrain.recipe import DINORecipe
+
+    config = load_config(PretrainConfig, overrides=[
+        "model.arch=endofm_vit_micro", "model.head_out_dim=32", "model.head_hidden_dim=16",
+        "model.head_bottleneck_dim=8", "model.token_keep_ratio=0.5", "data.views.global_frames=[2,2]",
+        "data.views.global_size=32", "data.views.local_frames=[2]", "data.views.local_size=16",
+        "run.batch_size=2", "run.device=cpu"])
+    recipe = DINORecipe(config, DistributedContext())
+    seen = []
+    original = type(recipe.network.backbone).forward
+
+    def spy(self, x, keep_ratio=1.0):
+        seen.append((self is recipe.network.backbone, x.shape[-1], keep_ratio))
+        return original(self, x, keep_ratio)
+
+    monkeypatch.setattr(type(recipe.network.backbone), "forward", spy)
+    batch = {"groups": [torch.randn(4, 3, 2, 32, 32), torch.randn(2, 3, 2, 16, 16)], "group_views": [[0, 1], [2]],
+             "meta": {"path": ["a", "b"]}}
+    recipe.configure(steps_per_epoch=1, epochs=1)
+    loss, _ = recipe.compute_loss(recipe.network, batch, epoch=0)
+    assert torch.isfinite(loss)
+    assert (True, 32, 0.5) in seen and (True, 16, 1.0) in seen and (False, 32, 1.0) in seen
