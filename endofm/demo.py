@@ -1,109 +1,240 @@
-"""The main job on the embedded default: synthetic endoscopy videos -> Endo-FM embeddings -> k-NN table.
+"""The main job on the embedded synthetic endoscopy corpus, from pretraining to a report.
 
-It makes a labelled synthetic PolypDiag-style corpus, embeds every video with a backbone (the released
-architecture scaled down for CPUs, or a given checkpoint), and measures how well frozen features separate
-polyp from non-polyp videos by k-NN (train split as memory, test split as queries), beside a plain
-mean-colour baseline. Everything lands in one run folder.
+Stages: write a synthetic corpus (unlabelled pretraining videos and the PolypDiag, CVC-ClinicDB and KUMC
+layouts); pretrain the small backbone (``configs/pretrain/cpu_tiny.yaml``) for a step budget; compare the
+frozen features of the pretrained teacher with a random backbone of the same architecture (k-NN and linear
+probe on PolypDiag); fine-tune classification, segmentation and detection from the teacher
+(``configs/finetune/*_cpu.yaml``); run ``predict`` with the segmenter on one video; draw the teacher's
+attention on one clip; and write ``report.md`` and ``report.html`` (see :mod:`endofm.report.report`).
+Everything lands in one run folder.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
+from PIL import Image, ImageDraw
 
-from endofm.data.synthetic import write_polypdiag
+from endofm.config import load_config
+from endofm.data.datasets.kumc import read_voc
+from endofm.data.synthetic import POLYP_CLASSES, write_synthetic_corpus
 from endofm.data.video import VideoReader
+from endofm.engine.logging import read_jsonl
 from endofm.io import atomic_write, atomic_write_text
-from endofm.metrics.knn import knn_accuracy
 from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
-from endofm.tasks.embed import embed_video
+from endofm.pretrain import PretrainConfig, pretrain
+from endofm.report.attention import attention_maps, save_attention
+from endofm.report.report import write_report
+from endofm.tasks.classify import ClassifyConfig, finetune_classify
+from endofm.tasks.common import read_finetuned
+from endofm.tasks.detect import DetectConfig, finetune_detect
+from endofm.tasks.predict import predict_detect, predict_video
+from endofm.tasks.probe import evaluate_frozen
+from endofm.tasks.segment import SegmentConfig, finetune_segment
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SUBFOLDERS = ("data", "pretrain", "finetune", "predict", "attention")
+STAGES = ("data", "pretrain", "frozen", "classify", "segment", "detect", "predict", "attention", "report")
 
 
 @dataclass
 class DemoConfig:
-    """Settings of :func:`run_demo`."""
+    """Settings of :func:`run_demo` (the defaults are the full run, about 8 minutes on 2 CPU cores)."""
 
     out_dir: str = "runs/demo"
-    videos: int = 40
+    videos: int = 100
+    """Videos per synthetic layout (CVC and KUMC get a fifth of this, at least 4 and 3)."""
+    pretrain_steps: int = 600
+    classify_epochs: int = 10
+    segment_epochs: int = 12
+    detect_epochs: int = 4
     seed: int = 0
-    model: str = "endofm_vit_mini"
-    checkpoint: str | None = None
-    num_frames: int = 8
-    size: int = 112
-    k: int = 5
     device: str = "cpu"
+    progress: bool = True
 
 
-def _read_split(root: Path, name: str) -> list[tuple[Path, int]]:
-    lines = (root / "splits" / f"{name}.txt").read_text().split()
-    return [(root / "videos" / path, int(label)) for path, label in (line.rsplit(",", 1) for line in lines)]
+def _save_png(path: Path, image: Image.Image) -> Path:
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _mean_colour(path: Path) -> np.ndarray:
-    with VideoReader(path, size=64) as reader:
-        return reader.read_all().float().mean(dim=(0, 2, 3)).numpy()
+def _finetune(task: str, config: DemoConfig, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
+    """Fine-tune one task with its CPU recipe from the teacher; returns its ``metrics.json``."""
+    cls, run, epochs = {"classify": (ClassifyConfig, finetune_classify, config.classify_epochs),
+                        "segment": (SegmentConfig, finetune_segment, config.segment_epochs),
+                        "detect": (DetectConfig, finetune_detect, config.detect_epochs)}[task]
+    recipe = load_config(cls, CONFIGS / "finetune" / f"{task}_cpu.yaml", [
+        f"model.init={teacher}", f"data.root={data}", f"run.out_dir={out}", f"run.epochs={epochs}",
+        f"run.seed={config.seed}", f"run.device={config.device}", f"run.progress={str(config.progress).lower()}"])
+    run(recipe)
+    return json.loads((out / "metrics.json").read_text())
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run the demo; returns (and writes to ``out_dir/results.json``) the measured table."""
+def _polyp_video(polypdiag: Path) -> Path:
+    """The first polyp video of the PolypDiag test split."""
+    lines = (polypdiag / "splits" / "test.txt").read_text().split()
+    items = [line.rsplit(",", 1) for line in lines]
+    name = next((path for path, label in items if label == "1"), items[0][0])
+    return polypdiag / "videos" / name
+
+
+def segmentation_overlay(video: Path, masks: np.ndarray, count: int = 4) -> Image.Image:
+    """``count`` frames of ``video`` side by side, the predicted mask blended in green."""
+    with VideoReader(video) as reader:
+        indices = np.linspace(0, len(reader) - 1, count).round().astype(int).tolist()
+        frames = reader.read(indices).permute(0, 2, 3, 1).numpy()
+    tiles = []
+    for frame, index in zip(frames, indices, strict=True):
+        mask = Image.fromarray(masks[index] * 255).resize(frame.shape[1::-1], Image.NEAREST)
+        on = np.asarray(mask)[..., None] > 0
+        tinted = np.where(on, (0.5 * frame + 0.5 * np.array([0, 255, 0])).astype(np.uint8), frame)
+        tiles.append(np.concatenate([frame, tinted], axis=0))
+    return Image.fromarray(np.concatenate(tiles, axis=1))
+
+
+def detection_frames(model_dir: Path, kumc: Path, device: str, count: int = 4) -> Image.Image:
+    """``count`` frames of the first KUMC test video with ground-truth boxes (green) and the highest-scoring
+    predicted box (red, with its score)."""
+    image_dir = sorted((kumc / "test2019" / "Image").iterdir())[0]
+    model = read_finetuned(model_dir)
+    with VideoReader(image_dir) as reader:
+        predicted = predict_detect(model, reader, torch.device(device), score_threshold=0.0)["frames"]
+        indices = np.linspace(0, len(reader) - 1, count).round().astype(int).tolist()
+        frames = reader.read(indices).permute(0, 2, 3, 1).numpy()
+    tiles = []
+    for frame, index in zip(frames, indices, strict=True):
+        image = Image.fromarray(frame).resize((frame.shape[1] * 2, frame.shape[0] * 2))
+        draw = ImageDraw.Draw(image)
+        truth, _, _ = read_voc(kumc / "test2019" / "Annotation" / image_dir.name / f"{index + 1}.xml",
+                               POLYP_CLASSES)
+        for box in truth.tolist():
+            draw.rectangle([2 * v for v in box], outline=(0, 255, 0), width=2)
+        boxes = predicted[index]["boxes"]
+        if boxes:
+            best = max(boxes, key=lambda b: b["score"])
+            draw.rectangle([2 * v for v in best["box"]], outline=(255, 0, 0), width=2)
+            draw.text((2 * best["box"][0] + 2, 2 * best["box"][1] + 2), f"{best['score']:.2f}", fill=(255, 0, 0))
+        tiles.append(np.asarray(image))
+    return Image.fromarray(np.concatenate(tiles, axis=1))
+
+
+def _pretrain_summary(run_dir: Path, head_out_dim: int) -> dict[str, Any]:
+    records = [r for r in read_jsonl(run_dir / "log.jsonl") if "loss" in r]
+    return {"steps": len(records), "head_out_dim": head_out_dim, "loss_first": records[0]["loss"] if records else None,
+            "loss_last": records[-1]["loss"] if records else None,
+            "entropy_last": records[-1].get("teacher_entropy") if records else None}
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage into ``config.out_dir`` (its subfolders from an earlier demo are replaced); returns the
+    results (also in ``results.json``) after writing ``report.md`` and ``report.html``."""
     out = Path(config.out_dir)
+    for name in SUBFOLDERS:
+        shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+    timings: dict[str, float] = {}
     started = time.perf_counter()
-    data_root = write_polypdiag(out / "data" / "polypdiag", config.videos, config.seed)
-    data_seconds = time.perf_counter() - started
 
-    torch.manual_seed(config.seed)
-    model = load_checkpoint(config.checkpoint).backbone if config.checkpoint else build_model(config.model)
-    model = model.to(config.device).eval()
-    splits = {name: _read_split(data_root, name) for name in ("train", "test")}
-    features: dict[str, dict[str, np.ndarray]] = {}
-    started = time.perf_counter()
-    for name, items in splits.items():
-        clips, colours = [], []
-        for path, _ in tqdm(items, desc=f"embedding {name}", unit="video"):
-            clips.append(embed_video(path, model, config.num_frames, config.size, device=config.device).features[0])
-            colours.append(_mean_colour(path))
-        features[name] = {"endofm": np.stack(clips), "colour": np.stack(colours),
-                          "labels": np.array([label for _, label in items])}
-    embed_seconds = time.perf_counter() - started
+    @contextmanager
+    def stage(name: str, what: str) -> Iterator[None]:
+        log(f"[{len(timings) + 1}/{len(STAGES)}] {what} ...")
+        begin = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - begin, 1)
+        log(f"[{len(timings)}/{len(STAGES)}] {what}: {timings[name]:.1f} s")
 
-    train, test = features["train"], features["test"]
-    results = {
-        "backbone": config.checkpoint or f"{config.model} (random initialisation)",
-        "videos": {name: len(items) for name, items in splits.items()},
-        "knn_accuracy": {
-            kind: knn_accuracy(train[kind], train["labels"], test[kind], test["labels"], config.k)
-            for kind in ("endofm", "colour")
-        },
-        "chance": float(max(np.mean(test["labels"]), 1 - np.mean(test["labels"]))),
-        "seconds": {"data": round(data_seconds, 1), "embedding": round(embed_seconds, 1)},
-    }
+    data = out / "data"
+    with stage("data", f"synthetic corpus ({config.videos} videos per layout)"):
+        write_synthetic_corpus(data, config.videos, config.seed)
 
-    def write_features(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **{f"{split}_{key}": value for split, d in features.items() for key, value in d.items()})
+    pre_dir = out / "pretrain"
+    with stage("pretrain", f"pretraining the small backbone ({config.pretrain_steps} steps)"):
+        recipe = load_config(PretrainConfig, CONFIGS / "pretrain" / "cpu_tiny.yaml")
+        steps_per_epoch = max(1, config.videos // recipe.run.batch_size)
+        recipe = load_config(PretrainConfig, CONFIGS / "pretrain" / "cpu_tiny.yaml", [
+            f"data.manifest={data / 'pretrain'}", f"run.out_dir={pre_dir}", f"run.max_steps={config.pretrain_steps}",
+            f"run.epochs={max(1, math.ceil(config.pretrain_steps / steps_per_epoch))}",
+            f"run.seed={config.seed}", f"run.device={config.device}", "run.num_workers=0",
+            f"run.progress={str(config.progress).lower()}"])
+        pretrain(recipe)
+    teacher = pre_dir / "teacher"
+    arch = recipe.model.arch
 
-    atomic_write(out / "features.npz", write_features)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    with stage("frozen", "frozen-feature k-NN and linear probe, pretrained vs random"):
+        backbone = load_checkpoint(teacher).backbone
+        torch.manual_seed(config.seed)
+        random = build_model(arch)
+        probe = {"num_frames": backbone.config.num_frames, "size": backbone.config.img_size[0],
+                 "device": config.device}
+        frozen = {name: evaluate_frozen(model, data / "polypdiag", **probe)
+                  for name, model in (("pretrained", backbone), ("random", random))}
+
+    finetune: dict[str, Any] = {}
+    for task, layout in (("classify", "polypdiag"), ("segment", "cvc"), ("detect", "kumc")):
+        with stage(task, f"fine-tuning {task}"):
+            finetune[task] = _finetune(task, config, teacher, data / layout, out / "finetune" / task)
+
+    with stage("predict", "predict with the segmenter on one video"):
+        video = _polyp_video(data / "polypdiag")
+        predict_video(video, out / "finetune" / "segment" / "model", out / "predict", device=config.device)
+        masks = np.load(out / "predict" / "masks.npz")["masks"]
+        _save_png(out / "predict" / "segmentation_overlay.png", segmentation_overlay(video, masks))
+        _save_png(out / "predict" / "detection_frames.png",
+                  detection_frames(out / "finetune" / "detect" / "model", data / "kumc", config.device))
+        predict = {"task": "segment", "video": str(video.relative_to(out)),
+                   "frames": len(masks), "mean predicted polyp fraction": float(masks.mean())}
+
+    with stage("attention", "attention maps of the pretrained backbone"):
+        maps = attention_maps(video, backbone, device=config.device)
+        save_attention(maps, out / "attention")
+        attention = {"video": str(video.relative_to(out)), "frames": maps.indices}
+
+    with stage("report", "writing report.md and report.html"):
+        plots = [("loss", "loss"), ("teacher_entropy", "teacher entropy"), ("lr", "learning rate")]
+        figures = {
+            "pretraining": [(f"pretraining {caption}", f"pretrain/plots/{key}.png") for key, caption in plots
+                            if (pre_dir / "plots" / f"{key}.png").exists()],
+            "finetuning": [(f"{task}: {key}", f"finetune/{task}/plots/{key}.png") for task, metrics in finetune.items()
+                           for key in ("loss", f"val_{metrics['selection_metric']}")
+                           if (out / "finetune" / task / "plots" / f"{key}.png").exists()],
+            "segmentation": [("segmenter on a PolypDiag test video: frames (top), predicted mask in green (bottom)",
+                              "predict/segmentation_overlay.png")],
+            "detection": [("KUMC test frames: ground truth green, highest-scoring prediction red (score shown, "
+                           "any score)", "predict/detection_frames.png")],
+            "attention": [("frames (top) and attention (bottom)", "attention/attention_grid.png")],
+        }
+        results = {
+            "settings": {**asdict(config), "backbone": arch, "pretrain recipe": "configs/pretrain/cpu_tiny.yaml",
+                         "fine-tune recipes": "configs/finetune/*_cpu.yaml"},
+            "pretrain": _pretrain_summary(pre_dir, recipe.model.head_out_dim), "frozen": frozen,
+            "finetune": finetune, "predict": predict, "attention": attention, "figures": figures, "timings": timings,
+        }
+        results["total_seconds"] = round(time.perf_counter() - started, 1)
+        write_report(results, out)
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     return results
 
 
-def format_table(results: dict) -> str:
-    """The demo's result table as plain text."""
-    rows = [("features", f"k-NN accuracy (test, {results['videos']['test']} videos)")]
-    rows += [(f"Endo-FM backbone: {results['backbone']}", f"{results['knn_accuracy']['endofm']:.3f}"),
-             ("mean colour (baseline)", f"{results['knn_accuracy']['colour']:.3f}"),
-             ("majority class (chance)", f"{results['chance']:.3f}")]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{a:<{width}}  {b}" for a, b in rows]
-    lines.insert(1, "-" * len(lines[0]))
+def format_table(results: dict[str, Any]) -> str:
+    """The headline numbers as plain text."""
+    frozen = results["frozen"]
+    lines = [f"{'frozen features':<24}{'k-NN':>8}{'probe':>8}"]
+    lines += [f"{name:<24}{frozen[name]['knn_accuracy']:>8.3f}{frozen[name]['linear_probe_accuracy']:>8.3f}"
+              for name in ("pretrained", "random")]
+    for task, metrics in results["finetune"].items():
+        test = {k: v for k, v in metrics["test"].items() if isinstance(v, float)}
+        lines.append(f"{task:<10}" + ", ".join(f"{k} {v:.3f}" for k, v in list(test.items())[:4]))
     return "\n".join(lines)

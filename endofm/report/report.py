@@ -1,0 +1,182 @@
+"""The demo's run report: Markdown (PNG files by relative path) and self-contained HTML (PNGs as data URIs).
+
+Both are built from the results dict that :func:`endofm.demo.run_demo` collects; every function here is pure
+apart from :func:`write_report`, which writes ``report.md`` and ``report.html`` atomically.
+
+The results dict holds ``settings`` (name -> value), ``timings`` (stage -> seconds), ``total_seconds``,
+``pretrain`` (``steps``, ``loss_first``, ``loss_last``, ``entropy_last``), ``frozen`` (``pretrained`` and
+``random``: ``knn_accuracy``, ``linear_probe_accuracy``, ``train_videos``, ``test_videos``), ``finetune``
+(task -> its ``metrics.json``), ``predict`` (``task``, ``video``, ``summary``), ``attention`` (``video``,
+``frames``) and ``figures`` (section -> list of ``[caption, path relative to the run folder]``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from endofm.io import atomic_write_text
+
+FIGURE_SECTIONS = {
+    "pretraining": "Pretraining curves",
+    "finetuning": "Fine-tuning curves",
+    "segmentation": "Segmentation overlay",
+    "detection": "Detection frames",
+    "attention": "Attention of the pretrained backbone",
+}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def frozen_verdict(frozen: dict[str, dict[str, Any]]) -> str:
+    """One honest sentence comparing the pretrained teacher's frozen features with random ones."""
+    pre, rnd = frozen["pretrained"], frozen["random"]
+    n = int(pre.get("test_videos") or 0)
+    step = f" (one test video is {1 / n:.3f} of accuracy)" if n else ""
+    wins = [k for k in ("knn_accuracy", "linear_probe_accuracy") if pre[k] > rnd[k]]
+    losses = [k for k in ("knn_accuracy", "linear_probe_accuracy") if pre[k] < rnd[k]]
+    if len(wins) == 2:
+        verdict = "The pretrained backbone scores higher than the random one on both probes"
+    elif len(losses) == 2:
+        verdict = "The pretrained backbone is NOT better than the random one: it scores lower on both probes"
+    elif wins and losses:
+        verdict = "The pretrained backbone is not clearly better than the random one: one probe is higher, one lower"
+    elif wins or losses:
+        verdict = ("The pretrained backbone is not clearly better than the random one: one probe is "
+                   f"{'higher' if wins else 'lower'}, the other equal")
+    else:
+        verdict = "The pretrained backbone is not better than the random one: both probes score the same"
+    return (f"{verdict}, on {n} synthetic test videos{step}. With this few test videos and a short pretraining "
+            "run, differences of a few videos are within noise; this demo shows the pipeline works, it does not "
+            "measure what Endo-FM pretraining is worth on real endoscopy.")
+
+
+def collapse_note(pretrain: dict[str, Any]) -> list[str]:
+    """A sentence when the teacher's output entropy is near its maximum ln K (uniform outputs, a collapse)."""
+    entropy, dim = pretrain.get("entropy_last"), pretrain.get("head_out_dim")
+    if entropy is None or not dim or entropy < 0.9 * math.log(dim):
+        return []
+    return [f"The teacher's output entropy ({entropy:.2f}) is close to its maximum ln {dim} = {math.log(dim):.2f}: "
+            "its outputs are nearly uniform (a collapsed run), so the pretrained features are not expected to be "
+            "better than random ones."]
+
+
+def finetune_caveats(finetune: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain sentences for fine-tuned results that show the model did not learn the task."""
+    test = {task: metrics.get("test", {}) for task, metrics in finetune.items()}
+    notes = []
+    if "classify" in test and (test["classify"].get("accuracy") or 0.0) <= 0.5:
+        notes.append("The classifier is no better than chance on the test split.")
+    if "segment" in test and not test["segment"].get("dice"):
+        notes.append("The segmenter's Dice is 0: it predicts (almost) no polyp pixels.")
+    if "detect" in test and not test["detect"].get("box_f1"):
+        notes.append("The detector finds no polyp box at score >= 0.5 and IoU >= 0.5 (box F1 0).")
+    return notes
+
+
+def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """Sections as (title, text, header, rows)."""
+    sections = []
+    settings = results.get("settings", {})
+    sections.append(("Settings", "What this run used (synthetic data only; nothing real is involved).",
+                     ["setting", "value"], [[k, _fmt(v)] for k, v in settings.items()]))
+    pre = results["pretrain"]
+    sections.append(("Pretraining", " ".join([
+        "DINO-style self-distillation of the small backbone (configs/pretrain/cpu_tiny.yaml) for a fixed step "
+        "budget. A falling loss only says the student follows the teacher; it is not a quality measure by itself.",
+        *collapse_note(pre)]),
+                     ["quantity", "value"],
+                     [["steps", _fmt(pre.get("steps"))], ["loss (first step)", _fmt(pre.get("loss_first"))],
+                      ["loss (last step)", _fmt(pre.get("loss_last"))],
+                      ["teacher entropy (last step)", _fmt(pre.get("entropy_last"))]]))
+    frozen = results["frozen"]
+    sections.append(("Frozen features: pretrained vs random", frozen_verdict(frozen),
+                     ["backbone", "k-NN accuracy", "linear-probe accuracy", "train videos", "test videos"],
+                     [[name, _fmt(frozen[key]["knn_accuracy"]), _fmt(frozen[key]["linear_probe_accuracy"]),
+                       _fmt(frozen[key]["train_videos"]), _fmt(frozen[key]["test_videos"])]
+                      for key, name in (("pretrained", "pretrained teacher"), ("random", "random initialisation"))]))
+    rows = []
+    for task, metrics in results["finetune"].items():
+        test = metrics.get("test", {})
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in test.items() if isinstance(v, float) or v is None)
+        rows.append([task, shown, _fmt(metrics.get("best_epoch")), metrics.get("protocol", "")])
+    sections.append(("Fine-tuned tasks (test split)", " ".join([
+        "Fine-tuned from the pretrained teacher with the small configs/finetune/*_cpu.yaml recipes for a few epochs "
+        "on tiny synthetic sets; the numbers show the pipeline runs end to end, not the model's real-world accuracy.",
+        *finetune_caveats(results["finetune"])]), ["task", "test metrics", "best epoch", "protocol"], rows))
+    pred = results.get("predict", {})
+    sections.append(("Prediction on one video", "`endofm predict` with the fine-tuned model on one synthetic video.",
+                     ["quantity", "value"], [[k, _fmt(v)] for k, v in pred.items()]))
+    att = results.get("attention", {})
+    sections.append(("Attention", "CLS-to-patch attention of the pretrained backbone's last block (mean over heads), "
+                     "one clip.", ["quantity", "value"], [[k, _fmt(v)] for k, v in att.items()]))
+    timings = results.get("timings", {})
+    rows = [[stage, f"{seconds:.1f}"] for stage, seconds in timings.items()]
+    rows.append(["total", f"{results.get('total_seconds', sum(timings.values())):.1f}"])
+    sections.append(("Timings", "Wall-clock seconds per stage.", ["stage", "seconds"], rows))
+    return sections
+
+
+def _figures(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+    figures = results.get("figures", {})
+    return [(FIGURE_SECTIONS.get(key, key), [(c, p) for c, p in figures[key]]) for key in FIGURE_SECTIONS
+            if figures.get(key)]
+
+
+def build_markdown(results: dict[str, Any]) -> str:
+    """The report as Markdown; images are referenced by their paths relative to the run folder."""
+    lines = ["# Endo-FM demo report", ""]
+    for title, text, header, rows in _tables(results):
+        lines += [f"## {title}", "", text, "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        lines.append("")
+    for title, items in _figures(results):
+        lines += [f"## {title}", ""]
+        lines += [f"![{caption}]({path})\n\n*{caption}*\n" for caption, path in items]
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f0f0f0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}img{max-width:100%}
+figure{margin:1em 0}figcaption{color:#555;font-size:90%}"""
+
+
+def data_uri(path: str | Path) -> str:
+    """A PNG file as a ``data:image/png;base64,...`` URI."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def build_html(results: dict[str, Any], run_dir: str | Path) -> str:
+    """The report as one self-contained HTML page (images embedded from ``run_dir``)."""
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>Endo-FM demo report</title>",
+             f"<style>{CSS}</style></head><body>", "<h1>Endo-FM demo report</h1>"]
+    for title, text, header, rows in _tables(results):
+        parts += [f"<h2>{esc(title)}</h2>", f"<p>{esc(text)}</p>", "<table>",
+                  "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    for title, items in _figures(results):
+        parts.append(f"<h2>{esc(title)}</h2>")
+        parts += [f"<figure><img src='{data_uri(Path(run_dir) / path)}' alt='{esc(caption)}'>"
+                  f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, path in items]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(results: dict[str, Any], run_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.html`` into ``run_dir`` (atomically); returns their paths."""
+    run_dir = Path(run_dir)
+    return {"markdown": atomic_write_text(run_dir / "report.md", build_markdown(results)),
+            "html": atomic_write_text(run_dir / "report.html", build_html(results, run_dir))}

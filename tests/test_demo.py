@@ -1,0 +1,35 @@
+"""The demo pipeline end to end at a tiny scale."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from endofm.demo import STAGES, DemoConfig, format_table, run_demo
+
+
+def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
+    lines: list[str] = []
+    config = DemoConfig(out_dir=str(tmp_path / "demo"), videos=10, pretrain_steps=2, classify_epochs=1,
+                        segment_epochs=1, detect_epochs=1, progress=False)
+    results = run_demo(config, log=lines.append)
+    out = tmp_path / "demo"
+    for name in ("report.md", "report.html", "results.json", "config.yaml", "pretrain/teacher/config.json",
+                 "finetune/classify/metrics.json", "finetune/segment/metrics.json", "finetune/detect/metrics.json",
+                 "predict/predictions.json", "predict/segmentation_overlay.png", "predict/detection_frames.png",
+                 "attention/attention_grid.png"):
+        assert (out / name).is_file(), name
+    assert results["pretrain"]["steps"] == 2
+    assert set(results["timings"]) == set(STAGES)
+    assert sum(line.endswith(" s") for line in lines) == len(STAGES)
+    markdown = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for stage in STAGES[:-1]:
+        assert f"| {stage} |" in markdown and f"<td>{stage}</td>" in page
+    for task in ("classify", "segment", "detect"):
+        assert f"| {task} |" in markdown
+    assert all((out / p).is_file() for p in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown))
+    assert re.findall(r"<img src='([^']*)'", page) and all(
+        src.startswith("data:image/png;base64,") for src in re.findall(r"<img src='([^']*)'", page))
+    assert json.loads((out / "results.json").read_text())["frozen"]["random"]["test_videos"] > 0
+    assert "pretrained" in format_table(results)

@@ -1,0 +1,115 @@
+"""The report builder on a hand-made results dict and tiny PNGs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from endofm.report.report import (
+    build_html,
+    build_markdown,
+    collapse_note,
+    finetune_caveats,
+    frozen_verdict,
+    write_report,
+)
+
+
+def _png(path: Path, colour: tuple[int, int, int]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 6), colour).save(path, format="PNG")
+    return str(path)
+
+
+@pytest.fixture
+def results(tmp_path) -> dict:
+    figures = {
+        "pretraining": [("pretraining loss", "pretrain/plots/loss.png")],
+        "finetuning": [("classify: loss", "finetune/classify/plots/loss.png")],
+        "segmentation": [("overlay", "predict/segmentation_overlay.png")],
+        "detection": [("boxes", "predict/detection_frames.png")],
+        "attention": [("attention grid", "attention/attention_grid.png")],
+    }
+    for i, items in enumerate(figures.values()):
+        for _, rel in items:
+            _png(tmp_path / rel, (40 * i, 10, 200))
+    probe = {"train_videos": 60, "test_videos": 20}
+    return {
+        "settings": {"videos": 100, "pretrain_steps": 600},
+        "pretrain": {"steps": 600, "loss_first": 6.9, "loss_last": 4.2, "entropy_last": 3.1},
+        "frozen": {"pretrained": {"knn_accuracy": 0.6, "linear_probe_accuracy": 0.55, **probe},
+                   "random": {"knn_accuracy": 0.7, "linear_probe_accuracy": 0.65, **probe}},
+        "finetune": {
+            "classify": {"test": {"binary_f1": 0.8, "auroc": 0.9, "samples": 20}, "best_epoch": 3,
+                         "protocol": "best epoch chosen on the validation split (val)"},
+            "segment": {"test": {"dice": 0.5, "hd95": None}, "best_epoch": 2, "protocol": "validation | held out"},
+            "detect": {"test": {"map": 0.1}, "best_epoch": 1, "protocol": "validation"},
+        },
+        "predict": {"task": "segment", "frames": 32},
+        "attention": {"video": "data/v.mp4", "frames": [0, 4]},
+        "figures": figures,
+        "timings": {"data": 1.0, "pretrain": 2.0},
+        "total_seconds": 3.5,
+    }
+
+
+def test_html_is_self_contained_with_a_table_per_section(results, tmp_path):
+    page = build_html(results, tmp_path)
+    sections = page.count("<h2>")
+    tables = page.count("<table>")
+    assert tables == 7 and sections == tables + len(results["figures"])
+    sources = re.findall(r"<img src='([^']*)'", page)
+    assert len(sources) == 5
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        assert image.format == "PNG"
+    assert "NOT better" in page and "n/a" in page and "3.5" in page
+
+
+def test_markdown_references_existing_files(results, tmp_path):
+    text = build_markdown(results)
+    paths = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(paths) == 5
+    assert all((tmp_path / p).is_file() for p in paths)
+    assert "validation \\| held out" in text
+    for title in ("Pretraining", "Frozen features", "Fine-tuned tasks", "Timings", "Attention"):
+        assert f"## {title}" in text
+
+
+def test_write_report_writes_both_files(results, tmp_path):
+    written = write_report(results, tmp_path)
+    assert written["markdown"].read_text().startswith("# Endo-FM demo report")
+    assert written["html"].read_text().startswith("<!DOCTYPE html>")
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize(("pre", "rnd", "expected"), [
+    ((0.8, 0.8), (0.6, 0.6), "scores higher than the random one on both"),
+    ((0.5, 0.5), (0.6, 0.6), "NOT better"),
+    ((0.7, 0.5), (0.6, 0.6), "not clearly better"),
+    ((0.6, 0.6), (0.6, 0.6), "score the same"),
+])
+def test_the_verdict_follows_the_numbers(pre, rnd, expected):
+    def probe(values: tuple[float, float]) -> dict:
+        return {"knn_accuracy": values[0], "linear_probe_accuracy": values[1], "test_videos": 10}
+
+    text = frozen_verdict({"pretrained": probe(pre), "random": probe(rnd)})
+    assert expected in text and "within noise" in text
+
+
+def test_caveats_name_tasks_that_did_not_learn():
+    notes = finetune_caveats({"classify": {"test": {"accuracy": 0.5}}, "segment": {"test": {"dice": 0.0}},
+                              "detect": {"test": {"box_f1": 0.4}}})
+    assert len(notes) == 2 and "chance" in notes[0] and "Dice is 0" in notes[1]
+
+
+def test_a_collapsed_teacher_is_named():
+    assert collapse_note({"entropy_last": 6.9, "head_out_dim": 1024})
+    assert not collapse_note({"entropy_last": 3.0, "head_out_dim": 1024})
+    assert not collapse_note({"entropy_last": None})
