@@ -113,3 +113,55 @@ def test_a_collapsed_teacher_is_named():
     assert collapse_note({"entropy_last": 6.9, "head_out_dim": 1024})
     assert not collapse_note({"entropy_last": 3.0, "head_out_dim": 1024})
     assert not collapse_note({"entropy_last": None})
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const loaded = images.filter((img) => img.complete && img.naturalWidth > 0).length;
+  document.body.setAttribute("data-probe", `images=${images.length} loaded=${loaded} ` +
+    `tables=${document.querySelectorAll("table").length}`);
+});
+</script>"""
+
+
+def _chromium() -> str:
+    """The system Chromium, installed from Debian's packages when missing and possible; else skip."""
+    import os
+    import shutil
+    import subprocess
+
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.skip("installing chromium timed out")
+    return shutil.which("chromium") or pytest.skip("chromium could not be installed from Debian's packages")
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_real_browser(results, tmp_path):
+    import subprocess
+
+    chromium = _chromium()
+    paths = write_report(results, tmp_path)
+    html = Path(paths["html"]).read_text(encoding="utf-8")
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+               probe.as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'data-probe="images=(\d+) loaded=(\d+) tables=(\d+)"', dom)
+    assert found, f"the page did not finish loading in Chromium: {dom[:300]!r}"
+    images, loaded, tables = map(int, found.groups())
+    expected_images = sum(len(items) for items in results["figures"].values())
+    assert images == loaded == expected_images
+    assert tables >= 5
