@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -11,6 +12,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from endofm.pretrain import PretrainConfig, pretrain
 
     config = load_config(PretrainConfig, args.config, args.overrides)
+    saved = Path(config.run.out_dir) / "config.yaml"
+    if args.resume and saved.is_file():
+        config = load_config(PretrainConfig, saved, args.overrides)
     try:
         summary = pretrain(config, resume=args.resume)
     finally:
@@ -34,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "in the endofm format (teacher/) and the original layout (teacher_endo_fm.pth).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML recipe (default: the built-in defaults, ViT-B)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in run.out_dir from its last.pt, with the run's saved config.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
     parser.set_defaults(func=_pretrain)

@@ -230,7 +230,7 @@ def render_video(
         polyp_spec = _Polyp(
             angle=rng.uniform(0, 2 * np.pi),
             u0=1.0 / end_radius + speed * (num_frames - 1),
-            size=rng.uniform(0.45, 0.6) * (0.85 if cls == "hyperplastic" else 1.0),
+            size=rng.uniform(0.8, 1.1) * (0.85 if cls == "hyperplastic" else 1.0),
             axes={"round": (1.0, 1.0), "elongated": (1.5, 0.7), "sessile": (1.35, 1.15)}[shape],
             orient=rng.uniform(0, np.pi),
             lobes=int(rng.integers(3, 7)),

@@ -11,7 +11,9 @@ MODEL_CONFIGS: dict[str, BackboneConfig] = {
     "endofm_vit_base": BackboneConfig(embed_dim=768, depth=12, num_heads=12),
     "endofm_vit_small": BackboneConfig(embed_dim=384, depth=12, num_heads=6),
     "endofm_vit_tiny": BackboneConfig(embed_dim=192, depth=12, num_heads=3),
-    "endofm_vit_mini": BackboneConfig(embed_dim=192, depth=4, num_heads=3, img_size=112, drop_path_rate=0.0),
+    "endofm_vit_mini": BackboneConfig(
+        embed_dim=192, depth=4, num_heads=3, patch_size=8, img_size=64, drop_path_rate=0.0
+    ),
     "endofm_vit_micro": BackboneConfig(
         embed_dim=96, depth=2, num_heads=2, img_size=64, num_frames=4, drop_path_rate=0.0
     ),

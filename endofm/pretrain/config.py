@@ -8,6 +8,7 @@ from endofm.data.views import MultiViewConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError
 from endofm.models.registry import MODEL_CONFIGS
+from endofm.pretrain.loss import CENTERINGS
 
 
 @dataclass
@@ -75,6 +76,18 @@ class LossConfig:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
+    centering: str = "center"
+    koleo_weight: float = 0.0
+    """Weight of the KoLeo regulariser on the student's global-view embeddings (0 = off, the published
+    recipe; DINOv2 uses 0.1)."""
+    """``center`` (the published recipe: running mean, subtracted) or ``sinkhorn`` (Sinkhorn-Knopp over the
+    batch, as SwAV and DINOv2; robust on small corpora of look-alike clips)."""
+
+    def __post_init__(self) -> None:
+        if self.centering not in CENTERINGS:
+            raise ConfigError(f"loss.centering must be one of {CENTERINGS}, got {self.centering!r}")
+        if self.koleo_weight < 0:
+            raise ConfigError(f"loss.koleo_weight must be non-negative, got {self.koleo_weight}")
 
 
 @dataclass

@@ -7,7 +7,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from endofm.engine.distributed import all_reduce_sum, world_size
+from endofm.engine.distributed import all_reduce_max, all_reduce_sum, world_size
+
+CENTERINGS = ("center", "sinkhorn")
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """Soft assignments ``[B, K]`` of ``B`` samples to ``K`` prototypes with equal total mass per prototype,
+    by Sinkhorn-Knopp on ``exp(logits)`` over the batch of every process (as SwAV and DINOv2 centre the
+    teacher), in float64 so that sharp temperatures do not underflow. Unlike a running centre, it cannot
+    let every sample fall onto one target: a batch whose outputs barely differ still gets distinct targets,
+    which keeps small corpora of look-alike clips from collapsing. Rows sum to 1.
+
+    Example:
+        >>> q = sinkhorn_knopp(torch.zeros(4, 8) + torch.eye(4, 8))
+        >>> q.sum(dim=1)
+        tensor([1., 1., 1., 1.])
+    """
+    logits = logits.double()
+    peak = all_reduce_max(logits.max().reshape(1))
+    q = torch.exp(logits - peak).t()
+    num_prototypes, batch = q.shape[0], q.shape[1] * world_size()
+    tiny = torch.finfo(q.dtype).tiny
+    q /= all_reduce_sum(q.sum().reshape(1))
+    for _ in range(iterations):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
+        q /= num_prototypes
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
+        q /= batch
+    return (q * batch).t().float()
 
 
 class DINOLoss(nn.Module):
@@ -17,6 +46,8 @@ class DINOLoss(nn.Module):
     for the ``G`` global views (the first ``G`` student views). One cross-entropy term per pair
     (teacher view ``i``, student view ``v != i``), averaged. The centre is a running mean of the teacher
     outputs over all processes; softmax and centring run in fp32 whatever the autocast dtype.
+    ``centering="sinkhorn"`` replaces the centre and softmax of the teacher by :func:`sinkhorn_knopp`
+    (not in the published recipe; it keeps the small CPU recipe from collapsing).
 
     Example:
         >>> loss_fn = DINOLoss(out_dim=16, num_views=4)
@@ -32,8 +63,12 @@ class DINOLoss(nn.Module):
         num_global_views: int = 2,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
+        centering: str = "center",
     ) -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        self.centering = centering
         self.num_views = num_views
         self.num_global_views = num_global_views
         self.student_temp = student_temp
@@ -42,6 +77,8 @@ class DINOLoss(nn.Module):
 
     def teacher_probabilities(self, teacher_output: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Centred, sharpened teacher distribution (fp32)."""
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(teacher_output / teacher_temp)
         return F.softmax((teacher_output.float() - self.center) / teacher_temp, dim=-1)
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -54,7 +91,8 @@ class DINOLoss(nn.Module):
                     continue
                 total = total + torch.sum(-target * logp, dim=-1).mean()
                 terms += 1
-        self.update_center(teacher_output)
+        if self.centering == "center":
+            self.update_center(teacher_output)
         return total / terms
 
     @torch.no_grad()
@@ -63,3 +101,29 @@ class DINOLoss(nn.Module):
         batch_sum = all_reduce_sum(teacher_output.float().sum(dim=0, keepdim=True))
         batch_center = batch_sum / (len(teacher_output) * world_size())
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+class KoLeoLoss(nn.Module):
+    """Kozachenko-Leonenko entropy regulariser (as DINOv2): minus the mean log distance of each l2-normalised
+    row to its nearest other row. It spreads embeddings apart, so that look-alike clips cannot all map to
+    one point (not in the published recipe).
+
+    Example:
+        >>> koleo = KoLeoLoss()
+        >>> spread, bunched = torch.eye(4), torch.ones(4, 4) + 0.01 * torch.eye(4)
+        >>> bool(koleo(spread) < koleo(bunched))
+        True
+    """
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(embeddings.float(), dim=-1, eps=self.eps)
+        with torch.no_grad():
+            similarity = x @ x.t()
+            similarity.fill_diagonal_(-2.0)
+            nearest = similarity.argmax(dim=1)
+        distance = F.pairwise_distance(x, x[nearest], eps=self.eps)
+        return -torch.log(distance + self.eps).mean()

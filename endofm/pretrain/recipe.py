@@ -23,7 +23,7 @@ from endofm.models.heads import DINOHead
 from endofm.models.registry import MODEL_CONFIGS, build_model
 from endofm.pretrain.config import ModelConfig, PretrainConfig
 from endofm.pretrain.ema import update_ema
-from endofm.pretrain.loss import DINOLoss
+from endofm.pretrain.loss import DINOLoss, KoLeoLoss
 from endofm.pretrain.schedules import cosine_schedule, teacher_temperature_schedule
 
 ARCHITECTURE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias")
@@ -33,17 +33,22 @@ class MultiViewNetwork(nn.Module):
     """Backbone on each group of equally shaped views, then the head on all their CLS embeddings.
 
     ``forward(groups, keep_ratios)`` returns ``[sum of group sizes, K]`` in the order of the groups;
-    ``keep_ratios`` (one per group, default all 1.0) drops patch tokens of a group (token-drop variant).
+    ``keep_ratios`` (one per group, default all 1.0) drops patch tokens of a group (token-drop variant);
+    with ``return_embeddings`` the backbone's CLS embeddings come back too, as ``(outputs, embeddings)``.
     """
 
     def __init__(self, backbone: EndoFMBackbone, head: DINOHead) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, groups: list[torch.Tensor], keep_ratios: list[float] | None = None) -> torch.Tensor:
+    def forward(
+        self, groups: list[torch.Tensor], keep_ratios: list[float] | None = None, return_embeddings: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         keep_ratios = keep_ratios or [1.0] * len(groups)
-        embeddings = [self.backbone(group, keep_ratio=keep) for group, keep in zip(groups, keep_ratios, strict=True)]
-        return self.head(torch.cat(embeddings))
+        embeddings = torch.cat([self.backbone(group, keep_ratio=keep)
+                                for group, keep in zip(groups, keep_ratios, strict=True)])
+        outputs = self.head(embeddings)
+        return (outputs, embeddings) if return_embeddings else outputs
 
 
 def build_backbone(model: ModelConfig, drop_path_rate: float) -> EndoFMBackbone:
@@ -100,7 +105,8 @@ class DINORecipe(Recipe):
         self.teacher.requires_grad_(False).eval()
         self.num_views = len(config.data.views.views)
         self.loss = DINOLoss(model.head_out_dim, self.num_views, 2, config.loss.student_temp,
-                             config.loss.center_momentum).to(self.device)
+                             config.loss.center_momentum, config.loss.centering).to(self.device)
+        self.koleo = KoLeoLoss()
 
     def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
         optim, loss = self.config.optim, self.config.loss
@@ -134,8 +140,15 @@ class DINORecipe(Recipe):
             entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean())
         keep = self.config.model.token_keep_ratio
         keep_ratios = [keep if views[0] < 2 else 1.0 for views in batch["group_views"]]
-        student_out = network(groups, keep_ratios)
-        return self.loss(student_out, teacher_out, temperature), {"teacher_entropy": entropy}
+        student_out, embeddings = network(groups, keep_ratios, return_embeddings=True)
+        loss = self.loss(student_out, teacher_out, temperature)
+        metrics = {"teacher_entropy": entropy}
+        weight = self.config.loss.koleo_weight
+        if weight > 0:
+            koleo = sum(self.koleo(view) for view in embeddings[: 2 * local_batch].chunk(2)) / 2
+            loss = loss + weight * koleo
+            metrics["koleo"] = float(koleo.detach())
+        return loss, metrics
 
     def after_backward(self, epoch: int) -> None:
         if self.config.optim.clip_grad > 0:

@@ -9,7 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from endofm.pretrain import DINOLoss, cosine_schedule, teacher_temperature_schedule, update_ema
+from endofm.config import load_config
+from endofm.errors import ConfigError
+from endofm.pretrain import DINOLoss, PretrainConfig, cosine_schedule, teacher_temperature_schedule, update_ema
+from endofm.pretrain.loss import KoLeoLoss, sinkhorn_knopp
 from endofm.pretrain.recipe import clip_per_parameter, teacher_groups
 
 
@@ -128,3 +131,66 @@ def test_token_drop_applies_to_the_students_global_views_only(monkeypatch):
     loss, _ = recipe.compute_loss(recipe.network, batch, epoch=0)
     assert torch.isfinite(loss)
     assert (True, 32, 0.5) in seen and (True, 16, 1.0) in seen and (False, 32, 1.0) in seen
+
+
+def reference_sinkhorn(logits: np.ndarray, iterations: int) -> np.ndarray:
+    """SwAV's Sinkhorn-Knopp written out on a [K, B] matrix in float64."""
+    q = np.exp(logits - logits.max()).T
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iterations):
+        q /= q.sum(axis=1, keepdims=True) * k
+        q /= q.sum(axis=0, keepdims=True) * b
+    return (q * b).T
+
+
+def test_sinkhorn_matches_the_formula_and_balances_prototypes():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 10) * 3
+    expected = torch.from_numpy(reference_sinkhorn(logits.numpy(), 3)).float()
+    torch.testing.assert_close(sinkhorn_knopp(logits, 3), expected)
+    q = sinkhorn_knopp(logits, iterations=200)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(6))
+    torch.testing.assert_close(q.sum(dim=0), torch.full((10,), 0.6), atol=1e-4, rtol=1e-4)
+
+
+def test_sinkhorn_ignores_shifts_and_separates_look_alike_samples():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 16)
+    shifted = logits + torch.randn(4, 1) + torch.randn(1, 16)
+    torch.testing.assert_close(sinkhorn_knopp(shifted, 50), sinkhorn_knopp(logits, 50), atol=1e-5, rtol=1e-4)
+    # Outputs that barely differ and share one dominant prototype: centred with a centre that has not caught up,
+    # every sample gets the same target; Sinkhorn-Knopp balances them over distinct prototypes.
+    near = torch.eye(16)[:1].expand(8, 16) + 1e-2 * torch.randn(8, 16)
+    centred = DINOLoss(16, 2).teacher_probabilities(near, teacher_temp=0.02)
+    assert centred.argmax(1).unique().numel() == 1
+    balanced = sinkhorn_knopp(near / 0.02)
+    assert balanced.argmax(1).unique().numel() == 8
+
+
+def test_sinkhorn_centring_in_the_loss_uses_its_targets_and_leaves_the_centre():
+    torch.manual_seed(0)
+    views, batch, dim = 4, 3, 8
+    student, teacher = torch.randn(views * batch, dim), torch.randn(2 * batch, dim)
+    loss_fn = DINOLoss(dim, views, centering="sinkhorn")
+    targets = sinkhorn_knopp(teacher / 0.05).chunk(2)
+    logp = torch.log_softmax(student / 0.1, dim=-1).chunk(views)
+    expected = sum(float(-(targets[i] * logp[v]).sum(-1).mean()) for i in range(2) for v in range(views) if v != i)
+    assert math.isclose(float(loss_fn(student, teacher, 0.05)), expected / (2 * views - 2), rel_tol=1e-5)
+    assert torch.count_nonzero(loss_fn.center) == 0
+    with pytest.raises(ConfigError, match="loss.centering"):
+        load_config(PretrainConfig, overrides=["loss.centering=mean"])
+
+
+def test_koleo_is_minus_the_mean_log_nearest_neighbour_distance():
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, requires_grad=True)
+    z = torch.nn.functional.normalize(x.detach(), dim=1).numpy().astype(np.float64)
+    distances = np.linalg.norm(z[:, None] - z[None], axis=-1) + np.diag(np.full(7, np.inf))
+    expected = -np.log(distances.min(axis=1)).mean()
+    loss = KoLeoLoss()(x)
+    assert math.isclose(float(loss.detach()), expected, rel_tol=1e-5)
+    loss.backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="loss.koleo_weight"):
+        load_config(PretrainConfig, overrides=["loss.koleo_weight=-1"])

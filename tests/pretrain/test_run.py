@@ -97,11 +97,12 @@ def test_resume_after_sigkill_gives_the_same_teacher(videos, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(videos, tmp_path):
+@pytest.mark.parametrize("centering", ["center", "sinkhorn"])
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(videos, tmp_path, centering):
     single, double = tmp_path / "single", tmp_path / "double"
-    subprocess.run([sys.executable, *_cli(videos, single)], check=True)
+    subprocess.run([sys.executable, *_cli(videos, single, f"loss.centering={centering}")], check=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    "29517", *_cli(videos, double)], check=True)
+                    "29517", *_cli(videos, double, f"loss.centering={centering}")], check=True)
     expected, distributed = _teacher(single), _teacher(double)
     for key in expected:
         torch.testing.assert_close(distributed[key], expected[key], rtol=1e-4, atol=1e-5)
