@@ -56,7 +56,7 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     videos: int = 100
     """Videos per synthetic layout (CVC and KUMC get a fifth of this, at least 4 and 3)."""
-    pretrain_steps: int = 600
+    pretrain_steps: int = 200
     classify_epochs: int = 10
     segment_epochs: int = 12
     detect_epochs: int = 4
@@ -129,9 +129,10 @@ def detection_frames(model_dir: Path, kumc: Path, device: str, count: int = 4) -
     return Image.fromarray(np.concatenate(tiles, axis=1))
 
 
-def _pretrain_summary(run_dir: Path, head_out_dim: int) -> dict[str, Any]:
+def _pretrain_summary(run_dir: Path, recipe: PretrainConfig) -> dict[str, Any]:
     records = [r for r in read_jsonl(run_dir / "log.jsonl") if "loss" in r]
-    return {"steps": len(records), "head_out_dim": head_out_dim, "loss_first": records[0]["loss"] if records else None,
+    return {"steps": len(records), "head_out_dim": recipe.model.head_out_dim, "centering": recipe.loss.centering,
+            "loss_first": records[0]["loss"] if records else None,
             "loss_last": records[-1]["loss"] if records else None,
             "entropy_last": records[-1].get("teacher_entropy") if records else None}
 
@@ -218,7 +219,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         results = {
             "settings": {**asdict(config), "backbone": arch, "pretrain recipe": "configs/pretrain/cpu_tiny.yaml",
                          "fine-tune recipes": "configs/finetune/*_cpu.yaml"},
-            "pretrain": _pretrain_summary(pre_dir, recipe.model.head_out_dim), "frozen": frozen,
+            "pretrain": _pretrain_summary(pre_dir, recipe), "frozen": frozen,
             "finetune": finetune, "predict": predict, "attention": attention, "figures": figures, "timings": timings,
         }
         results["total_seconds"] = round(time.perf_counter() - started, 1)

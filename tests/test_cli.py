@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -27,8 +29,13 @@ def test_convert_then_info(tmp_path, checkpoint, capsys):
     video = torch.randn(1, 3, 2, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_checkpoint(tmp_path / "out").backbone(video), model(video))
+    capsys.readouterr()
     assert main(["info", str(tmp_path / "out")]) == 0
-    assert '"layout": "endofm"' in capsys.readouterr().out
+    described = json.loads(capsys.readouterr().out)
+    assert described["layout"] == "endofm"
+    assert described["sha256"] == hashlib.sha256((tmp_path / "out" / "model.safetensors").read_bytes()).hexdigest()
+    assert main(["info", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_embed_writes_features_and_reports_bad_files(tmp_path, checkpoint, make_video, capsys):

@@ -110,7 +110,8 @@ def test_caveats_name_tasks_that_did_not_learn():
 
 
 def test_a_collapsed_teacher_is_named():
-    assert collapse_note({"entropy_last": 6.9, "head_out_dim": 1024})
+    assert "collapsed run" in collapse_note({"entropy_last": 6.9, "head_out_dim": 1024})[0]
+    assert "not a collapse" in collapse_note({"entropy_last": 6.9, "head_out_dim": 1024, "centering": "sinkhorn"})[0]
     assert not collapse_note({"entropy_last": 3.0, "head_out_dim": 1024})
     assert not collapse_note({"entropy_last": None})
 

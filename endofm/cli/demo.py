@@ -10,7 +10,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     config = DemoConfig(out_dir=args.out, seed=args.seed, device=args.device)
     if args.quick:
-        config = DemoConfig(out_dir=args.out, videos=40, pretrain_steps=100, classify_epochs=5, segment_epochs=4,
+        config = DemoConfig(out_dir=args.out, videos=40, pretrain_steps=30, classify_epochs=5, segment_epochs=4,
                             detect_epochs=2, seed=args.seed, device=args.device)
     results = run_demo(config)
     print()

@@ -43,10 +43,15 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from endofm.models.checkpoint import load_checkpoint
+    from pathlib import Path
+
+    from endofm.io import sha256_of
+    from endofm.models.checkpoint import WEIGHTS_FILE, load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which)
-    print(json.dumps(_describe(ckpt), indent=2))
+    weights = Path(args.checkpoint)
+    weights = weights / WEIGHTS_FILE if weights.is_dir() else weights
+    print(json.dumps({"file": str(weights), "sha256": sha256_of(weights), **_describe(ckpt)}, indent=2))
     return 0
 
 
@@ -117,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_checkpoint_args(convert)
     convert.set_defaults(func=_convert)
 
-    info = subparsers.add_parser("info", help="print the layout and architecture of a checkpoint")
+    info = subparsers.add_parser("info", help="print the layout, architecture and sha256 of a checkpoint")
     info.add_argument("checkpoint", help="checkpoint file or endofm model folder")
     _add_checkpoint_args(info)
     info.set_defaults(func=_info)

@@ -61,10 +61,17 @@ def frozen_verdict(frozen: dict[str, dict[str, Any]]) -> str:
 
 
 def collapse_note(pretrain: dict[str, Any]) -> list[str]:
-    """A sentence when the teacher's output entropy is near its maximum ln K (uniform outputs, a collapse)."""
+    """A sentence when the teacher's output entropy is near its maximum ln K (uniform outputs, a collapse).
+
+    With Sinkhorn-Knopp centring the targets are balanced over the batch by construction, so a high entropy
+    there says the targets are soft, not that the run collapsed; the sentence says that instead."""
     entropy, dim = pretrain.get("entropy_last"), pretrain.get("head_out_dim")
     if entropy is None or not dim or entropy < 0.9 * math.log(dim):
         return []
+    if pretrain.get("centering") == "sinkhorn":
+        return [f"The teacher's targets are soft (entropy {entropy:.2f} of at most ln {dim} = {math.log(dim):.2f}): "
+                "Sinkhorn-Knopp centring keeps them spread over the batch, so this is not a collapse, but the "
+                "teacher separates the clips only weakly after so short a run."]
     return [f"The teacher's output entropy ({entropy:.2f}) is close to its maximum ln {dim} = {math.log(dim):.2f}: "
             "its outputs are nearly uniform (a collapsed run), so the pretrained features are not expected to be "
             "better than random ones."]
