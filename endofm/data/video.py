@@ -27,6 +27,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 from endofm.errors import InputError, VideoError
 
@@ -157,6 +158,7 @@ class VideoReader:
             self.close()
             raise VideoError(f"{self.path}: cannot open as a video: {error}") from error
         self._stream = stream
+        self._reformatter = VideoReformatter()  # one scaler for every frame (a frame's own is rebuilt per call)
         self._index = index
         self._pts_to_index = {pts: i for i, pts in enumerate(index.pts)}
         fps = _frame_rate(stream, index)
@@ -220,14 +222,20 @@ class VideoReader:
         return frames
 
     def _decode(self, wanted: list[int]) -> dict[int, np.ndarray]:
-        """Decode from the keyframe before ``wanted[0]`` up to ``wanted[-1]``; convert only wanted frames."""
+        """Decode from the keyframe before ``wanted[0]`` up to ``wanted[-1]``; convert only wanted frames.
+
+        Frames that are not wanted and that no other frame references (most B-frames) are not decoded at
+        all; should a stream hide a wanted frame that way, the range is decoded again in full.
+        """
         if self._container is None:
             raise VideoError(f"{self.path}: reader is closed")
         first = wanted[0]
         keyframe = max((k for k in self._index.keyframes if k <= first), default=0)
-        frames = self._decode_from(keyframe, wanted)
-        if frames is None:
-            frames = self._decode_from(0, wanted)
+        frames: dict[int, np.ndarray] | None = None
+        for start, skip in ((keyframe, True), (keyframe, False), (0, False)):
+            frames = self._decode_from(start, wanted, skip)
+            if frames is not None and len(frames) == len(wanted):
+                break
         if frames is None:
             raise VideoError(f"{self.path}: cannot seek to frame {first}")
         missing = [i for i in wanted if i not in frames]
@@ -235,32 +243,41 @@ class VideoReader:
             raise VideoError(f"{self.path}: frame {missing[0]} could not be decoded (file truncated?)")
         return frames
 
-    def _decode_from(self, keyframe: int, wanted: list[int]) -> dict[int, np.ndarray] | None:
-        """Seek to frame ``keyframe`` and decode; ``None`` when the seek lands past the first wanted one."""
+    def _decode_from(self, keyframe: int, wanted: list[int], skip: bool) -> dict[int, np.ndarray] | None:
+        """Seek to frame ``keyframe`` and decode; ``None`` when the seek lands past the first wanted one.
+        With ``skip`` the decoder drops unwanted non-reference frames."""
         height, width = self.frame_size
         wanted_set = set(wanted)
         last = wanted[-1]
         frames: dict[int, np.ndarray] = {}
         position = keyframe
         first_seen = True
+        context = self._stream.codec_context
         try:
             self._container.seek(self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
-            for frame in self._container.decode(self._stream):
-                index = self._pts_to_index.get(frame.pts)
-                if index is None:
-                    continue
-                if first_seen and index > wanted[0] and keyframe > 0:
-                    return None
-                first_seen = False
-                position = index + 1
-                if index in wanted_set:
-                    frames[index] = frame.to_ndarray(
-                        format="rgb24", width=width, height=height, interpolation="BILINEAR"
-                    )
-                if index >= last:
-                    break
+            for packet in self._container.demux(self._stream):
+                if skip:
+                    packet_index = self._pts_to_index.get(packet.pts)
+                    unwanted = packet_index is not None and packet_index not in wanted_set
+                    context.skip_frame = "NONREF" if unwanted else "DEFAULT"
+                for frame in packet.decode():
+                    index = self._pts_to_index.get(frame.pts)
+                    if index is None:
+                        continue
+                    if first_seen and index > wanted[0] and keyframe > 0:
+                        return None
+                    first_seen = False
+                    position = index + 1
+                    if index in wanted_set:
+                        frames[index] = self._reformatter.reformat(
+                            frame, width, height, format="rgb24", interpolation="BILINEAR"
+                        ).to_ndarray()
+                    if index >= last:
+                        return frames
         except av.error.FFmpegError as error:
             raise VideoError(f"{self.path}: cannot decode frame {position}: {error}") from error
+        finally:
+            context.skip_frame = "DEFAULT"
         return frames
 
     # -- closing -------------------------------------------------------------------------------------------

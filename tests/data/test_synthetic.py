@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,20 +23,23 @@ from endofm.data.synthetic import (
 from endofm.errors import InputError
 
 
-def _content(path: Path) -> bytes:
-    """A file's bytes; for an mp4 its decoded pixels (the container's bytes are not promised stable)."""
-    if path.suffix != ".mp4":
-        return path.read_bytes()
-    with av.open(str(path)) as container:
-        return b"".join(f.to_ndarray(format="rgb24").tobytes() for f in container.decode(video=0))
+def _video_difference(x: Path, y: Path) -> float:
+    """Mean absolute difference of two mp4s' decoded RGB frames."""
+    decoded = []
+    for path in (x, y):
+        with av.open(str(path)) as container:
+            decoded.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(float))
+    return float(np.abs(decoded[0] - decoded[1]).mean())
 
 
-def _digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(_content(p)).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+def _same_layout(x: Path, y: Path) -> bool:
+    """The same files; other files byte for byte, videos to within encoding noise (libx264 does not always
+    give the same bytes for the same frames; renders are exact, see test_render_is_deterministic_by_seed)."""
+    files = sorted(p.relative_to(x) for p in x.rglob("*") if p.is_file())
+    if files != sorted(p.relative_to(y) for p in y.rglob("*") if p.is_file()):
+        return False
+    return all(_video_difference(x / f, y / f) < 5 if f.suffix == ".mp4"
+               else (x / f).read_bytes() == (y / f).read_bytes() for f in files)
 
 
 def test_render_shapes_types_and_box_equals_mask_extent():
@@ -100,8 +102,8 @@ def test_polypdiag_layout_is_balanced_and_deterministic(tmp_path):
     a = write_polypdiag(tmp_path / "a", num_videos=10, seed=4, num_frames=4, size=32)
     b = write_polypdiag(tmp_path / "b", num_videos=10, seed=4, num_frames=4, size=32)
     c = write_polypdiag(tmp_path / "c", num_videos=10, seed=5, num_frames=4, size=32)
-    assert _digest(a) == _digest(b)
-    assert _digest(a) != _digest(c)
+    assert _same_layout(a, b)
+    assert not _same_layout(a, c)
     lines = {s: (a / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
     all_lines = [line for split in lines.values() for line in split]
     assert len(all_lines) == len(set(all_lines)) == 10
@@ -147,3 +149,4 @@ def test_synthetic_corpus_writes_all_layouts(tmp_path):
     assert (out / "cvc" / "videolist.txt").is_file()
     assert (out / "kumc" / "test2019" / "Annotation").is_dir()
     assert (out / "corpus.json").is_file()
+
