@@ -51,7 +51,7 @@ STAGES = ("data", "pretrain", "frozen", "classify", "segment", "detect", "predic
 
 @dataclass
 class DemoConfig:
-    """Settings of :func:`run_demo` (the defaults are the full run, about 8 minutes on 2 CPU cores)."""
+    """Settings of :func:`run_demo` (the defaults are the full run, about 7 minutes on 2 CPU cores)."""
 
     out_dir: str = "runs/demo"
     videos: int = 100
