@@ -231,11 +231,13 @@ class VideoReader:
             raise VideoError(f"{self.path}: reader is closed")
         first = wanted[0]
         keyframe = max((k for k in self._index.keyframes if k <= first), default=0)
-        frames: dict[int, np.ndarray] | None = None
-        for start, skip in ((keyframe, True), (keyframe, False), (0, False)):
-            frames = self._decode_from(start, wanted, skip)
-            if frames is not None and len(frames) == len(wanted):
-                break
+        start = keyframe
+        frames = self._decode_from(start, wanted, skip=True)
+        if frames is None:
+            start = 0
+            frames = self._decode_from(start, wanted, skip=True)
+        if frames is not None and len(frames) < len(wanted):
+            frames = self._decode_from(start, wanted, skip=False)
         if frames is None:
             raise VideoError(f"{self.path}: cannot seek to frame {first}")
         missing = [i for i in wanted if i not in frames]

@@ -158,3 +158,21 @@ def test_real_videos(real_videos: Path, name: str, frames: int, width: int, heig
         full = reader.read_all()
         picks = [frames - 1, 0, frames // 2, frames // 2 + 1, 13]
         assert torch.equal(reader.read(picks), full[picks])
+
+
+def test_a_wanted_frame_lost_to_frame_skipping_is_decoded_again(video_dir: Path, monkeypatch) -> None:
+    calls = []
+    original = VideoReader._decode_from
+
+    def losing_one(self, keyframe, wanted, skip):
+        calls.append(skip)
+        frames = original(self, keyframe, wanted, skip)
+        if skip and frames:
+            frames.pop(max(frames))
+        return frames
+
+    with VideoReader(video_dir / "h264.mp4") as reader:
+        full = reader.read_all()
+        monkeypatch.setattr(VideoReader, "_decode_from", losing_one)
+        assert torch.equal(reader.read([5, 17, 30]), full[[5, 17, 30]])
+    assert calls == [True, False]
