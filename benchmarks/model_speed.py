@@ -43,6 +43,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from original_reference import OriginalVisionTransformer  # noqa: E402
 
+from endofm.engine.optim import adamw  # noqa: E402
 from endofm.models.quantize import quantize_int8  # noqa: E402
 from endofm.models.registry import build_model  # noqa: E402
 
@@ -114,11 +115,19 @@ def multiview_batch(cfg: BenchConfig) -> list[torch.Tensor]:
     return views
 
 
+def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW as each side's training code builds it: ``torch.optim.AdamW``'s default for the original, the
+    engine's :func:`endofm.engine.optim.adamw` (fused kernel) for ours."""
+    if isinstance(model, OriginalVisionTransformer):
+        return torch.optim.AdamW(model.parameters(), lr=1e-6)
+    return adamw([{"params": list(model.parameters())}], lr=1e-6)
+
+
 def train_step_fn(
     model: nn.Module, inputs: list[torch.Tensor], optimizer: torch.optim.Optimizer | None = None
 ) -> Callable[[], None]:
     """One AdamW step on the mean squared CLS output of every input (forwarded one group at a time)."""
-    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = optimizer or make_optimizer(model)
 
     def step() -> None:
         model.train()
@@ -193,7 +202,7 @@ def child_peak_memory(name: str, variant: str, kind: str) -> None:
     cfg = CONFIGS[name]
     model = make_models(name, [variant])[variant]
     inputs = multiview_batch(cfg) if kind == "multiview" else [clips(cfg, cfg.batch, cfg.frames, cfg.size)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = make_optimizer(model)
     train_step_fn(model, [clips(cfg, 1, 1, 32)], optimizer)()  # a tiny step allocates the AdamW state
     step = train_step_fn(model, inputs, optimizer)
     Path("/proc/self/clear_refs").write_text("5")

@@ -152,11 +152,55 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+def _attend_math(qkv: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``softmax(q k^T * scale) v`` of stacked heads ``qkv [3, batch, heads, L, head_dim]`` (any strides).
+
+    Returns ``(out [batch, L, heads * head_dim], qkv as contiguous [3, batch * heads, L, head_dim], weights)``:
+    one copy brings q, k and v into batched-matmul layout and the scale rides in the GEMM (``alpha``).
+    """
+    _, batch, heads, length, head_dim = qkv.shape
+    packed = qkv.contiguous().view(3, batch * heads, length, head_dim)
+    q, k, v = packed.unbind(0)
+    scores = torch.baddbmm(q.new_empty(batch * heads, length, length), q, k.transpose(1, 2), beta=0, alpha=scale)
+    weights = scores.softmax(dim=-1)
+    out = torch.bmm(weights, v).view(batch, heads, length, head_dim).transpose(1, 2)
+    return out.reshape(batch, length, heads * head_dim), packed, weights
+
+
+class _MathAttention(torch.autograd.Function):
+    """:func:`_attend_math` with a backward that writes the q, k and v gradients into one stacked buffer.
+
+    Autograd's own backward of the same ops would stack three separate gradients (a concatenation) and copy
+    each strided view; here every gradient is one batched GEMM straight into its slot.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, scale: float) -> torch.Tensor:
+        out, packed, weights = _attend_math(qkv, scale)
+        ctx.save_for_backward(packed, weights)
+        ctx.scale, ctx.heads_shape = scale, qkv.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        packed, weights = ctx.saved_tensors
+        _, batch, heads, length, head_dim = ctx.heads_shape
+        q, k, v = packed.unbind(0)
+        grad_out = grad.view(batch, length, heads, head_dim).transpose(1, 2).reshape(batch * heads, length, head_dim)
+        grad_qkv = torch.empty_like(packed)
+        grad_qkv[2].baddbmm_(weights.transpose(1, 2), grad_out, beta=0)
+        grad_scores = torch._softmax_backward_data(grad_out.bmm(v.transpose(1, 2)), weights, -1, weights.dtype)
+        grad_qkv[0].baddbmm_(grad_scores, k, beta=0, alpha=ctx.scale)
+        grad_qkv[1].baddbmm_(grad_scores.transpose(1, 2), q, beta=0, alpha=ctx.scale)
+        return grad_qkv.view(ctx.heads_shape), None
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with the original's ``qkv`` and ``proj`` layers.
 
-    :meth:`attend` takes ``q, k, v`` as (possibly strided) ``[batch, heads, L, head_dim]`` views, so callers
-    can split heads out of the ``qkv`` output without copying; ``impl`` picks the path (:data:`ATTENTION_IMPLS`).
+    :meth:`attend` takes the heads stacked as ``qkv [3, batch, heads, L, head_dim]``, usually a strided view
+    of a ``qkv`` output (:meth:`split_heads`), so callers split heads out without copying; ``impl`` picks the
+    path (:data:`ATTENTION_IMPLS`).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0) -> None:
@@ -171,35 +215,36 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def split_heads(self, qkv: torch.Tensor, batch_first: bool = True) -> tuple[torch.Tensor, ...]:
-        """``q, k, v`` views ``[batch, heads, L, head_dim]`` of a ``qkv`` output ``[a, b, 3 * dim]``, no copy.
+    def split_heads(self, qkv: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
+        """The heads ``[3, batch, heads, L, head_dim]`` of a ``qkv`` output ``[a, b, 3 * dim]``, a view.
 
         ``batch_first``: ``a`` is the batch and ``b`` the sequence; otherwise attention runs across ``a``.
         """
         first, second = qkv.shape[:2]
         heads = qkv.view(first, second, 3, self.num_heads, self.head_dim)
-        return heads.permute(2, 0, 3, 1, 4).unbind(0) if batch_first else heads.permute(2, 1, 3, 0, 4).unbind(0)
+        return heads.permute(2, 0, 3, 1, 4) if batch_first else heads.permute(2, 1, 3, 0, 4)
 
-    def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(out [batch, L, heads * head_dim], weights [batch, heads, L, L] or None)``."""
-        batch, _, length, _ = q.shape
+    def attend(self, qkv: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out [batch, L, heads * head_dim], weights [batch, heads, L, L] or None)`` of stacked heads."""
+        _, batch, _, length, _ = qkv.shape
         dropout = self.attn_drop if self.training else 0.0
         if self.impl == "sdpa" and not need_weights:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-            weights = None
-        else:
+            out = F.scaled_dot_product_attention(*qkv.unbind(0), dropout_p=dropout)
+            return out.transpose(1, 2).reshape(batch, length, -1), None
+        if need_weights or dropout:
+            q, k, v = qkv.unbind(0)
             weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             out = F.dropout(weights, dropout, self.training) @ v
-        return out.transpose(1, 2).reshape(batch, length, -1), weights
+            return out.transpose(1, 2).reshape(batch, length, -1), weights
+        if torch.is_grad_enabled() and qkv.requires_grad:
+            return _MathAttention.apply(qkv, self.scale), None
+        return _attend_math(qkv, self.scale)[0], None
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Self-attention over ``x [B, N, D]``; with ``return_attention`` also the maps ``[B, heads, N, N]``."""
-        q, k, v = self.split_heads(linear(x, self.qkv))
-        out, weights = self.attend(q, k, v, need_weights=return_attention)
+        out, weights = self.attend(self.split_heads(linear(x, self.qkv)), need_weights=return_attention)
         out = linear(out, self.proj)
         return (out, weights) if return_attention else out
 
@@ -254,13 +299,13 @@ class DividedSpaceTimeBlock(nn.Module):
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         frames, batch, tokens, dim = x.shape
         qkv = linear(self.temporal_norm1(x.view(frames, batch * tokens, dim)), self.temporal_attn.qkv)
-        out, _ = self.temporal_attn.attend(*self.temporal_attn.split_heads(qkv, batch_first=False))
+        out, _ = self.temporal_attn.attend(self.temporal_attn.split_heads(qkv, batch_first=False))
         res = linear(self.drop_path(linear(out, self.temporal_attn.proj)), self.temporal_fc)
         out = x + res.view(batch, tokens, frames, dim).permute(2, 0, 1, 3)
         out[:, :, 0] = x[:, :, 0]
         return out
 
-    def _spatial_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _spatial_qkv(self, x: torch.Tensor) -> torch.Tensor:
         frames, batch, tokens, dim = x.shape
         qkv = linear(self.norm1(x.view(frames * batch, tokens, dim)), self.attn.qkv)
         return self.attn.split_heads(qkv)
@@ -270,7 +315,7 @@ class DividedSpaceTimeBlock(nn.Module):
         frames, batch, tokens, dim = x.shape
         dropping = self.training and self.drop_path.drop_prob > 0
         x = self._temporal(x)
-        out, _ = self.attn.attend(*self._spatial_qkv(x))
+        out, _ = self.attn.attend(self._spatial_qkv(x))
         if dropping or torch.is_grad_enabled():  # autograd forbids the in-place CLS write on a fused output
             res = self.drop_path(linear(out, self.attn.proj)).view(x.shape)
             cls = x[0, :, 0] + res[:, :, 0].mean(dim=0)
@@ -286,5 +331,5 @@ class DividedSpaceTimeBlock(nn.Module):
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax maps of this block's spatial attention, ``[T * B, heads, 1 + S, 1 + S]``."""
-        _, weights = self.attn.attend(*self._spatial_qkv(self._temporal(x)), need_weights=True)
+        _, weights = self.attn.attend(self._spatial_qkv(self._temporal(x)), need_weights=True)
         return weights

@@ -15,6 +15,7 @@ from endofm.data.datasets.pretrain import PretrainClips, collate_views
 from endofm.data.manifest import read_manifest, scan_videos
 from endofm.data.views import MultiViewSampler
 from endofm.engine.distributed import DistributedContext, barrier, init_distributed
+from endofm.engine.optim import adamw, decay_groups
 from endofm.engine.trainer import Recipe, Trainer
 from endofm.errors import ConfigError, DatasetError, TrainingError
 from endofm.models.backbone import EndoFMBackbone
@@ -116,11 +117,7 @@ class DINORecipe(Recipe):
         self.momentum = cosine_schedule(optim.momentum_teacher, 1.0, epochs, steps_per_epoch)
         self.teacher_temp = teacher_temperature_schedule(loss.warmup_teacher_temp, loss.teacher_temp,
                                                          loss.warmup_teacher_temp_epochs, epochs)
-        decay, no_decay = [], []
-        for name, param in self.network.named_parameters():
-            if param.requires_grad:
-                (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
-        return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        return adamw(decay_groups(self.network.named_parameters()))
 
     def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         for index, group in enumerate(optimizer.param_groups):

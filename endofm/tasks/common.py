@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 from abc import abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 from endofm.config import config_to_dict, save_config
 from endofm.engine.distributed import DistributedContext, init_distributed
 from endofm.engine.logging import plot_curves
+from endofm.engine.optim import adamw, decay_groups
 from endofm.engine.trainer import Recipe, Trainer
 from endofm.errors import CheckpointError, ConfigError, TrainingError
 from endofm.io import atomic_write, atomic_write_text
@@ -99,14 +101,14 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be positive, got {self.lr}")
 
 
-def build_optimizer(parameters: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], optim: OptimConfig
+) -> torch.optim.Optimizer:
     """The configured optimiser over the trainable parameters (no weight decay on biases and 1-D ones)."""
-    decay = [p for p in parameters if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in parameters if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = decay_groups(named_parameters)
     if optim.name == "sgd":
         return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    return adamw(groups, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 def lr_schedule(optim: OptimConfig, batch_size: int, epochs: int, steps_per_epoch: int) -> np.ndarray:
@@ -282,7 +284,7 @@ class FinetuneRecipe(Recipe):
 
     def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
         self.lr = lr_schedule(self.config.optim, self.config.run.batch_size, epochs, steps_per_epoch)
-        return build_optimizer(list(self.network.parameters()), self.config.optim)
+        return build_optimizer(self.network.named_parameters(), self.config.optim)
 
     def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         lr = float(self.lr[min(step, len(self.lr) - 1)])

@@ -48,8 +48,10 @@ def test_unknown_attention_impl_is_refused():
         build_model("endofm_vit_micro").set_attention_impl("flash3")
 
 
-def test_same_gradients():
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+def test_same_gradients(impl):
     ours, original = _pair()
+    ours.set_attention_impl(impl)
     video = torch.randn(2, 3, 4, 48, 48)
     grads = []
     for model in (ours.train(), original.train()):
