@@ -44,8 +44,10 @@ def _frames(seed: int, num_frames: int, height: int, width: int) -> tuple[np.nda
     return np.resize(cycle, (num_frames, *cycle.shape[1:])), "endofm.data.synthetic"
 
 
-def write_corpus(folder: Path, videos: int, num_frames: int, height: int, width: int) -> tuple[list[Path], str]:
-    """Write ``videos`` h264 mp4 files (keyframe every 30 frames, 30 fps)."""
+def write_corpus(
+    folder: Path, videos: int, num_frames: int, height: int, width: int, gop: int = 30
+) -> tuple[list[Path], str]:
+    """Write ``videos`` h264 mp4 files (a keyframe every ``gop`` frames, 30 fps)."""
     paths, source = [], ""
     for i in range(videos):
         frames, source = _frames(i, num_frames, height, width)
@@ -53,7 +55,7 @@ def write_corpus(folder: Path, videos: int, num_frames: int, height: int, width:
         with av.open(str(path), "w") as container:
             stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=30)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"g": "30", "crf": "20", "preset": "veryfast"}
+            stream.options = {"g": str(gop), "crf": "20", "preset": "veryfast"}
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
             with VideoReader(paths[0]) as reader:
                 height, width = reader.info.height, reader.info.width
         else:
-            paths, source = write_corpus(Path(tmp), args.videos, args.frames, height, width)
+            paths, source = write_corpus(Path(tmp), args.videos, args.frames, height, width, args.gop)
         lengths = []
         for path in paths:
             with VideoReader(path) as reader:
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
         "decode_short_side": args.short_side,
         "clips_timed_per_method": args.clips,
         "corpus": source,
+        "keyframe_interval": None if args.input else args.gop,
         "clips_per_second": rates,
         "speedup": ours / original,
         "torch_threads": torch.get_num_threads(),
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--frames", type=int, default=150, help="frames per clip (default 150: 5 s at 30 fps)")
     parser.add_argument("--videos", type=int, default=3)
+    parser.add_argument("--gop", type=int, default=30, help="keyframe interval of the written corpus")
     parser.add_argument("--clips", type=int, default=6, help="clips timed per method")
     parser.add_argument("--short-side", type=int, default=256, help="decode short side of the union method")
     parser.add_argument("--input", type=Path, nargs="+", help="time these videos instead of a synthetic corpus")

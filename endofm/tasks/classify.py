@@ -24,7 +24,6 @@ from tqdm import tqdm
 from endofm.data.datasets.polypdiag import PolypDiagDataset
 from endofm.data.datasets.splits import split_by_case
 from endofm.data.transforms import eval_transform, train_transform
-from endofm.engine.distributed import DistributedContext
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError
 from endofm.metrics.classification import classification_metrics
@@ -159,16 +158,14 @@ class ClassifyRecipe(FinetuneRecipe):
 
     task = "classify"
     default_metric = "binary_f1"
+    evaluator = evaluate_classifier
 
-    def __init__(self, config: ClassifyConfig, context: DistributedContext, val_set: Any, test_set: Any,
-                 split_names: dict[str, str]) -> None:
-        super().__init__(config, context, val_set, test_set, split_names)
-        model = config.model
-        if config.mode == "linear":
-            model = dataclasses.replace(model, drop_path_rate=0.0)
+    def build_network(self) -> ClassifierNetwork:
+        linear = self.config.mode == "linear"
+        model = dataclasses.replace(self.config.model, drop_path_rate=0.0) if linear else self.config.model
         backbone = build_backbone(model)
         head = LinearClassifier(backbone.embed_dim, len(PolypDiagDataset.classes))
-        self.network = ClassifierNetwork(backbone, head, freeze_backbone=config.mode == "linear").to(self.device)
+        return ClassifierNetwork(backbone, head, freeze_backbone=linear)
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         logits = network(batch["video"].to(self.device, non_blocking=True))
@@ -178,13 +175,6 @@ class ClassifyRecipe(FinetuneRecipe):
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["label"])
-
-    def evaluate(self, dataset: Any) -> dict[str, Any]:
-        run = self.config.run
-        return evaluate_classifier(self.network, dataset, run.batch_size, self.device, run.num_workers)
-
-    def head_config(self) -> dict[str, Any]:
-        return dict(self.network.head.config)
 
     def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
         return self.network.backbone, self.network.head

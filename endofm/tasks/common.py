@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,14 +269,23 @@ class FinetuneRecipe(Recipe):
         self.best_score: float | None = None
         self.best_epoch = -1
         self.history: list[dict[str, float]] = []
+        self.network = self.build_network().to(self.device)
 
     @abstractmethod
+    def build_network(self) -> nn.Module:
+        """The task's network (backbone and head) from ``self.config``."""
+
+    evaluator: Callable[..., dict[str, Any]]
+    """The task's metrics: ``evaluator(network, dataset, batch_size, device, num_workers)``."""
+
     def evaluate(self, dataset: Any) -> dict[str, Any]:
         """Metrics of the current network on a dataset."""
+        run = self.config.run
+        return type(self).evaluator(self.network, dataset, run.batch_size, self.device, run.num_workers)
 
-    @abstractmethod
     def head_config(self) -> dict[str, Any]:
         """Constructor arguments of the head (recorded in the model folder)."""
+        return dict(self.parts()[1].config)
 
     @abstractmethod
     def parts(self) -> tuple[EndoFMBackbone, nn.Module]:

@@ -29,7 +29,6 @@ from torchvision.transforms import v2
 
 from endofm.data.datasets.kumc import KUMCDataset
 from endofm.data.transforms import VideoTransform
-from endofm.engine.distributed import DistributedContext
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, InputError
 from endofm.metrics.detection import detection_metrics
@@ -199,15 +198,13 @@ class DetectRecipe(FinetuneRecipe):
 
     task = "detect"
     default_metric = "map_50"
+    evaluator = evaluate_detector
 
-    def __init__(self, config: DetectConfig, context: DistributedContext, val_set: Any, test_set: Any,
-                 split_names: dict[str, str]) -> None:
-        super().__init__(config, context, val_set, test_set, split_names)
-        det, data = config.detector, config.data
-        self.network = build_detector(build_backbone(config.model), len(KUMCDataset.classes),
-                                      len(data.ref_offsets) + 1, det.out_channels, det.head_convs, data.short_side,
-                                      data.max_size, det.score_thresh, det.nms_thresh,
-                                      det.detections_per_img).to(self.device)
+    def build_network(self) -> FCOS:
+        det, data = self.config.detector, self.config.data
+        return build_detector(build_backbone(self.config.model), len(KUMCDataset.classes), len(data.ref_offsets) + 1,
+                              det.out_channels, det.head_convs, data.short_side, data.max_size, det.score_thresh,
+                              det.nms_thresh, det.detections_per_img)
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = [image.to(self.device, non_blocking=True) for image in batch["images"]]
@@ -218,13 +215,6 @@ class DetectRecipe(FinetuneRecipe):
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["images"])
-
-    def evaluate(self, dataset: Any) -> dict[str, Any]:
-        run = self.config.run
-        return evaluate_detector(self.network, dataset, max(run.batch_size, 2), self.device, run.num_workers)
-
-    def head_config(self) -> dict[str, Any]:
-        return dict(self.network.config)
 
     def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
         return self.network.backbone.backbone, self.network

@@ -26,7 +26,6 @@ from torchvision.transforms import v2
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
 from endofm.data.transforms import VideoTransform
-from endofm.engine.distributed import DistributedContext
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError
 from endofm.metrics.segmentation import segmentation_metrics
@@ -247,14 +246,13 @@ class SegmentRecipe(FinetuneRecipe):
 
     task = "segment"
     default_metric = "dice"
+    evaluator = evaluate_segmenter
 
-    def __init__(self, config: SegmentConfig, context: DistributedContext, val_set: Any, test_set: Any,
-                 split_names: dict[str, str]) -> None:
-        super().__init__(config, context, val_set, test_set, split_names)
-        backbone = build_backbone(config.model)
-        decoder = SegmentationDecoder(backbone.embed_dim, backbone.patch_size, 2, config.decoder.channels,
-                                      config.decoder.stem)
-        self.network = SegmentationNetwork(backbone, decoder).to(self.device)
+    def build_network(self) -> SegmentationNetwork:
+        backbone = build_backbone(self.config.model)
+        decoder = SegmentationDecoder(backbone.embed_dim, backbone.patch_size, 2, self.config.decoder.channels,
+                                      self.config.decoder.stem)
+        return SegmentationNetwork(backbone, decoder)
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         logits = network(batch["video"].to(self.device, non_blocking=True))
@@ -262,13 +260,6 @@ class SegmentRecipe(FinetuneRecipe):
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["video"])
-
-    def evaluate(self, dataset: Any) -> dict[str, Any]:
-        run = self.config.run
-        return evaluate_segmenter(self.network, dataset, run.batch_size, self.device, run.num_workers)
-
-    def head_config(self) -> dict[str, Any]:
-        return dict(self.network.decoder.config)
 
     def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
         return self.network.backbone, self.network.decoder
