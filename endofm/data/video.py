@@ -225,15 +225,16 @@ class VideoReader:
         """Decode from the keyframe before ``wanted[0]`` up to ``wanted[-1]``; convert only wanted frames.
 
         Frames that are not wanted and that no other frame references (most B-frames) are not decoded at
-        all; should a stream hide a wanted frame that way, the range is decoded again in full.
+        all; should a stream hide a wanted frame that way, the range is decoded again in full. A seek that
+        misses (it lands past the first wanted frame, or where nothing decodes, as timestamp seeks in MPEG
+        program streams can) is replaced by decoding from the start of the file.
         """
         if self._container is None:
             raise VideoError(f"{self.path}: reader is closed")
         first = wanted[0]
-        keyframe = max((k for k in self._index.keyframes if k <= first), default=0)
-        start = keyframe
+        start = max((k for k in self._index.keyframes if k <= first), default=0)
         frames = self._decode_from(start, wanted, skip=True)
-        if frames is None:
+        if not frames and start > 0:
             start = 0
             frames = self._decode_from(start, wanted, skip=True)
         if frames is not None and len(frames) < len(wanted):

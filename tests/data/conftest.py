@@ -74,6 +74,8 @@ def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write_video(root / "audio.mp4", num_frames=30, audio=True)
     _write_video(root / "mpeg4.avi", num_frames=20, codec="mpeg4", size=(32, 48), fps=25)
     _write_video(root / "clip.mkv", num_frames=24, size=(40, 40))
+    _write_video(root / "program.mpg", num_frames=40, codec="mpeg2video", fps=25)
+    _write_video(root / "vp9.webm", num_frames=24, codec="libvpx-vp9", size=(32, 48))
     return root
 
 
