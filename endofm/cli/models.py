@@ -87,7 +87,7 @@ def _embed(args: argparse.Namespace) -> int:
                                  stride=args.stride, normalization=args.normalization,
                                  batch_size=args.batch_size, device=args.device)
         except EndoFMError as error:
-            failures.append(f"{video}: {error}")
+            failures.append(str(error) if str(video) in str(error) else f"{video}: {error}")
             continue
         rows.append(result)
     if not rows:
