@@ -156,7 +156,7 @@ class VideoReader:
             raise
         except (av.error.FFmpegError, OSError, ValueError, IndexError) as error:
             self.close()
-            raise VideoError(f"{self.path}: cannot open as a video: {error}") from error
+            raise VideoError(f"{self.path}: cannot open as a video: {_reason(error)}") from error
         self._stream = stream
         self._reformatter = VideoReformatter()  # one scaler for every frame (a frame's own is rebuilt per call)
         self._index = index
@@ -278,7 +278,7 @@ class VideoReader:
                     if index >= last:
                         return frames
         except av.error.FFmpegError as error:
-            raise VideoError(f"{self.path}: cannot decode frame {position}: {error}") from error
+            raise VideoError(f"{self.path}: cannot decode frame {position}: {_reason(error)}") from error
         finally:
             context.skip_frame = "DEFAULT"
         return frames
@@ -310,6 +310,11 @@ def _frame_rate(stream: av.VideoStream, index: _StreamIndex) -> float:
         if span > 0:
             return (len(index.pts) - 1) / span
     return FRAME_FOLDER_FPS
+
+
+def _reason(error: Exception) -> str:
+    """An FFmpeg or OS error's reason without the file name it repeats (messages name the file already)."""
+    return getattr(error, "strerror", None) or str(error)
 
 
 def _load_image(path: Path, index: int) -> np.ndarray:
