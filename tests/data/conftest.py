@@ -36,13 +36,14 @@ def _write_video(
     codec: str = "libx264",
     audio: bool = False,
     faststart: bool = False,
+    pix_fmt: str = "yuv420p",
 ) -> Path:
     """Encode ``num_frames`` distinct frames; libx264 with keyframes every 8 frames and B-frames."""
     height, width = size
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if codec == "libx264":
             stream.options = {"g": "8", "keyint_min": "8", "bf": "2", "crf": "18", "preset": "ultrafast"}
         else:
@@ -52,7 +53,7 @@ def _write_video(
         samples_per_frame = 16000 // fps
         for i in range(num_frames):
             frame = av.VideoFrame.from_ndarray(_frame_pattern(i, height, width), format="rgb24")
-            container.mux(stream.encode(frame))
+            container.mux(stream.encode(frame.reformat(format=pix_fmt)))
             if audio_stream is not None:
                 tone = np.sin(np.arange(samples_per_frame) * 0.1 + i).astype(np.float32)[None, :]
                 chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")

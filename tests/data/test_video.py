@@ -36,6 +36,21 @@ def test_frames_match_what_was_encoded(video_dir: Path, frame_pattern: Callable)
         assert (frames[k].float() - expected).abs().mean() < 6.0
 
 
+@pytest.mark.parametrize(("codec", "pix_fmt", "tolerance"),
+                         [("libx265", "yuv420p10le", 6.0), ("ffv1", "gray16le", 3.0)])
+def test_10_and_16_bit_videos_decode_to_8_bit_rgb(tmp_path: Path, make_video: Callable, frame_pattern: Callable,
+                                                  codec: str, pix_fmt: str, tolerance: float) -> None:
+    path = make_video(tmp_path / "deep.mkv", num_frames=12, codec=codec, pix_fmt=pix_fmt)
+    with VideoReader(path) as reader:
+        full = reader.read_all()
+        assert full.dtype == torch.uint8 and full.shape == (12, 3, 48, 64)
+        assert torch.equal(reader.read([9, 2]), full[[9, 2]])
+    expected = torch.from_numpy(frame_pattern(9, 48, 64)).permute(2, 0, 1).float()
+    if pix_fmt.startswith("gray"):
+        expected = (expected * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0).expand(3, -1, -1)
+    assert (full[9].float() - expected).abs().mean() < tolerance
+
+
 def test_info_and_shapes(video_dir: Path) -> None:
     info = read_video_info(video_dir / "mpeg4.avi")
     assert (info.num_frames, info.fps, info.width, info.height) == (20, 25.0, 48, 32)
