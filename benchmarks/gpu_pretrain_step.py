@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from endofm.engine.optim import adamw, decay_groups
 from endofm.models.heads import DINOHead
 from endofm.models.registry import build_model
 
@@ -111,7 +112,7 @@ def main() -> None:
     dtype = torch.float32 if args.no_bf16 else torch.bfloat16
     student, teacher = build(args, device)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=5e-4 * batch / 256, weight_decay=0.04, fused=device.type == "cuda")
+    optimizer = adamw(decay_groups(student.named_parameters()), lr=5e-4 * batch / 256, weight_decay=0.04)
     center = torch.zeros(1, student.head.last_layer.weight_v.shape[0], device=device)
     views = make_views(batch, global_size, local_size, device)
     backends, kernel = pick_sdpa_backends(device, dtype)
