@@ -258,6 +258,8 @@ class FinetuneRecipe(Recipe):
 
     task: str
     default_metric: str
+    evaluator: Callable[..., dict[str, Any]]
+    """The task's metrics: ``evaluator(network, dataset, batch_size, device, num_workers)``."""
     plot_keys = ("loss", "lr")
 
     def __init__(self, config: Any, context: DistributedContext, val_set: Any, test_set: Any,
@@ -274,9 +276,6 @@ class FinetuneRecipe(Recipe):
     @abstractmethod
     def build_network(self) -> nn.Module:
         """The task's network (backbone and head) from ``self.config``."""
-
-    evaluator: Callable[..., dict[str, Any]]
-    """The task's metrics: ``evaluator(network, dataset, batch_size, device, num_workers)``."""
 
     def evaluate(self, dataset: Any) -> dict[str, Any]:
         """Metrics of the current network on a dataset."""
