@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -43,8 +44,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from endofm.io import sha256_of
     from endofm.models.checkpoint import WEIGHTS_FILE, load_checkpoint
 

@@ -77,11 +77,11 @@ class LossConfig:
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
     centering: str = "center"
+    """``center`` (the published recipe: running mean, subtracted) or ``sinkhorn`` (Sinkhorn-Knopp over the
+    batch, as SwAV and DINOv2; robust on small corpora of look-alike clips)."""
     koleo_weight: float = 0.0
     """Weight of the KoLeo regulariser on the student's global-view embeddings (0 = off, the published
     recipe; DINOv2 uses 0.1)."""
-    """``center`` (the published recipe: running mean, subtracted) or ``sinkhorn`` (Sinkhorn-Knopp over the
-    batch, as SwAV and DINOv2; robust on small corpora of look-alike clips)."""
 
     def __post_init__(self) -> None:
         if self.centering not in CENTERINGS:
