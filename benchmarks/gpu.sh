@@ -1,11 +1,65 @@
 #!/usr/bin/env bash
-# One short GPU session: the released ViT-B pretraining-like step (10 views, batch 8, bf16, flash SDPA),
-# without and with gradient checkpointing. Results: $OUT (or ./gpu_results) as JSON and printed lines.
-# Usage: bash benchmarks/gpu.sh            (from the repository root; set PYTHON to pick an interpreter)
-set -euo pipefail
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+# One short GPU session (about 6 minutes on an H200):
+#   1. the released ViT-B pretraining step (10 views, batch 8, bf16, flash SDPA), without and with gradient
+#      checkpointing, and the same step on the original module structure in fp16 (benchmarks/gpu_pretrain_step.py);
+#   2. the real engine: `endofm pretrain` with configs/pretrain/endofm_vit_base.yaml on a synthetic corpus;
+#   3. `endofm demo --quick` on the GPU (every task end to end).
+# Results land in $OUT (or ./gpu_results): step*.json, pretrain_log.jsonl, demo_report.md, gpu.log.
+# Usage: bash benchmarks/gpu.sh   (repository root; PYTHON picks the interpreter; wheels in .whl/ are
+# installed first where the machine lacks packages, e.g. PyAV and pycocotools)
+set -uo pipefail
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OUTDIR=${OUT:-gpu_results}
-mkdir -p "$OUTDIR"
-"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
-timeout 240 "$PYTHON" benchmarks/gpu_pretrain_step.py --out "$OUTDIR/step.json"
-timeout 240 "$PYTHON" benchmarks/gpu_pretrain_step.py --grad-checkpointing --out "$OUTDIR/step_ckpt.json"
+WORK=${TMPDIR:-/tmp}/endofm_gpu
+mkdir -p "$OUTDIR" "$WORK"
+exec > >(tee "$OUTDIR/gpu.log") 2>&1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl
+  export PYTHONPATH="$WORK/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv || true
+
+echo "== 1. pretraining step (synthetic views) =="
+timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --out "$OUTDIR/step.json"
+timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --grad-checkpointing --out "$OUTDIR/step_ckpt.json"
+timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --original --out "$OUTDIR/step_original.json"
+
+echo "== 2. the engine: endofm pretrain, ViT-B recipe, synthetic corpus =="
+timeout 90 "$PYTHON" -m endofm data synth "$WORK/corpus" --videos 64
+timeout 150 "$PYTHON" -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml \
+  data.manifest="$WORK/corpus/pretrain" run.out_dir="$WORK/pretrain" run.batch_size=8 run.max_steps=30 \
+  run.num_workers=12 run.checkpoint_every=0
+cp "$WORK/pretrain/log.jsonl" "$OUTDIR/pretrain_log.jsonl" 2>/dev/null
+
+echo "== 3. endofm demo --quick on the GPU =="
+timeout 240 "$PYTHON" -m endofm demo --quick --device cuda --out "$WORK/demo"
+cp "$WORK/demo/report.md" "$OUTDIR/demo_report.md" 2>/dev/null
+
+echo "== summary =="
+"$PYTHON" - "$OUTDIR" <<'EOF'
+import json, statistics, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+load = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else None
+ours, ckpt, orig = load("step.json"), load("step_ckpt.json"), load("step_original.json")
+summary = {}
+for name, r in (("ours bf16 flash", ours), ("ours + checkpointing", ckpt), ("original fp16", orig)):
+    if r:
+        print(f"{name:22s} {r['s_per_step']:.3f} s/step  {r['peak_memory_gib']:.2f} GiB  {r['achieved_tflops']:.0f} TFLOP/s")
+if ours and orig:
+    summary["speedup_vs_original"] = orig["s_per_step"] / ours["s_per_step"]
+    summary["memory_vs_original"] = ours["peak_memory_gib"] / orig["peak_memory_gib"]
+if ours and ckpt:
+    summary["checkpointing_memory_ratio"] = ckpt["peak_memory_gib"] / ours["peak_memory_gib"]
+    summary["checkpointing_time_ratio"] = ckpt["s_per_step"] / ours["s_per_step"]
+log = out / "pretrain_log.jsonl"
+if log.exists():
+    rates = [r["clips_per_s"] for r in map(json.loads, log.read_text().splitlines()) if "clips_per_s" in r][5:]
+    if rates:
+        summary["engine_clips_per_s_median"] = statistics.median(rates)
+        summary["engine_s_per_step_batch8"] = 8 / statistics.median(rates)
+print(json.dumps(summary, indent=2))
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+EOF

@@ -5,6 +5,8 @@ of every clip (2 global views of 8 and 16 frames at 224 px, 8 local views of 2, 
 at 96 px; each group of equal shape in one forward), an EMA teacher forwards the 2 global views without
 gradients, the loss is the mean of the 18 teacher-student cross-entropy terms, then backward, gradient
 clipping, an AdamW step and the EMA update. It runs in bf16 autocast with the flash SDPA kernel.
+``--original`` runs the same step on the original module structure (:mod:`original_reference`) as the
+original trains it: fp16 autocast with a gradient scaler, plain-math attention, no checkpointing.
 
 Reported: seconds per step (median of the timed steps), peak GPU memory, model FLOPs per step (counted by
 ``torch.utils.flop_counter`` without checkpointing's recomputation) and achieved TFLOP/s. Self-checks:
@@ -12,6 +14,7 @@ finite loss, gradients everywhere, the SDPA kernel that ran, and the targets (<=
 as pass/fail lines.
 
     python benchmarks/gpu_pretrain_step.py --out gpu_step.json               # H100/H200-class GPU
+    python benchmarks/gpu_pretrain_step.py --original --out gpu_original.json
     python benchmarks/gpu_pretrain_step.py --tiny --device cpu               # a small CPU self-test
 """
 
@@ -21,6 +24,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,9 +35,12 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from endofm.engine.optim import adamw, decay_groups
-from endofm.models.heads import DINOHead
-from endofm.models.registry import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from original_reference import OriginalVisionTransformer  # noqa: E402
+
+from endofm.engine.optim import adamw, decay_groups  # noqa: E402
+from endofm.models.heads import DINOHead  # noqa: E402
+from endofm.models.registry import build_model  # noqa: E402
 
 GLOBAL_FRAMES, LOCAL_FRAMES = (8, 16), (2, 2, 4, 4, 8, 8, 16, 16)
 TARGET_S_PER_STEP, TARGET_GIB = 0.45, 18.0
@@ -72,7 +79,10 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn
     else:
         backbone = build_model("endofm_vit_base")
         head = DINOHead(in_dim=backbone.embed_dim)
-    backbone.set_grad_checkpointing(args.grad_checkpointing)
+    if args.original:
+        backbone = OriginalVisionTransformer(backbone.config)
+    else:
+        backbone.set_grad_checkpointing(args.grad_checkpointing)
     student = Network(backbone, head).to(device)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     return student, teacher
@@ -100,6 +110,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
+    parser.add_argument("--original", action="store_true",
+                        help="the original module structure, fp16 autocast with a gradient scaler")
     parser.add_argument("--tiny", action="store_true", help="micro model, 64/32 px, batch 2: a CPU self-test")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -109,14 +121,23 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     global_size, local_size = (64, 32) if args.tiny else (224, 96)
     batch = 2 if args.tiny else args.batch
-    dtype = torch.float32 if args.no_bf16 else torch.bfloat16
+    if args.original and args.grad_checkpointing:
+        parser.error("the original module structure has no gradient checkpointing")
+    half = torch.float16 if args.original and device.type == "cuda" else torch.bfloat16
+    dtype = torch.float32 if args.no_bf16 else half
     student, teacher = build(args, device)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = adamw(decay_groups(student.named_parameters()), lr=5e-4 * batch / 256, weight_decay=0.04)
+    groups, lr = decay_groups(student.named_parameters()), 5e-4 * batch / 256
+    make = torch.optim.AdamW if args.original else adamw  # torch's default AdamW, as the original builds it
+    optimizer = make(groups, lr=lr, weight_decay=0.04)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     center = torch.zeros(1, student.head.last_layer.weight_v.shape[0], device=device)
     views = make_views(batch, global_size, local_size, device)
-    backends, kernel = pick_sdpa_backends(device, dtype)
-    autocast = nullcontext() if args.no_bf16 else torch.autocast(device.type, dtype=torch.bfloat16)
+    if args.original:
+        backends, kernel = [SDPBackend.MATH], "none (the original's plain-math attention)"
+    else:
+        backends, kernel = pick_sdpa_backends(device, dtype)
+    autocast = nullcontext() if args.no_bf16 else torch.autocast(device.type, dtype=dtype)
 
     def step() -> float:
         nonlocal center
@@ -125,9 +146,11 @@ def main() -> None:
                 teacher_out = teacher(views[:2])
             loss = dino_loss(student(views), teacher_out, center, len(views))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 3.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         with torch.no_grad():
             torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1 - 0.996)
             center = center * 0.9 + teacher_out.float().mean(0, keepdim=True) * 0.1
@@ -139,11 +162,13 @@ def main() -> None:
 
     losses = [step() for _ in range(args.warmup)]
     missing = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
-    student.backbone.set_grad_checkpointing(False)  # count model FLOPs, not checkpointing's recomputation
+    if args.grad_checkpointing:  # count model FLOPs, not checkpointing's recomputation
+        student.backbone.set_grad_checkpointing(False)
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    student.backbone.set_grad_checkpointing(args.grad_checkpointing)
+    if args.grad_checkpointing:
+        student.backbone.set_grad_checkpointing(True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -159,6 +184,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "tiny": args.tiny,
+        "model": "original module structure" if args.original else "endofm",
         "batch": batch,
         "views": [list(v.shape) for v in views],
         "dtype": str(dtype),
@@ -175,12 +201,12 @@ def main() -> None:
         "finite loss": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
         "every trainable parameter got a gradient": not missing,
     }
-    if not args.tiny and device.type == "cuda":
+    if not args.tiny and not args.original and device.type == "cuda":
         checks[f"s/step <= {TARGET_S_PER_STEP}"] = s_per_step <= TARGET_S_PER_STEP
         checks[f"peak memory <= {TARGET_GIB} GiB"] = peak_gib <= TARGET_GIB
     result["checks"] = checks
     mem = f"{peak_gib:.2f} GiB" if peak_gib is not None else "n/a (cpu)"
-    print(f"{result['device']}: {s_per_step:.3f} s/step, peak {mem}, {flops / 1e9:.1f} GFLOP/step, "
+    print(f"{result['device']} ({result['model']}): {s_per_step:.3f} s/step, peak {mem}, {flops / 1e9:.1f} GFLOP/step, "
           f"{result['achieved_tflops']:.2f} TFLOP/s, sdpa {kernel}, checkpointing {args.grad_checkpointing}")
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
