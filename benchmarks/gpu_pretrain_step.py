@@ -4,14 +4,15 @@ The step follows the original recipe's shape of work: a student (backbone + DINO
 of every clip (2 global views of 8 and 16 frames at 224 px, 8 local views of 2, 2, 4, 4, 8, 8, 16, 16 frames
 at 96 px; each group of equal shape in one forward), an EMA teacher forwards the 2 global views without
 gradients, the loss is the mean of the 18 teacher-student cross-entropy terms, then backward, gradient
-clipping, an AdamW step and the EMA update. It runs in bf16 autocast with the flash SDPA kernel.
+clipping, an AdamW step and the EMA update. It runs in bf16 autocast with the flash SDPA kernel (``--sdpa
+auto``: the kernel torch picks, as the training engine leaves it).
 ``--original`` runs the same step on the original module structure (:mod:`original_reference`) as the
 original trains it: fp16 autocast with a gradient scaler, plain-math attention, no checkpointing.
 
 Reported: seconds per step (median of the timed steps), peak GPU memory, model FLOPs per step (counted by
 ``torch.utils.flop_counter`` without checkpointing's recomputation) and achieved TFLOP/s. Self-checks:
-finite loss, gradients everywhere, the SDPA kernel that ran, and the targets (<= 0.45 s/step, <= 18 GiB)
-as pass/fail lines.
+finite loss, gradients everywhere, the attention operators that ran (from ``torch.profiler``), and the
+targets (<= 0.45 s/step, <= 18 GiB) as pass/fail lines.
 
     python benchmarks/gpu_pretrain_step.py --out gpu_step.json               # H100/H200-class GPU
     python benchmarks/gpu_pretrain_step.py --original --out gpu_original.json
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
+    parser.add_argument("--sdpa", choices=("flash", "auto"), default="flash",
+                        help="flash: the flash kernel alone; auto: the kernel torch picks")
     parser.add_argument("--original", action="store_true",
                         help="the original module structure, fp16 autocast with a gradient scaler")
     parser.add_argument("--tiny", action="store_true", help="micro model, 64/32 px, batch 2: a CPU self-test")
@@ -135,13 +138,15 @@ def main() -> None:
     views = make_views(batch, global_size, local_size, device)
     if args.original:
         backends, kernel = [SDPBackend.MATH], "none (the original's plain-math attention)"
+    elif args.sdpa == "auto":
+        backends, kernel = None, "auto"
     else:
         backends, kernel = pick_sdpa_backends(device, dtype)
     autocast = nullcontext() if args.no_bf16 else torch.autocast(device.type, dtype=dtype)
 
     def step() -> float:
         nonlocal center
-        with sdpa_kernel(backends), autocast:
+        with sdpa_kernel(backends) if backends else nullcontext(), autocast:
             with torch.no_grad():
                 teacher_out = teacher(views[:2])
             loss = dino_loss(student(views), teacher_out, center, len(views))
@@ -167,6 +172,9 @@ def main() -> None:
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        step()
+    attention_ops = sorted({e.key for e in profiler.key_averages() if "attention" in e.key})
     if args.grad_checkpointing:
         student.backbone.set_grad_checkpointing(True)
     if device.type == "cuda":
@@ -189,6 +197,7 @@ def main() -> None:
         "views": [list(v.shape) for v in views],
         "dtype": str(dtype),
         "sdpa_kernel": kernel,
+        "attention_ops": attention_ops,
         "grad_checkpointing": args.grad_checkpointing,
         "s_per_step": s_per_step,
         "step_times_s": times,
@@ -208,6 +217,7 @@ def main() -> None:
     mem = f"{peak_gib:.2f} GiB" if peak_gib is not None else "n/a (cpu)"
     print(f"{result['device']} ({result['model']}): {s_per_step:.3f} s/step, peak {mem}, {flops / 1e9:.1f} GFLOP/step, "
           f"{result['achieved_tflops']:.2f} TFLOP/s, sdpa {kernel}, checkpointing {args.grad_checkpointing}")
+    print(f"  attention operators: {', '.join(attention_ops) or 'none (plain matmul + softmax)'}")
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     if args.out:

@@ -256,6 +256,8 @@ class Trainer:
             losses.append(loss_value)
             record = {"step": global_step, "epoch": epoch, "loss": loss_value, **scheduled, **values,
                       "clips_per_s": clips_per_s}
+            if self.context.device.type == "cuda":
+                record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.context.device) / 2**30
             self.logger.log(record)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduled.get('lr', 0):.2e}",
                                  clips_s=f"{clips_per_s:.1f}")

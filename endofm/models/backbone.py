@@ -7,6 +7,7 @@ resolution of at least one patch, including non-square frames and single images 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from endofm.errors import InputError
@@ -75,6 +77,20 @@ class BackboneConfig:
         if unknown:
             raise InputError(f"unknown backbone config keys: {sorted(unknown)}")
         return cls(**values)
+
+
+def _recompute_with_current_sdpa_backends() -> tuple[contextlib.AbstractContextManager, ...]:
+    """Checkpointing's (forward, recompute) contexts: the recomputation enables the SDPA backends that the
+    forward had, so an ``sdpa_kernel`` block around the forward alone cannot make the backward recompute
+    with another kernel (whose saved tensors differ, which checkpointing rejects)."""
+    flags = {
+        SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+        SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+        SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled(),
+        SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled(),
+    }
+    enabled = [backend for backend, on in flags.items() if on]
+    return contextlib.nullcontext(), sdpa_kernel(enabled) if enabled else contextlib.nullcontext()
 
 
 class EndoFMBackbone(nn.Module):
@@ -210,7 +226,7 @@ class EndoFMBackbone(nn.Module):
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False, context_fn=_recompute_with_current_sdpa_backends)
             else:
                 x = block(x)
         return x

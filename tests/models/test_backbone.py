@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from endofm import InputError, build_model
 from endofm.models import BackboneConfig, EndoFMBackbone
@@ -133,6 +134,21 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for enable in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(enable)(video).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_gradient_checkpointing_recomputes_with_the_forward_attention_kernel():
+    """A kernel chosen for the forward alone (here math; the backward would pick flash) must not break the
+    recomputation, and the gradients stay those of the plain math forward."""
+    video = torch.randn(2, 3, 2, 32, 32)
+    model = _random_model().train()
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        with sdpa_kernel([SDPBackend.MATH]):
+            out = model.set_grad_checkpointing(enable)(video)
+        out.square().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
 
