@@ -23,7 +23,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv || true
 
 echo "== 1. pretraining step (synthetic views) =="
-timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --out "$OUTDIR/step.json"
+timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --profile --out "$OUTDIR/step.json"
 timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --sdpa auto --out "$OUTDIR/step_auto.json"
 timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --grad-checkpointing --out "$OUTDIR/step_ckpt.json"
 timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --original --out "$OUTDIR/step_original.json"

@@ -102,6 +102,20 @@ def pick_sdpa_backends(device: torch.device, dtype: torch.dtype) -> tuple[list[S
         return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION], "flash+efficient (flash refused)"
 
 
+def top_device_ops(events: list, count: int) -> list[dict]:
+    """The ``count`` operators and kernels of a profiled step with the most self time on the device (the
+    CPU where there is no device time)."""
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = kernels or events
+
+    def self_time(event) -> float:
+        return event.self_device_time_total if kernels else event.self_cpu_time_total
+
+    total = sum(self_time(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_time, reverse=True)[:count]
+    return [{"name": e.key, "ms": self_time(e) / 1e3, "calls": e.count, "share": self_time(e) / total} for e in ranked]
+
+
 def main() -> None:
     """Run the step, print a summary and the checks, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +127,7 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
     parser.add_argument("--sdpa", choices=("flash", "auto"), default="flash",
                         help="flash: the flash kernel alone; auto: the kernel torch picks")
+    parser.add_argument("--profile", action="store_true", help="print the ops that take the most time of a step")
     parser.add_argument("--original", action="store_true",
                         help="the original module structure, fp16 autocast with a gradient scaler")
     parser.add_argument("--tiny", action="store_true", help="micro model, 64/32 px, batch 2: a CPU self-test")
@@ -172,9 +187,14 @@ def main() -> None:
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if args.profile and device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
         step()
-    attention_ops = sorted({e.key for e in profiler.key_averages() if "attention" in e.key})
+    events = profiler.key_averages()
+    attention_ops = sorted({e.key for e in events if "attention" in e.key})
+    top_ops = top_device_ops(events, 25) if args.profile else []
     if args.grad_checkpointing:
         student.backbone.set_grad_checkpointing(True)
     if device.type == "cuda":
@@ -198,6 +218,7 @@ def main() -> None:
         "dtype": str(dtype),
         "sdpa_kernel": kernel,
         "attention_ops": attention_ops,
+        "top_ops": top_ops,
         "grad_checkpointing": args.grad_checkpointing,
         "s_per_step": s_per_step,
         "step_times_s": times,
@@ -218,6 +239,8 @@ def main() -> None:
     print(f"{result['device']} ({result['model']}): {s_per_step:.3f} s/step, peak {mem}, {flops / 1e9:.1f} GFLOP/step, "
           f"{result['achieved_tflops']:.2f} TFLOP/s, sdpa {kernel}, checkpointing {args.grad_checkpointing}")
     print(f"  attention operators: {', '.join(attention_ops) or 'none (plain matmul + softmax)'}")
+    for op in top_ops:
+        print(f"  {op['share']:6.1%} {op['ms']:8.2f} ms {op['calls']:6d}x  {op['name'][:90]}")
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     if args.out:
