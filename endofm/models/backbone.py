@@ -111,7 +111,7 @@ class EndoFMBackbone(nn.Module):
         dim = config.embed_dim
         self.embed_dim = dim
         self.patch_size = config.patch_size
-        self.grad_checkpointing = False
+        self.checkpointed_blocks = 0
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, dim, kernel_size=config.patch_size, stride=config.patch_size)
         grid_h, grid_w = config.grid
@@ -168,9 +168,19 @@ class EndoFMBackbone(nn.Module):
         """Parameters that the recipe excludes from weight decay (besides biases and norms)."""
         return {"pos_embed", "cls_token", "time_embed"}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> EndoFMBackbone:
-        """Recompute each block's activations in the backward pass: less memory, more compute."""
-        self.grad_checkpointing = enable
+    def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None) -> EndoFMBackbone:
+        """Recompute block activations in the backward pass: less memory, more compute. ``blocks`` limits it
+        to the first ``blocks`` blocks (default: all), trading part of the memory saved for less recompute.
+
+        >>> from endofm.models import build_model
+        >>> model = build_model("endofm_vit_micro").set_grad_checkpointing(blocks=1)
+        >>> model.checkpointed_blocks
+        1
+        """
+        depth = len(self.blocks)
+        if blocks is not None and not 0 <= blocks <= depth:
+            raise InputError(f"checkpointed blocks must be between 0 and the depth {depth}, got {blocks}")
+        self.checkpointed_blocks = (depth if blocks is None else blocks) if enable else 0
         return self
 
     def set_attention_impl(self, impl: str = "sdpa") -> EndoFMBackbone:
@@ -224,8 +234,8 @@ class EndoFMBackbone(nn.Module):
         return torch.cat((cls, patches), dim=2), (grid_h, grid_w)
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+        for index, block in enumerate(self.blocks):
+            if index < self.checkpointed_blocks and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False, context_fn=_recompute_with_current_sdpa_backends)
             else:
                 x = block(x)

@@ -23,6 +23,9 @@ class ModelConfig:
     num_heads: int | None = None
     """Heads of the ``init`` checkpoint when they cannot be inferred (embed dim not a multiple of 64)."""
     grad_checkpointing: bool = False
+    checkpoint_blocks: int | None = None
+    """With ``grad_checkpointing``: recompute only the first this many blocks (default all); fewer blocks save
+    less memory and cost less recomputation."""
     token_keep_ratio: float = 1.0
     """Token-drop speed variant (off at 1.0): the student's global views keep this random share of their
     spatial positions. Not part of the published recipe."""
@@ -34,6 +37,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in MODEL_CONFIGS:
             raise ConfigError(f"model.arch {self.arch!r} is not one of {sorted(MODEL_CONFIGS)}")
+        depth = MODEL_CONFIGS[self.arch].depth
+        if self.checkpoint_blocks is not None and not 0 <= self.checkpoint_blocks <= depth:
+            raise ConfigError(f"model.checkpoint_blocks must be between 0 and {self.arch}'s depth {depth}, "
+                              f"got {self.checkpoint_blocks}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0.0 < self.token_keep_ratio <= 1.0:

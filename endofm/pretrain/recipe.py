@@ -96,7 +96,8 @@ class DINORecipe(Recipe):
         self.config = config
         self.device = context.device
         model = config.model
-        student_backbone = build_backbone(model, model.drop_path_rate).set_grad_checkpointing(model.grad_checkpointing)
+        student_backbone = build_backbone(model, model.drop_path_rate).set_grad_checkpointing(
+            model.grad_checkpointing, blocks=model.checkpoint_blocks)
         head = DINOHead(student_backbone.embed_dim, model.head_out_dim, model.head_hidden_dim,
                         model.head_bottleneck_dim, norm_last_layer=model.norm_last_layer)
         self.network = MultiViewNetwork(student_backbone, head).to(self.device)

@@ -138,6 +138,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def test_gradient_checkpointing_of_the_first_blocks_only(monkeypatch):
+    import endofm.models.backbone as backbone_module
+
+    checkpointed = []
+
+    def counting_checkpoint(block, *args, **kwargs):
+        checkpointed.append(block)
+        return torch.utils.checkpoint.checkpoint(block, *args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "checkpoint", counting_checkpoint)
+    model = build_model("endofm_vit_micro").train()
+    video = torch.randn(1, 3, 2, 32, 32)
+    for blocks, expected in ((1, model.blocks[:1]), (None, model.blocks), (0, [])):
+        checkpointed.clear()
+        model.set_grad_checkpointing(blocks=blocks)(video).sum().backward()
+        assert checkpointed == list(expected)
+    with pytest.raises(InputError, match="depth"):
+        model.set_grad_checkpointing(blocks=len(model.blocks) + 1)
+
+
 def test_gradient_checkpointing_recomputes_with_the_forward_attention_kernel():
     """A kernel chosen for the forward alone (here math; the backward would pick flash) must not break the
     recomputation, and the gradients stay those of the plain math forward."""
