@@ -56,6 +56,19 @@ def test_embed_writes_features_and_reports_bad_files(tmp_path, checkpoint, make_
     assert [p.rsplit("/", 1)[-1] for p in data["paths"]] == ["a.mp4", "a.mp4", "b.mp4", "b.mp4"]
 
 
+def test_embed_bad_argument_stops_once_before_writing(tmp_path, checkpoint, make_video, capsys):
+    path, _ = checkpoint
+    (tmp_path / "videos").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        make_video(tmp_path / "videos" / name, num_frames=4)
+    out = tmp_path / "feats.npz"
+    code = main(["embed", str(tmp_path / "videos"), "--checkpoint", str(path), "--out", str(out), "--size", "4",
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and not out.exists()
+    assert err.count("size >=") == 1 and "a.mp4" not in err, err
+
+
 def test_errors_print_one_line_without_traceback(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"garbage")
     for args in (["info", str(tmp_path / "missing.pth")], ["convert", str(tmp_path / "junk.pth"), str(tmp_path / "o")],

@@ -58,7 +58,7 @@ def _embed(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from endofm.errors import EndoFMError, InputError
+    from endofm.errors import InputError, VideoError
     from endofm.io import atomic_write
     from endofm.models.checkpoint import load_checkpoint
     from endofm.models.registry import build_model
@@ -85,8 +85,8 @@ def _embed(args: argparse.Namespace) -> int:
             result = embed_video(video, model, num_frames=args.frames, size=args.size, window=args.window,
                                  stride=args.stride, normalization=args.normalization,
                                  batch_size=args.batch_size, device=args.device)
-        except EndoFMError as error:
-            failures.append(str(error) if str(video) in str(error) else f"{video}: {error}")
+        except VideoError as error:  # names the video; a bad argument stops the command at the first video
+            failures.append(str(error))
             continue
         rows.append(result)
     if not rows:

@@ -356,12 +356,14 @@ def write_polypdiag(
     size: int | Sequence[int] = 128,
     fps: float = 30.0,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    always_visible: bool = False,
 ) -> Path:
     """Write a PolypDiag-like classification set: ``videos/*.mp4`` and ``splits/{train,val,test}.txt``.
 
     Split lines read ``<file relative to videos/>,<label>`` with label 1 for a polyp and 0 without, as in
     the original. Labels are balanced and each split is stratified by label. ``val`` is the original's
-    evaluation list; ``test`` is an extra held-out list (so a model can be selected on ``val``).
+    evaluation list; ``test`` is an extra held-out list (so a model can be selected on ``val``). With
+    ``always_visible`` a polyp video shows its polyp in every frame, so any sampled clip carries its label.
     """
     root = Path(root)
     if num_videos < 2:
@@ -376,7 +378,8 @@ def write_polypdiag(
         for name, part in zip(splits, np.split(idx, np.cumsum(counts)[:-1]), strict=True):
             splits[name] += [f"video_{i:04d}.mp4,{label}" for i in part]
     for i, label in enumerate(labels):
-        video = render_video([seed, 1, i], num_frames, size, polyp=bool(label), fps=fps)
+        video = render_video([seed, 1, i], num_frames, size, polyp=bool(label), fps=fps,
+                             always_visible=always_visible)
         write_video(root / "videos" / f"video_{i:04d}.mp4", video.frames, fps)
     for name, lines in splits.items():
         _write_text(root / "splits" / f"{name}.txt", sorted(lines))
