@@ -45,3 +45,11 @@ def tiny_video(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def real_videos() -> Path:
+    """Folder of the real videos in ../shared; skips the test when it is absent."""
+    if not REAL_VIDEOS.is_dir():
+        pytest.skip(f"real videos not found at {REAL_VIDEOS} (../shared is absent)")
+    return REAL_VIDEOS

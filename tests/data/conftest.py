@@ -12,8 +12,6 @@ import av
 import numpy as np
 import pytest
 
-REAL_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_videos"
-
 
 def _frame_pattern(index: int, height: int, width: int) -> np.ndarray:
     """A frame that differs from every other: gradients plus a square that moves with the index."""
@@ -144,11 +142,3 @@ def make_video() -> Callable[..., Path]:
 def corrupt_middle() -> Callable[[Path, Path], Path]:
     """The function writing a copy of a video with garbage in the middle of its data."""
     return _corrupt_middle
-
-
-@pytest.fixture(scope="session")
-def real_videos() -> Path:
-    """Folder of the real videos in ../shared; skips the test when it is absent."""
-    if not REAL_VIDEOS.is_dir():
-        pytest.skip(f"real videos not found at {REAL_VIDEOS} (../shared is absent)")
-    return REAL_VIDEOS

@@ -63,6 +63,21 @@ def test_classify_end_to_end(polypdiag_root: Path, user_video: Path, tmp_path: P
 
 
 @pytest.mark.slow
+def test_predict_on_a_real_video(polypdiag_root: Path, real_videos: Path, tmp_path: Path) -> None:
+    """A real 1280x720 h264 video with an audio stream: one prediction per frame and an annotated video of
+    every frame at the source frame rate."""
+    assert finetune("classify", polypdiag_root, tmp_path / "run", "run.epochs=1", "data.size=32") == 0
+    out = tmp_path / "pred"
+    assert main(["predict", str(real_videos / "bigbuckbunny.mp4"), "--checkpoint", str(tmp_path / "run" / "model"),
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    frames = json.loads((out / "predictions.json").read_text())["frames"]
+    assert len(frames) == 132 and all(0.0 <= f["polyp_probability"] <= 1.0 for f in frames)
+    with av.open(str(out / "annotated.mp4")) as container:
+        assert container.streams.video[0].average_rate == 25
+        assert sum(1 for _ in container.decode(video=0)) == 132
+
+
+@pytest.mark.slow
 def test_classify_select_on_test_says_so(polypdiag_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert finetune("classify", polypdiag_root, out, "--select-on-test", "run.epochs=1", "data.size=32") == 0
