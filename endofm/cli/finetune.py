@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--select-on-test", action="store_true",
                          help="the original protocol: choose the best epoch on the TEST split (optimistic numbers; "
                               "recorded as such in metrics.json)")
-        sub.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last.pt")
+        sub.add_argument("--resume", action="store_true",
+                         help="continue the run in run.out_dir from its last.pt (from the beginning if it stopped "
+                              "before its first checkpoint)")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
         sub.set_defaults(func=_finetune)

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML recipe (default: the built-in defaults, ViT-B)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in run.out_dir from its last.pt, with the run's saved config.yaml")
+                        help="continue the run in run.out_dir from its last.pt, with the run's saved config.yaml "
+                             "(from the beginning if it stopped before its first checkpoint)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
     parser.set_defaults(func=_pretrain)

@@ -168,8 +168,11 @@ class Trainer:
         barrier()
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-        if not self.last_checkpoint.exists():
-            raise TrainingError(f"cannot resume: no checkpoint at {self.last_checkpoint}")
+        if not self.last_checkpoint.exists():  # stopped before its first checkpoint: nothing to continue
+            if self.context.is_main:
+                tqdm.write(f"no checkpoint yet at {self.last_checkpoint}: starting the run from the beginning")
+            self.logger.truncate_after(0)
+            return 0, 0
         state = load_training_state(self.last_checkpoint)
         saved = state.get("config", {})
         for section, key in (("run", "batch_size"), ("run", "epochs"), ("run", "seed")):

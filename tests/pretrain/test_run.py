@@ -97,6 +97,23 @@ def test_resume_after_sigkill_gives_the_same_teacher(videos, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_before_the_first_checkpoint_starts_from_the_beginning(videos, tmp_path, capsys):
+    """A run killed before it wrote a checkpoint (here: its config and a first log line exist) resumes from
+    step 0, and ends like an uninterrupted run."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    pretrain(_config(videos, reference, "run.max_steps=2"))
+    killed.mkdir()
+    (killed / "log.jsonl").write_text(json.dumps({"step": 1, "epoch": 0, "loss": 9.0}) + "\n")
+    pretrain(_config(videos, killed, "run.max_steps=2"), resume=True)
+    captured = capsys.readouterr()
+    assert "starting the run from the beginning" in captured.out + captured.err
+    expected, resumed = _teacher(reference), _teacher(killed)
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
+    steps = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "step" in r] == [1, 2] and steps[0]["loss"] != 9.0
+
+
 @pytest.mark.parametrize("centering", ["center", "sinkhorn"])
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(videos, tmp_path, centering):
     single, double = tmp_path / "single", tmp_path / "double"
