@@ -5,6 +5,7 @@
 #      (benchmarks/gpu_pretrain_step.py);
 #   2. the real engine: `endofm pretrain` with configs/pretrain/endofm_vit_base.yaml on a synthetic corpus;
 #   3. `endofm demo --quick` on the GPU (every task end to end; SKIP_DEMO=1 leaves it out).
+# COMPILE=1 adds the step with torch.compile'd backbones (compilation takes minutes: mind the call's time limit).
 # Results land in $OUT (or ./gpu_results): step*.json, pretrain_log.jsonl, demo_report.md, gpu.log.
 # Usage: bash benchmarks/gpu.sh   (repository root; PYTHON picks the interpreter; wheels in .whl/ are
 # installed first where the machine lacks packages, e.g. PyAV and pycocotools)
@@ -29,6 +30,9 @@ timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --grad-checkpointing --out
 timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --grad-checkpointing --checkpoint-blocks 6 \
   --out "$OUTDIR/step_ckpt6.json"
 timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --original --out "$OUTDIR/step_original.json"
+if [ "${COMPILE:-0}" = 1 ]; then
+  timeout 400 "$PYTHON" benchmarks/gpu_pretrain_step.py --compile --out "$OUTDIR/step_compile.json"
+fi
 
 echo "== 2. the engine: endofm pretrain, ViT-B recipe, synthetic corpus =="
 timeout 90 "$PYTHON" -m endofm data synth "$WORK/corpus" --videos 64
@@ -49,15 +53,16 @@ import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 load = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else None
-ours, auto, ckpt, ckpt6, orig = (load(f"step{s}.json") for s in ("", "_auto", "_ckpt", "_ckpt6", "_original"))
+names = ("", "_auto", "_ckpt", "_ckpt6", "_original", "_compile")
+ours, auto, ckpt, ckpt6, orig, compiled = (load(f"step{s}.json") for s in names)
 summary = {}
 runs = (("ours bf16 flash", ours), ("ours bf16 auto", auto), ("ours + checkpointing", ckpt),
-        ("ours + ckpt 6 blocks", ckpt6), ("original fp16", orig))
+        ("ours + ckpt 6 blocks", ckpt6), ("original fp16", orig), ("ours + torch.compile", compiled))
 for name, r in runs:
     if r:
         print(f"{name:22s} {r['s_per_step']:.3f} s/step  {r['peak_memory_gib']:.2f} GiB  "
               f"{r['achieved_tflops']:.0f} TFLOP/s  {', '.join(r.get('attention_ops', []))}")
-for name, r in (("flash", ours), ("auto", auto)):
+for name, r in (("flash", ours), ("auto", auto), ("compile", compiled)):
     if r and orig:
         summary[f"{name}_speedup_vs_original"] = orig["s_per_step"] / r["s_per_step"]
         summary[f"{name}_memory_vs_original"] = r["peak_memory_gib"] / orig["peak_memory_gib"]

@@ -94,6 +94,9 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn
         backbone.set_grad_checkpointing(args.grad_checkpointing, blocks=args.checkpoint_blocks)
     student = Network(backbone, head).to(device)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    if args.compile:  # after the copy, so that each compiled call belongs to its own module
+        student.backbone.compile(dynamic=False)
+        teacher.backbone.compile(dynamic=False)
     return student, teacher
 
 
@@ -137,6 +140,8 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
     parser.add_argument("--sdpa", choices=("flash", "auto"), default="flash",
                         help="flash: the flash kernel alone; auto: the kernel torch picks")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the backbones (one graph per view shape; compiled during warm-up)")
     parser.add_argument("--profile", action="store_true", help="print the ops that take the most time of a step")
     parser.add_argument("--original", action="store_true",
                         help="the original module structure, fp16 autocast with a gradient scaler")
@@ -194,7 +199,7 @@ def main() -> None:
     missing = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
     if args.grad_checkpointing:  # count model FLOPs, not checkpointing's recomputation
         student.backbone.set_grad_checkpointing(False)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, torch.compiler.set_stance("force_eager"):
         step()
     flops = counter.get_total_flops()
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -230,6 +235,7 @@ def main() -> None:
         "attention_ops": attention_ops,
         "top_ops": top_ops,
         "grad_checkpointing": args.grad_checkpointing,
+        "compile": args.compile,
         "checkpointed_blocks": getattr(student.backbone, "checkpointed_blocks", 0),
         "s_per_step": s_per_step,
         "step_times_s": times,

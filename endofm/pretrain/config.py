@@ -26,6 +26,9 @@ class ModelConfig:
     checkpoint_blocks: int | None = None
     """With ``grad_checkpointing``: recompute only the first this many blocks (default all); fewer blocks save
     less memory and cost less recomputation."""
+    compile: bool = False
+    """Compile the student's and the teacher's backbones with ``torch.compile`` (one graph per view shape,
+    ``dynamic=False``). The first steps pay for the compilation."""
     token_keep_ratio: float = 1.0
     """Token-drop speed variant (off at 1.0): the student's global views keep this random share of their
     spatial positions. Not part of the published recipe."""

@@ -105,6 +105,9 @@ class DINORecipe(Recipe):
         self.teacher = MultiViewNetwork(teacher_backbone, copy.deepcopy(head)).to(self.device)
         self.teacher.load_state_dict(self.network.state_dict())
         self.teacher.requires_grad_(False).eval()
+        if model.compile:  # in place, so state-dict keys and exports stay as they are
+            student_backbone.compile(dynamic=False)
+            teacher_backbone.compile(dynamic=False)
         self.num_views = len(config.data.views.views)
         self.loss = DINOLoss(model.head_out_dim, self.num_views, 2, config.loss.student_temp,
                              config.loss.center_momentum, config.loss.centering).to(self.device)

@@ -133,6 +133,29 @@ def test_token_drop_applies_to_the_students_global_views_only(monkeypatch):
     assert (True, 32, 0.5) in seen and (True, 16, 1.0) in seen and (False, 32, 1.0) in seen
 
 
+def test_compile_option_compiles_both_backbones_in_place(monkeypatch):
+    from endofm.config import load_config
+    from endofm.engine.distributed import DistributedContext
+    from endofm.pretrain import PretrainConfig
+    from endofm.pretrain.recipe import DINORecipe
+
+    compiled = []
+
+    def record(fn, **options):
+        compiled.append((fn.__self__, options))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    overrides = ["model.arch=endofm_vit_micro", "model.head_out_dim=32", "model.head_hidden_dim=16",
+                 "model.head_bottleneck_dim=8", "run.device=cpu"]
+    plain = DINORecipe(load_config(PretrainConfig, overrides=overrides), DistributedContext())
+    assert compiled == []
+    recipe = DINORecipe(load_config(PretrainConfig, overrides=[*overrides, "model.compile=true"]),
+                        DistributedContext())
+    assert compiled == [(recipe.network.backbone, {"dynamic": False}), (recipe.teacher.backbone, {"dynamic": False})]
+    assert list(recipe.network.state_dict()) == list(plain.network.state_dict())
+
+
 def reference_sinkhorn(logits: np.ndarray, iterations: int) -> np.ndarray:
     """SwAV's Sinkhorn-Knopp written out on a [K, B] matrix in float64."""
     q = np.exp(logits - logits.max()).T
