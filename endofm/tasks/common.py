@@ -150,11 +150,19 @@ def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:
     return backbone
 
 
+def _backbone_keys(head: nn.Module, backbone: EndoFMBackbone) -> set[str]:
+    """Keys of ``head``'s state dict that are the backbone's own tensors (a detector holds its backbone)."""
+    shared = {id(t) for t in (*backbone.parameters(), *backbone.buffers())}
+    return {name for name, t in head.state_dict(keep_vars=True).items() if id(t) in shared}
+
+
 def save_finetuned(directory: str | Path, task: str, backbone: EndoFMBackbone, head: nn.Module,
                    head_config: dict[str, Any], data: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Write a fine-tuned model folder (see the module docstring); ``config.json`` is written last."""
+    """Write a fine-tuned model folder (see the module docstring); ``config.json`` is written last. The head
+    file leaves out the backbone's tensors, which the folder stores once."""
     directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    skipped = _backbone_keys(head, backbone)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items() if k not in skipped}
     atomic_write(directory / HEAD_FILE, lambda tmp: save_safetensors(tensors, tmp))
     classifier = head if isinstance(head, LinearClassifier) else None
     metadata = {"task": task, "head": head_config, "data": data, **(extra or {})}
@@ -204,6 +212,7 @@ def read_finetuned(path: str | Path) -> FinetunedModel:
     except Exception as error:  # safetensors raises several types for a damaged file
         raise CheckpointError(f"{head_file}: unreadable ({error})") from error
     missing, unexpected = head.load_state_dict(state, strict=False)
+    missing = [key for key in missing if key not in _backbone_keys(head, loaded.backbone)]
     if missing or unexpected:
         raise CheckpointError(f"{head_file}: does not fit the {task} head (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import pytest
+from safetensors import safe_open
 
 from endofm.cli.main import main
 
@@ -114,7 +115,13 @@ def test_detect_end_to_end(kumc_root: Path, user_video: Path, tmp_path: Path, ca
     assert finetune("detect", kumc_root, out, "run.epochs=1", "data.short_side=32", "data.max_size=48") == 0
     report = check_run(out, "detect", capsys)
     assert {"frame_f1_original", "box_f1", "map", "map_50"} <= set(report["test"])
-    assert main(["evaluate", "detect", "--checkpoint", str(out / "model"), "--data", str(kumc_root)]) == 0
+    with safe_open(str(out / "model" / "task_head.safetensors"), "pt") as head_file:
+        keys = list(head_file.keys())
+    assert keys and not any(k.startswith("backbone.backbone.") for k in keys), "the backbone is stored once"
+    assert main(["evaluate", "detect", "--checkpoint", str(out / "model"), "--data", str(kumc_root),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    assert evaluated["map"] == pytest.approx(report["test"]["map"]) and evaluated["box_f1"] == report["test"]["box_f1"]
     result = check_predict(out / "model", user_video, tmp_path / "pred", "detect")
     for frame in result["frames"]:
         for box in frame["boxes"]:
