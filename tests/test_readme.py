@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from endofm.cli.main import main
-from endofm.data.synthetic import render_video, write_cvc, write_kumc, write_polypdiag, write_pretrain, write_video
+from endofm.data.synthetic import render_video, write_cvc, write_kumc, write_polypdiag, write_pretrain
+from endofm.data.video import write_video
 from endofm.models.checkpoint import export_original
 from endofm.models.heads import DINOHead
 from endofm.models.registry import build_model

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 from PIL import Image
 
+from endofm.data.video import write_video
 from endofm.errors import InputError
 
 POLYP_CLASSES = ("adenomatous", "hyperplastic")
@@ -288,35 +288,6 @@ def render_video(
 
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0) -> Path:
-    """Encode uint8 [T, H, W, 3] RGB frames as an mp4 (h264 if available, else mpeg4; yuv420p), atomically."""
-    path = Path(path)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise InputError(f"frames for {path} must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise InputError(f"yuv420p needs even frame sizes, got {h}x{w} for {path}")
-    codec = next((c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available), "mpeg4")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=round(fps))
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.thread_count = 1
-            if codec == "mpeg4":
-                stream.bit_rate = 8 * h * w * round(fps)
-            else:
-                stream.options = {"crf": "16", "preset": "veryfast"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _save_image(path: Path, array: np.ndarray, fmt: str) -> None:

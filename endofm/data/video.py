@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 from endofm.errors import InputError, VideoError
+from endofm.io import atomic_write
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -371,3 +372,33 @@ def normalize(video: torch.Tensor, preset: str = "imagenet") -> torch.Tensor:
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
+
+
+def encode_mp4(path: str, frames: Iterable[np.ndarray], width: int, height: int, fps: float) -> None:
+    """Encode uint8 ``[height, width, 3]`` RGB frames as an mp4 at ``path`` (h264 when FFmpeg has it, else
+    mpeg4; yuv420p, so both sizes must be even). Callers write through :func:`~endofm.io.atomic_write`."""
+    if height % 2 or width % 2:
+        raise InputError(f"yuv420p needs even frame sizes, got {height}x{width} for {path}")
+    codec = next((c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available), "mpeg4")
+    rate = max(1, round(fps))
+    with av.open(path, "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.thread_count = 1
+        if codec == "mpeg4":
+            stream.bit_rate = 8 * height * width * rate
+        else:
+            stream.options = {"crf": "16", "preset": "veryfast"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0) -> Path:
+    """Encode uint8 [T, H, W, 3] RGB frames as an mp4 (see :func:`encode_mp4`), atomically."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise InputError(f"frames for {path} must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise InputError(f"yuv420p needs even frame sizes, got {height}x{width} for {path}")
+    return atomic_write(path, lambda tmp: encode_mp4(tmp, frames, width, height, fps))

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from endofm.data.synthetic import write_video
-from endofm.data.video import VideoReader, normalize
+from endofm.data.video import VideoReader, normalize, write_video
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
 from endofm.tasks.embed import center_crop, sample_indices

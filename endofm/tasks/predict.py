@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -36,7 +35,7 @@ from tqdm import tqdm
 from endofm.data.datasets.cvc import _windows
 from endofm.data.datasets.polypdiag import evenly_spaced
 from endofm.data.transforms import VideoTransform, eval_transform
-from endofm.data.video import VideoReader
+from endofm.data.video import VideoReader, encode_mp4
 from endofm.engine.distributed import resolve_device
 from endofm.io import atomic_write, atomic_write_text
 from endofm.tasks.common import FinetunedModel, json_safe, read_finetuned
@@ -179,23 +178,15 @@ def write_annotated(path: Path, reader: VideoReader, task: str, frames: list[dic
     height, width = _display_size(reader.info.height, reader.info.width)
     display = VideoReader(reader.path, size=(height, width))
     scale = (height / reader.info.height, width / reader.info.width)
-    codec = next((c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available), "mpeg4")
 
-    def write(tmp: str) -> None:
-        with av.open(tmp, "w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=max(1, round(reader.info.fps)))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            if codec == "mpeg4":
-                stream.bit_rate = 4 * height * width * max(1, round(reader.info.fps))
-            for chunk in _chunks(len(display)):
-                for k, image in zip(chunk, display.read(chunk).permute(0, 2, 3, 1).numpy(), strict=True):
-                    annotated = _annotate(task, Image.fromarray(image), frames[k], scale,
-                                          masks[k] if masks is not None else None)
-                    container.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(annotated), format="rgb24")))
-            container.mux(stream.encode())
+    def annotated() -> Iterator[np.ndarray]:
+        for chunk in _chunks(len(display)):
+            for k, image in zip(chunk, display.read(chunk).permute(0, 2, 3, 1).numpy(), strict=True):
+                yield np.asarray(_annotate(task, Image.fromarray(image), frames[k], scale,
+                                           masks[k] if masks is not None else None))
 
     try:
-        return atomic_write(path, write)
+        return atomic_write(path, lambda tmp: encode_mp4(tmp, annotated(), width, height, reader.info.fps))
     finally:
         display.close()
 
