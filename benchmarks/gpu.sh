@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# One short GPU session (about 6 minutes on an H200):
-#   1. the released ViT-B pretraining step (10 views, batch 8, bf16) with the flash SDPA kernel, with the kernel
-#      torch picks, with gradient checkpointing, and on the original module structure in fp16
-#      (benchmarks/gpu_pretrain_step.py);
-#   2. the real engine: `endofm pretrain` with configs/pretrain/endofm_vit_base.yaml on a synthetic corpus;
-#   3. `endofm demo --quick` on the GPU (every task end to end; SKIP_DEMO=1 leaves it out).
-# COMPILE=1 adds the step with torch.compile'd backbones (compilation takes minutes: mind the call's time limit).
-# Results land in $OUT (or ./gpu_results): step*.json, pretrain_log.jsonl, demo_report.md, gpu.log.
-# Usage: bash benchmarks/gpu.sh   (repository root; PYTHON picks the interpreter; wheels in .whl/ are
-# installed first where the machine lacks packages, e.g. PyAV and pycocotools)
+# One short GPU session on an H200-class GPU. RUNS picks what runs, in this order (default: all but compile,
+# about 6 minutes; one run of each step variant takes under a minute):
+#   flash     the released ViT-B pretraining step (10 views, batch 8, bf16, flash SDPA) + a kernel profile
+#   auto      the same with the SDPA kernel torch picks
+#   ckpt      the same with gradient checkpointing of all blocks; ckpt6: of the first 6 blocks
+#   original  the original module structure in fp16 with a gradient scaler
+#   compile   torch.compile'd backbones (compilation takes minutes: give it a call of its own)
+#   engine    `endofm pretrain` with configs/pretrain/endofm_vit_base.yaml on a synthetic corpus
+#   demo      `endofm demo --quick --device cuda` (every task end to end)
+# Results land in $OUT (or ./gpu_results): step*.json, pretrain_log.jsonl, demo_report.md, summary.json, gpu.log.
+# Usage: bash benchmarks/gpu.sh; RUNS="compile" bash benchmarks/gpu.sh (repository root; PYTHON picks the
+# interpreter; wheels in .whl/ are installed first where the machine lacks packages, e.g. PyAV)
 set -uo pipefail
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OUTDIR=${OUT:-gpu_results}
@@ -23,29 +25,29 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv || true
 
-echo "== 1. pretraining step (synthetic views) =="
-timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --profile --out "$OUTDIR/step.json"
-timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --sdpa auto --out "$OUTDIR/step_auto.json"
-timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --grad-checkpointing --out "$OUTDIR/step_ckpt.json"
-timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --grad-checkpointing --checkpoint-blocks 6 \
-  --out "$OUTDIR/step_ckpt6.json"
-timeout 150 "$PYTHON" benchmarks/gpu_pretrain_step.py --original --out "$OUTDIR/step_original.json"
-if [ "${COMPILE:-0}" = 1 ]; then
-  timeout 400 "$PYTHON" benchmarks/gpu_pretrain_step.py --compile --out "$OUTDIR/step_compile.json"
-fi
-
-echo "== 2. the engine: endofm pretrain, ViT-B recipe, synthetic corpus =="
-timeout 90 "$PYTHON" -m endofm data synth "$WORK/corpus" --videos 64
-timeout 150 "$PYTHON" -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml \
-  data.manifest="$WORK/corpus/pretrain" run.out_dir="$WORK/pretrain" run.batch_size=8 run.max_steps=30 \
-  run.num_workers=12 run.checkpoint_every=0
-cp "$WORK/pretrain/log.jsonl" "$OUTDIR/pretrain_log.jsonl" 2>/dev/null
-
-if [ "${SKIP_DEMO:-0}" != 1 ]; then
-  echo "== 3. endofm demo --quick on the GPU =="
-  timeout 240 "$PYTHON" -m endofm demo --quick --device cuda --out "$WORK/demo"
-  cp "$WORK/demo/report.md" "$OUTDIR/demo_report.md" 2>/dev/null
-fi
+RUNS=${RUNS:-flash auto ckpt ckpt6 original engine demo}
+STEP="timeout 150 $PYTHON benchmarks/gpu_pretrain_step.py"
+for run in $RUNS; do
+  echo "== $run =="
+  case $run in
+    flash) $STEP --profile --out "$OUTDIR/step.json" ;;
+    auto) $STEP --sdpa auto --out "$OUTDIR/step_auto.json" ;;
+    ckpt) $STEP --grad-checkpointing --out "$OUTDIR/step_ckpt.json" ;;
+    ckpt6) $STEP --grad-checkpointing --checkpoint-blocks 6 --out "$OUTDIR/step_ckpt6.json" ;;
+    original) $STEP --original --out "$OUTDIR/step_original.json" ;;
+    compile) timeout 500 "$PYTHON" benchmarks/gpu_pretrain_step.py --compile --out "$OUTDIR/step_compile.json" ;;
+    engine)
+      timeout 90 "$PYTHON" -m endofm data synth "$WORK/corpus" --videos 64
+      timeout 150 "$PYTHON" -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml \
+        data.manifest="$WORK/corpus/pretrain" run.out_dir="$WORK/pretrain" run.batch_size=8 run.max_steps=30 \
+        run.num_workers=12 run.checkpoint_every=0
+      cp "$WORK/pretrain/log.jsonl" "$OUTDIR/pretrain_log.jsonl" ;;
+    demo)
+      timeout 240 "$PYTHON" -m endofm demo --quick --device cuda --out "$WORK/demo"
+      cp "$WORK/demo/report.md" "$OUTDIR/demo_report.md" ;;
+    *) echo "unknown run $run (flash auto ckpt ckpt6 original compile engine demo)" ;;
+  esac
+done
 
 echo "== summary =="
 "$PYTHON" - "$OUTDIR" <<'EOF'
