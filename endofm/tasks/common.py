@@ -56,6 +56,8 @@ class FinetuneModelConfig:
     export or a fine-tuned model); its architecture is used and ``arch`` is ignored."""
     num_heads: int | None = None
     drop_path_rate: float = 0.1
+    grad_checkpointing: bool = False
+    """Recompute the backbone's block activations in backward: less memory (e.g. 224 px clips on a small GPU)."""
 
     def __post_init__(self) -> None:
         if self.arch not in MODEL_CONFIGS:
@@ -143,11 +145,12 @@ class SplitsConfig:
 def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:
     """The backbone to fine-tune, with ``model.init`` weights when given."""
     if model.init is None:
-        return build_model(model.arch, drop_path_rate=model.drop_path_rate)
-    source = load_checkpoint(model.init, num_heads=model.num_heads).backbone
-    backbone = EndoFMBackbone(dataclasses.replace(source.config, drop_path_rate=model.drop_path_rate))
-    backbone.load_state_dict(source.state_dict())
-    return backbone
+        backbone = build_model(model.arch, drop_path_rate=model.drop_path_rate)
+    else:
+        source = load_checkpoint(model.init, num_heads=model.num_heads).backbone
+        backbone = EndoFMBackbone(dataclasses.replace(source.config, drop_path_rate=model.drop_path_rate))
+        backbone.load_state_dict(source.state_dict())
+    return backbone.set_grad_checkpointing(model.grad_checkpointing)
 
 
 def _backbone_keys(head: nn.Module, backbone: EndoFMBackbone) -> set[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import pytest
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from endofm.cli.main import main
 
@@ -107,6 +108,28 @@ def test_segment_end_to_end(cvc_root: Path, user_video: Path, tmp_path: Path, ca
     result = check_predict(out / "model", user_video, tmp_path / "pred", "segment")
     assert (tmp_path / "pred" / "masks.npz").exists()
     assert 0.0 <= result["frames"][0]["polyp_fraction"] <= 1.0
+
+
+@pytest.mark.slow
+def test_segment_with_gradient_checkpointing_trains_the_same_model(cvc_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.checkpoint
+
+    import endofm.models.backbone as backbone_module
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return torch.utils.checkpoint.checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "checkpoint", counting)
+    for name, flag in (("plain", "false"), ("ckpt", "true")):
+        assert finetune("segment", cvc_root, tmp_path / name, "run.epochs=1", "data.size=32",
+                        f"model.grad_checkpointing={flag}") == 0
+        assert bool(calls) == (flag == "true")
+    plain, ckpt = (load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("plain", "ckpt"))
+    torch.testing.assert_close(ckpt, plain, rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
