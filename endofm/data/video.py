@@ -377,8 +377,6 @@ def normalize(video: torch.Tensor, preset: str = "imagenet") -> torch.Tensor:
 def encode_mp4(path: str, frames: Iterable[np.ndarray], width: int, height: int, fps: float) -> None:
     """Encode uint8 ``[height, width, 3]`` RGB frames as an mp4 at ``path`` (h264 when FFmpeg has it, else
     mpeg4; yuv420p, so both sizes must be even). Callers write through :func:`~endofm.io.atomic_write`."""
-    if height % 2 or width % 2:
-        raise InputError(f"yuv420p needs even frame sizes, got {height}x{width} for {path}")
     codec = next((c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available), "mpeg4")
     rate = max(1, round(fps))
     with av.open(path, "w", format="mp4") as container:

@@ -234,9 +234,11 @@ class EndoFMBackbone(nn.Module):
         return torch.cat((cls, patches), dim=2), (grid_h, grid_w)
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        # A compiled graph fixes its attention kernel, and compile accepts no such context_fn.
+        options = {} if torch.compiler.is_compiling() else {"context_fn": _recompute_with_current_sdpa_backends}
         for index, block in enumerate(self.blocks):
             if index < self.checkpointed_blocks and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False, context_fn=_recompute_with_current_sdpa_backends)
+                x = checkpoint(block, x, use_reentrant=False, **options)
             else:
                 x = block(x)
         return x

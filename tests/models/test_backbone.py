@@ -138,6 +138,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.slow
+def test_compiled_checkpointed_backbone_gives_the_eager_gradients():
+    """``torch.compile`` (as ``model.compile`` does it) of a backbone with gradient checkpointing."""
+    video = torch.randn(2, 3, 2, 32, 32)
+    eager = _random_model().train()
+    compiled = _random_model().train()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.set_grad_checkpointing(True).compile(dynamic=False)
+    for model in (eager, compiled):
+        model(video).square().sum().backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_gradient_checkpointing_of_the_first_blocks_only(monkeypatch):
     import endofm.models.backbone as backbone_module
 
