@@ -6,6 +6,7 @@
 #   ckpt      the same with gradient checkpointing of all blocks; ckpt6: of the first 6 blocks
 #   original  the original module structure in fp16 with a gradient scaler
 #   compile   torch.compile'd backbones (compilation takes minutes: give it a call of its own)
+#   compile_ckpt6  the same with checkpointing of the first 6 blocks (fewer launches may make recompute cheap)
 #   engine    `endofm pretrain` with configs/pretrain/endofm_vit_base.yaml on a synthetic corpus
 #   demo      `endofm demo --quick --device cuda` (every task end to end)
 # Results land in $OUT (or ./gpu_results): step*.json, pretrain_log.jsonl, demo_report.md, summary.json, gpu.log.
@@ -36,6 +37,8 @@ for run in $RUNS; do
     ckpt6) $STEP --grad-checkpointing --checkpoint-blocks 6 --out "$OUTDIR/step_ckpt6.json" ;;
     original) $STEP --original --out "$OUTDIR/step_original.json" ;;
     compile) timeout 500 "$PYTHON" benchmarks/gpu_pretrain_step.py --compile --out "$OUTDIR/step_compile.json" ;;
+    compile_ckpt6) timeout 500 "$PYTHON" benchmarks/gpu_pretrain_step.py --compile --grad-checkpointing \
+      --checkpoint-blocks 6 --out "$OUTDIR/step_compile_ckpt6.json" ;;
     engine)
       timeout 90 "$PYTHON" -m endofm data synth "$WORK/corpus" --videos 64
       timeout 150 "$PYTHON" -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml \
@@ -45,7 +48,7 @@ for run in $RUNS; do
     demo)
       timeout 240 "$PYTHON" -m endofm demo --quick --device cuda --out "$WORK/demo"
       cp "$WORK/demo/report.md" "$OUTDIR/demo_report.md" ;;
-    *) echo "unknown run $run (flash auto ckpt ckpt6 original compile engine demo)" ;;
+    *) echo "unknown run $run (flash auto ckpt ckpt6 original compile compile_ckpt6 engine demo)" ;;
   esac
 done
 
@@ -55,16 +58,17 @@ import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 load = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else None
-names = ("", "_auto", "_ckpt", "_ckpt6", "_original", "_compile")
-ours, auto, ckpt, ckpt6, orig, compiled = (load(f"step{s}.json") for s in names)
+names = ("", "_auto", "_ckpt", "_ckpt6", "_original", "_compile", "_compile_ckpt6")
+ours, auto, ckpt, ckpt6, orig, compiled, compiled_ckpt6 = (load(f"step{s}.json") for s in names)
 summary = {}
 runs = (("ours bf16 flash", ours), ("ours bf16 auto", auto), ("ours + checkpointing", ckpt),
-        ("ours + ckpt 6 blocks", ckpt6), ("original fp16", orig), ("ours + torch.compile", compiled))
+        ("ours + ckpt 6 blocks", ckpt6), ("original fp16", orig), ("ours + torch.compile", compiled),
+        ("compile + ckpt 6 blocks", compiled_ckpt6))
 for name, r in runs:
     if r:
         print(f"{name:22s} {r['s_per_step']:.3f} s/step  {r['peak_memory_gib']:.2f} GiB  "
               f"{r['achieved_tflops']:.0f} TFLOP/s  {', '.join(r.get('attention_ops', []))}")
-for name, r in (("flash", ours), ("auto", auto), ("compile", compiled)):
+for name, r in (("flash", ours), ("auto", auto), ("compile", compiled), ("compile_ckpt6", compiled_ckpt6)):
     if r and orig:
         summary[f"{name}_speedup_vs_original"] = orig["s_per_step"] / r["s_per_step"]
         summary[f"{name}_memory_vs_original"] = r["peak_memory_gib"] / orig["peak_memory_gib"]
