@@ -137,8 +137,11 @@ def _build(cls: type[T], values: dict, prefix: str = "") -> T:
     kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in values.items()}
     try:
         return cls(**kwargs)
-    except ConfigError as error:
-        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {error}") from error
+    except ConfigError as error:  # a check of the dataclass; name where it sits unless the message does
+        message = str(error)
+        if prefix and not message.startswith(prefix):
+            message = f"{prefix.rstrip('.')}: {message}"
+        raise ConfigError(message) from error
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {error}") from error
 

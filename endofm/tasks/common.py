@@ -139,7 +139,7 @@ class SplitsConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"splits.val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:

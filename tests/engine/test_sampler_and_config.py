@@ -50,7 +50,8 @@ def test_recipe_files_load_and_round_trip(tmp_path):
     [
         ("optim.learning_rate=1", "unknown config key optim.learning_rate"),
         ("run.epochs=many", "run.epochs: expected an integer"),
-        ("model.arch=resnet50", "model.arch 'resnet50'"),
+        ("model.arch=resnet50", "^model.arch 'resnet50'"),
+        ("model.checkpoint_blocks=13", "^model.checkpoint_blocks must be between 0 and endofm_vit_base's depth 12"),
         ("data.views.flip_p=3", "flip_p must be a probability"),
         ("run.precision=fp8", "run.precision"),
         ("lr", "not of the form key=value"),
