@@ -35,6 +35,7 @@ from pathlib import Path
 
 from endofm.data.video import (
     FRAME_EXTENSIONS,
+    VIDEO_EXTENSIONS,
     VideoReader,
     is_video_file,
     list_frame_files,
@@ -284,6 +285,8 @@ def scan_videos(
         except DatasetError:
             previous = {}
     paths = list(_find_videos(root.resolve()))
+    if not paths:
+        raise DatasetError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders found; nothing written")
     if progress:
         from tqdm import tqdm
 

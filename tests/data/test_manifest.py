@@ -145,6 +145,10 @@ def test_cli_scan_prints_summary(corpus: Path, tmp_path: Path, capsys: pytest.Ca
     assert "broken.mp4" in printed and out.exists()
     assert main(["data", "scan", str(tmp_path / "nope"), "--out", str(out)]) == 1
     assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    empty_out = tmp_path / "empty.csv"
+    assert main(["data", "scan", str(tmp_path / "empty"), "--out", str(empty_out), "--no-progress"]) == 1
+    assert "no videos" in capsys.readouterr().err and not empty_out.exists()
 
 
 def test_cli_synth_calls_the_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

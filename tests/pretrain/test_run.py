@@ -148,8 +148,9 @@ def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(videos, tmp_pat
 def test_bad_input_is_refused_before_any_work(videos, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DatasetError, match="no readable clips"):
+    with pytest.raises(DatasetError, match="empty: no videos"):
         pretrain(_config(empty, tmp_path / "a"))
+    assert not (tmp_path / "a" / "manifest.csv").exists()
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.mp4").write_bytes(b"junk")
