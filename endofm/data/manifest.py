@@ -392,6 +392,8 @@ def transcode_videos(
     if codec not in av.codecs_available:
         codec = "mpeg4"
     sources = [p for p in _find_videos(src.resolve()) if p.is_file()]
+    if not sources:
+        raise DatasetError(f"{src}: no video files ({', '.join(VIDEO_EXTENSIONS)}) found; nothing written")
     if progress:
         from tqdm import tqdm
 

@@ -135,6 +135,10 @@ def test_transcode(tmp_path: Path, make_video: Callable) -> None:
     assert (small.width, small.height, small.num_frames) == (16, 16, 6)
     again = transcode_videos(src, tmp_path / "out", short_side=24, progress=False)
     assert len(again.up_to_date) == 2 and not again.written
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no video files"):
+        transcode_videos(tmp_path / "empty", tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()
 
 
 def test_cli_scan_prints_summary(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
