@@ -113,9 +113,9 @@ def pick_sdpa_backends(device: torch.device, dtype: torch.dtype) -> tuple[list[S
         return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION], "flash+efficient (flash refused)"
 
 
-def top_device_ops(events: list, count: int) -> list[dict]:
+def top_device_ops(events: list, count: int) -> tuple[list[dict], float]:
     """The ``count`` operators and kernels of a profiled step with the most self time on the device (the
-    CPU where there is no device time)."""
+    CPU where there is no device time), and the summed self time of all in seconds."""
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     events = kernels or events
 
@@ -124,7 +124,8 @@ def top_device_ops(events: list, count: int) -> list[dict]:
 
     total = sum(self_time(e) for e in events) or 1.0
     ranked = sorted(events, key=self_time, reverse=True)[:count]
-    return [{"name": e.key, "ms": self_time(e) / 1e3, "calls": e.count, "share": self_time(e) / total} for e in ranked]
+    rows = [{"name": e.key, "ms": self_time(e) / 1e3, "calls": e.count, "share": self_time(e) / total} for e in ranked]
+    return rows, total / 1e6
 
 
 def main() -> None:
@@ -202,16 +203,20 @@ def main() -> None:
     with FlopCounterMode(display=False) as counter, torch.compiler.set_stance("force_eager"):
         step()
     flops = counter.get_total_flops()
+    if args.grad_checkpointing:
+        student.backbone.set_grad_checkpointing(True, blocks=args.checkpoint_blocks)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if args.profile and device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sync()
+    start = time.perf_counter()
     with torch.profiler.profile(activities=activities) as profiler:
         step()
+        sync()
+    profiled_s = time.perf_counter() - start
     events = profiler.key_averages()
     attention_ops = sorted({e.key for e in events if "attention" in e.key})
-    top_ops = top_device_ops(events, 25) if args.profile else []
-    if args.grad_checkpointing:
-        student.backbone.set_grad_checkpointing(True, blocks=args.checkpoint_blocks)
+    top_ops, busy_s = top_device_ops(events, 25) if args.profile else ([], 0.0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -234,6 +239,8 @@ def main() -> None:
         "sdpa_kernel": kernel,
         "attention_ops": attention_ops,
         "top_ops": top_ops,
+        "profiled_step_s": profiled_s,
+        "kernel_time_s": busy_s if args.profile else None,
         "grad_checkpointing": args.grad_checkpointing,
         "compile": args.compile,
         "checkpointed_blocks": getattr(student.backbone, "checkpointed_blocks", 0),
@@ -257,6 +264,8 @@ def main() -> None:
           f"{flops / 1e9:.1f} GFLOP/step, {result['achieved_tflops']:.2f} TFLOP/s, sdpa {kernel}, "
           f"checkpointed blocks {result['checkpointed_blocks']}")
     print(f"  attention operators: {', '.join(attention_ops) or 'none (plain matmul + softmax)'}")
+    if args.profile:
+        print(f"  profiled step {profiled_s:.3f} s, summed self time of its kernels {busy_s:.3f} s")
     for op in top_ops:
         print(f"  {op['share']:6.1%} {op['ms']:8.2f} ms {op['calls']:6d}x  {op['name'][:90]}")
     for name, ok in checks.items():
