@@ -42,6 +42,7 @@ from original_reference import OriginalVisionTransformer  # noqa: E402
 from endofm.engine.optim import adamw, decay_groups  # noqa: E402
 from endofm.models.heads import DINOHead  # noqa: E402
 from endofm.models.registry import build_model  # noqa: E402
+from endofm.pretrain.loss import DINOLoss  # noqa: E402
 
 GLOBAL_FRAMES, LOCAL_FRAMES = (8, 16), (2, 2, 4, 4, 8, 8, 16, 16)
 TARGET_S_PER_STEP, TARGET_GIB = 0.45, 18.0
@@ -70,14 +71,6 @@ def make_views(batch: int, global_size: int, local_size: int, device: torch.devi
         else:
             groups.append([view])
     return [torch.cat(group) for group in groups]
-
-
-def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, views: int) -> torch.Tensor:
-    """Mean cross-entropy over every (teacher global view i, student view v != i) pair."""
-    student_logp = F.log_softmax(student.float() / 0.1, dim=-1).chunk(views)
-    teacher_p = F.softmax((teacher.float() - center) / 0.04, dim=-1).detach().chunk(2)
-    terms = [(-t * student_logp[v]).sum(-1).mean() for i, t in enumerate(teacher_p) for v in range(views) if v != i]
-    return torch.stack(terms).mean()
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -165,7 +158,7 @@ def main() -> None:
     make = torch.optim.AdamW if args.original else adamw  # torch's default AdamW, as the original builds it
     optimizer = make(groups, lr=lr, weight_decay=0.04)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    center = torch.zeros(1, student.head.last_layer.weight_v.shape[0], device=device)
+    loss_fn = DINOLoss(student.head.last_layer.weight_v.shape[0], len(GLOBAL_FRAMES + LOCAL_FRAMES)).to(device)
     views = make_views(batch, global_size, local_size, device)
     if args.original:
         backends, kernel = [SDPBackend.MATH], "none (the original's plain-math attention)"
@@ -176,11 +169,10 @@ def main() -> None:
     autocast = nullcontext() if args.no_bf16 else torch.autocast(device.type, dtype=dtype)
 
     def step() -> float:
-        nonlocal center
         with sdpa_kernel(backends) if backends else nullcontext(), autocast:
             with torch.no_grad():
                 teacher_out = teacher(views[:2])
-            loss = dino_loss(student(views), teacher_out, center, len(GLOBAL_FRAMES + LOCAL_FRAMES))
+            loss = loss_fn(student(views), teacher_out, teacher_temp=0.04)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -189,7 +181,6 @@ def main() -> None:
         scaler.update()
         with torch.no_grad():
             torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1 - 0.996)
-            center = center * 0.9 + teacher_out.float().mean(0, keepdim=True) * 0.1
         return float(loss.detach())
 
     def sync() -> None:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from endofm.data.video import write_video
 from endofm.errors import InputError
+from endofm.io import atomic_write, atomic_write_text
 
 POLYP_CLASSES = ("adenomatous", "hyperplastic")
 POLYP_SHAPES = ("round", "elongated", "sessile")
@@ -286,21 +287,13 @@ def render_video(
     )
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def _save_image(path: Path, array: np.ndarray, fmt: str) -> None:
-    tmp = _temp_path(path)
-    Image.fromarray(array).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    os.replace(tmp, path)
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **options))
 
 
 def _write_text(path: Path, lines: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
 
 
 def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:

@@ -215,7 +215,8 @@ def read_finetuned(path: str | Path) -> FinetunedModel:
     except Exception as error:  # safetensors raises several types for a damaged file
         raise CheckpointError(f"{head_file}: unreadable ({error})") from error
     missing, unexpected = head.load_state_dict(state, strict=False)
-    missing = [key for key in missing if key not in _backbone_keys(head, loaded.backbone)]
+    stored_once = _backbone_keys(head, loaded.backbone)
+    missing = [key for key in missing if key not in stored_once]
     if missing or unexpected:
         raise CheckpointError(f"{head_file}: does not fit the {task} head (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
