@@ -75,6 +75,13 @@ class OptimConfig:
     """Per-parameter gradient-norm clip, as the original (0 turns it off)."""
     freeze_last_layer_epochs: int = 1
     momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0
+    """The teacher's EMA momentum follows a cosine from ``momentum_teacher`` to this (the original: 1)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.momentum_teacher <= 1.0 or not 0.0 <= self.momentum_teacher_end <= 1.0:
+            raise ConfigError(f"optim.momentum_teacher and optim.momentum_teacher_end must be in [0, 1], got "
+                              f"{self.momentum_teacher} and {self.momentum_teacher_end}")
 
 
 @dataclass

@@ -118,7 +118,7 @@ class DINORecipe(Recipe):
         peak_lr = optim.lr * self.config.run.batch_size / 256.0
         self.lr = cosine_schedule(peak_lr, optim.min_lr, epochs, steps_per_epoch, optim.warmup_epochs)
         self.weight_decay = cosine_schedule(optim.weight_decay, optim.weight_decay_end, epochs, steps_per_epoch)
-        self.momentum = cosine_schedule(optim.momentum_teacher, 1.0, epochs, steps_per_epoch)
+        self.momentum = cosine_schedule(optim.momentum_teacher, optim.momentum_teacher_end, epochs, steps_per_epoch)
         self.teacher_temp = teacher_temperature_schedule(loss.warmup_teacher_temp, loss.teacher_temp,
                                                          loss.warmup_teacher_temp_epochs, epochs)
         return adamw(decay_groups(self.network.named_parameters()))

@@ -165,3 +165,13 @@ def test_bad_input_is_refused_before_any_work(videos, tmp_path):
     with pytest.raises(ConfigError, match="does not fit model.arch"):
         pretrain(_config(videos, tmp_path / "d", f"model.init={other}"))
     assert not (tmp_path / "d" / "log.jsonl").exists()
+
+
+def test_teacher_momentum_follows_its_configured_range(videos, tmp_path):
+    out = tmp_path / "run"
+    pretrain(_config(videos, out, "optim.momentum_teacher=0.9", "optim.momentum_teacher_end=0.95"))
+    momenta = [json.loads(line)["momentum"] for line in (out / "log.jsonl").read_text().splitlines()
+               if '"momentum"' in line]
+    assert momenta[0] == pytest.approx(0.9) and momenta == sorted(momenta) and 0.9 < momenta[-1] < 0.95
+    with pytest.raises(ConfigError, match="optim.momentum_teacher_end"):
+        _config(videos, tmp_path / "bad", "optim.momentum_teacher_end=1.5")

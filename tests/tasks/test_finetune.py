@@ -166,6 +166,22 @@ def test_detect_learns(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_classify_learns_from_random_weights(tmp_path: Path) -> None:
+    """Full fine-tuning of the micro backbone from random weights on 240 synthetic PolypDiag training videos
+    (polyp in every frame) ranks polyp videos above clean ones on the held-out test split: AUROC far above
+    chance (0.5). The model is chosen on the validation split."""
+    from endofm.data.synthetic import write_polypdiag
+
+    root = write_polypdiag(tmp_path / "polypdiag", 400, seed=5, num_frames=8, size=64, always_visible=True)
+    out = tmp_path / "run"
+    assert finetune("classify", root, out, "mode=finetune", "model.drop_path_rate=0.1", "optim.lr=0.001", "optim.scale_lr=false",
+                    "optim.warmup_epochs=2", "optim.weight_decay=0.05", "run.epochs=15", "run.batch_size=8") == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["splits"]["test"] == "test" and report["test"]["samples"] == 80
+    assert report["test"]["auroc"] > 0.7
+
+
+@pytest.mark.slow
 def test_segment_learns(tmp_path: Path) -> None:
     """On 10 synthetic sequences the CPU recipe reaches a test Dice far above the all-background baseline (0)."""
     from endofm.data.synthetic import write_cvc
