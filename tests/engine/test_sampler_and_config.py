@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from endofm.config import load_config, save_config
 from endofm.engine.sampler import ShardedBatchSampler
 from endofm.errors import ConfigError, InputError
 from endofm.pretrain import PretrainConfig
+from endofm.tasks.classify import ClassifyConfig
+from endofm.tasks.detect import DetectConfig
+from endofm.tasks.segment import SegmentConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_processes_together_see_the_single_process_batches():
@@ -43,6 +50,19 @@ def test_recipe_files_load_and_round_trip(tmp_path):
     assert tiny.run.epochs == 3 and tiny.optim.lr == 1e-3 and tiny.model.arch == "endofm_vit_mini"
     save_config(tiny, tmp_path / "config.yaml")
     assert load_config(PretrainConfig, tmp_path / "config.yaml") == tiny
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (CONFIGS / "pretrain").glob("*.yaml")))
+def test_every_pretraining_recipe_loads(recipe):
+    config = load_config(PretrainConfig, CONFIGS / "pretrain" / recipe)
+    assert config.model.arch and config.data.views.global_size % 8 == 0
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (CONFIGS / "finetune").glob("*.yaml")))
+def test_every_finetuning_recipe_loads(recipe):
+    task = recipe.removesuffix(".yaml").split("_")[0]
+    config_class = {"classify": ClassifyConfig, "segment": SegmentConfig, "detect": DetectConfig}[task]
+    assert load_config(config_class, CONFIGS / "finetune" / recipe).run.epochs > 0
 
 
 @pytest.mark.parametrize(

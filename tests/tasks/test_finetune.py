@@ -174,8 +174,9 @@ def test_classify_learns_from_random_weights(tmp_path: Path) -> None:
 
     root = write_polypdiag(tmp_path / "polypdiag", 400, seed=5, num_frames=8, size=64, always_visible=True)
     out = tmp_path / "run"
-    assert finetune("classify", root, out, "mode=finetune", "model.drop_path_rate=0.1", "optim.lr=0.001", "optim.scale_lr=false",
-                    "optim.warmup_epochs=2", "optim.weight_decay=0.05", "run.epochs=15", "run.batch_size=8") == 0
+    assert finetune("classify", root, out, "mode=finetune", "model.drop_path_rate=0.1", "optim.lr=0.001",
+                    "optim.scale_lr=false", "optim.warmup_epochs=2", "optim.weight_decay=0.05", "run.epochs=15",
+                    "run.batch_size=8") == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["splits"]["test"] == "test" and report["test"]["samples"] == 80
     assert report["test"]["auroc"] > 0.7
