@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -62,6 +63,24 @@ def test_classify_end_to_end(polypdiag_root: Path, user_video: Path, tmp_path: P
     assert 0.0 <= result["frames"][0]["polyp_probability"] <= 1.0
     assert finetune("classify", polypdiag_root, out, "run.epochs=2", "data.size=32") == 1
     assert "--resume" in capsys.readouterr().err
+
+
+def test_linear_probe_from_an_original_pretraining_checkpoint_keeps_its_teacher(polypdiag_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    """``--init`` takes the original's full training checkpoint (DDP student, teacher, optimiser); the linear
+    probe leaves the backbone as it was, so the fine-tuned model holds exactly the teacher's weights."""
+    from endofm import build_model, load_checkpoint
+
+    teacher, student = build_model("endofm_vit_micro"), build_model("endofm_vit_micro")
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in teacher.state_dict().items()},
+                "student": {f"module.backbone.{k}": v for k, v in student.state_dict().items()},
+                "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, path)
+    out = tmp_path / "run"
+    assert finetune("classify", polypdiag_root, out, f"model.init={path}", "model.num_heads=2", "run.epochs=1",
+                    "data.size=32") == 0
+    tuned = load_checkpoint(out / "model").backbone.state_dict()
+    torch.testing.assert_close(tuned, teacher.state_dict(), rtol=0, atol=0)
 
 
 @pytest.mark.slow
