@@ -376,7 +376,9 @@ def normalize(video: torch.Tensor, preset: str = "imagenet") -> torch.Tensor:
 
 def encode_mp4(path: str, frames: Iterable[np.ndarray], width: int, height: int, fps: float) -> None:
     """Encode uint8 ``[height, width, 3]`` RGB frames as an mp4 at ``path`` (h264 when FFmpeg has it, else
-    mpeg4; yuv420p, so both sizes must be even). Callers write through :func:`~endofm.io.atomic_write`."""
+    mpeg4; yuv420p, so both sizes must be even). Callers write through :func:`~endofm.io.atomic_write`.
+    x264's macroblock-tree rate control is off: with it the same frames encode to different files from one
+    process to the next, which would make the synthetic corpus differ between runs of the same seed."""
     codec = next((c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available), "mpeg4")
     rate = max(1, round(fps))
     with av.open(path, "w", format="mp4") as container:
@@ -385,6 +387,8 @@ def encode_mp4(path: str, frames: Iterable[np.ndarray], width: int, height: int,
         stream.thread_count = 1
         if codec == "mpeg4":
             stream.bit_rate = 8 * height * width * rate
+        elif codec == "libx264":
+            stream.options = {"crf": "16", "preset": "veryfast", "x264-params": "mbtree=0"}
         else:
             stream.options = {"crf": "16", "preset": "veryfast"}
         for frame in frames:
