@@ -10,8 +10,8 @@ from endofm.demo import STAGES, DemoConfig, format_table, run_demo
 
 def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
     lines: list[str] = []
-    config = DemoConfig(out_dir=str(tmp_path / "demo"), videos=10, pretrain_steps=2, classify_epochs=1,
-                        segment_epochs=1, detect_epochs=1, progress=False)
+    config = DemoConfig(out_dir=str(tmp_path / "demo"), videos=10, pretrain_clips=16, pretrain_steps=2,
+                        classify_epochs=1, segment_epochs=1, detect_epochs=1, progress=False)
     results = run_demo(config, log=lines.append)
     out = tmp_path / "demo"
     for name in ("report.md", "report.html", "results.json", "config.yaml", "pretrain/teacher/config.json",

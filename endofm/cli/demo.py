@@ -10,8 +10,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     config = DemoConfig(out_dir=args.out, seed=args.seed, device=args.device)
     if args.quick:
-        config = DemoConfig(out_dir=args.out, videos=40, pretrain_steps=30, classify_epochs=5, segment_epochs=4,
-                            detect_epochs=2, seed=args.seed, device=args.device)
+        config = DemoConfig(out_dir=args.out, videos=40, pretrain_clips=200, pretrain_steps=60, classify_epochs=5,
+                            segment_epochs=4, detect_epochs=2, seed=args.seed, device=args.device)
     results = run_demo(config)
     print()
     print(format_table(results))
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="synthetic corpus -> pretraining -> frozen probes, fine-tuning, predict, attention -> report")
     demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="a first look in about 2 minutes (fewer videos and steps)")
+    demo.add_argument("--quick", action="store_true", help="a first look in under a minute (fewer videos and steps)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the corpus and the models")
     demo.add_argument("--device", default="cpu", help="torch device")
     demo.set_defaults(func=_demo)

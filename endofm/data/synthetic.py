@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -457,21 +458,32 @@ def write_pretrain(root: str | os.PathLike, num_videos: int, seed: int = 0, **re
     return root
 
 
-def write_synthetic_corpus(out_dir: str | os.PathLike, num_videos: int = 100, seed: int = 0) -> Path:
+def write_synthetic_corpus(
+    out_dir: str | os.PathLike,
+    num_videos: int = 100,
+    seed: int = 0,
+    *,
+    pretrain_videos: int | None = None,
+    pretrain_frames: int = 32,
+    pretrain_size: int = 128,
+) -> Path:
     """Write every synthetic layout under ``out_dir`` and return it.
 
-    ``pretrain/`` (``num_videos`` unlabelled mp4s), ``polypdiag/`` (``num_videos`` labelled mp4s),
-    ``cvc/`` (``max(4, num_videos // 5)`` sequences) and ``kumc/`` (``max(3, num_videos // 5)`` videos),
-    plus ``corpus.json`` describing them. Frames are 128x128 (32 per video); the layouts are written in
-    two processes when two CPUs are free, so a 100-video corpus takes well under a minute.
+    ``pretrain/`` (``pretrain_videos``, default ``num_videos``, unlabelled mp4s of ``pretrain_frames`` frames
+    at ``pretrain_size``), ``polypdiag/`` (``num_videos`` labelled mp4s), ``cvc/`` (``max(4, num_videos // 5)``
+    sequences) and ``kumc/`` (``max(3, num_videos // 5)`` videos), plus ``corpus.json`` describing them. The
+    labelled layouts' frames are 128x128 (32 per video); the layouts are written in two processes when two
+    CPUs are free, so a 100-video corpus takes well under a minute.
     """
     out = Path(out_dir)
     if num_videos < 2:
         raise InputError(f"a synthetic corpus needs at least 2 videos, got {num_videos}")
+    pretrain_videos = num_videos if pretrain_videos is None else pretrain_videos
     out.mkdir(parents=True, exist_ok=True)
     n_cvc, n_kumc = max(4, num_videos // 5), max(3, num_videos // 5)
+    pretrain_render = {"num_frames": pretrain_frames, "size": pretrain_size}
     jobs = [
-        (write_pretrain, out / "pretrain", num_videos),
+        (partial(write_pretrain, **pretrain_render), out / "pretrain", pretrain_videos),
         (write_polypdiag, out / "polypdiag", num_videos),
         (write_cvc, out / "cvc", n_cvc),
         (write_kumc, out / "kumc", n_kumc),
@@ -487,7 +499,7 @@ def write_synthetic_corpus(out_dir: str | os.PathLike, num_videos: int = 100, se
             fn(path, n, seed)
     summary = {
         "seed": seed,
-        "pretrain": {"videos": num_videos, "frames": 32, "size": [128, 128]},
+        "pretrain": {"videos": pretrain_videos, "frames": pretrain_frames, "size": [pretrain_size, pretrain_size]},
         "polypdiag": {"videos": num_videos, "frames": 32, "size": [128, 128]},
         "cvc": {"sequences": n_cvc},
         "kumc": {"videos": n_kumc},

@@ -19,7 +19,7 @@ MODEL_CONFIGS: dict[str, BackboneConfig] = {
     ),
 }
 """``endofm_vit_base`` is the released Endo-FM model (121 M parameters); the others are smaller variants
-for CPUs (``mini``: the demo) and tests (``micro``)."""
+for CPUs (``mini``: ``cpu_tiny.yaml``; ``micro``: the demo and the tests)."""
 
 
 def list_models() -> list[str]:

@@ -98,8 +98,8 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[lis
                      ["setting", "value"], [[k, _fmt(v)] for k, v in settings.items()]))
     pre = results["pretrain"]
     sections.append(("Pretraining", " ".join([
-        "DINO-style self-distillation of the small backbone (configs/pretrain/cpu_tiny.yaml) for a fixed step "
-        "budget. A falling loss only says the student follows the teacher; it is not a quality measure by itself.",
+        f"DINO-style self-distillation ({settings.get('pretrain recipe', 'the pretraining recipe')}) for a fixed "
+        "step budget. A falling loss only says the student follows the teacher; it is not a quality measure by itself.",
         *collapse_note(pre)]),
                      ["quantity", "value"],
                      [["steps", _fmt(pre.get("steps"))], ["loss (first step)", _fmt(pre.get("loss_first"))],

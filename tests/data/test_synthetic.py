@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -22,6 +23,7 @@ from endofm.data.synthetic import (
     write_synthetic_corpus,
     write_video,
 )
+from endofm.data.video import VideoReader
 from endofm.errors import InputError
 
 
@@ -145,8 +147,13 @@ def test_kumc_layout_voc_xml(tmp_path):
 
 
 def test_synthetic_corpus_writes_all_layouts(tmp_path):
-    out = write_synthetic_corpus(tmp_path / "corpus", num_videos=2, seed=0)
-    assert len(list((out / "pretrain").glob("*.mp4"))) == 2
+    out = write_synthetic_corpus(tmp_path / "corpus", num_videos=2, seed=0, pretrain_videos=3, pretrain_frames=4,
+                                 pretrain_size=32)
+    clips = sorted((out / "pretrain").glob("*.mp4"))
+    assert len(clips) == 3 and len(list((out / "polypdiag" / "videos").glob("*.mp4"))) == 2
+    with VideoReader(clips[0]) as reader:
+        assert (len(reader), reader.info.height, reader.info.width) == (4, 32, 32)
+    assert json.loads((out / "corpus.json").read_text())["pretrain"] == {"videos": 3, "frames": 4, "size": [32, 32]}
     assert (out / "polypdiag" / "splits" / "val.txt").is_file()
     assert (out / "cvc" / "videolist.txt").is_file()
     assert (out / "kumc" / "test2019" / "Annotation").is_dir()
