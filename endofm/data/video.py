@@ -32,7 +32,8 @@ from av.video.reformatter import VideoReformatter
 from endofm.errors import InputError, VideoError
 from endofm.io import atomic_write
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
+                    ".flv")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 FRAME_FOLDER_FPS = 30.0
 """Frame rate assumed for a folder of frames (which carries none): the rate of the pretraining corpus."""
@@ -228,7 +229,9 @@ class VideoReader:
         Frames that are not wanted and that no other frame references (most B-frames) are not decoded at
         all; should a stream hide a wanted frame that way, the range is decoded again in full. A seek that
         misses (it lands past the first wanted frame, or where nothing decodes, as timestamp seeks in MPEG
-        program streams can) is replaced by decoding from the start of the file.
+        program streams can) is replaced by decoding from the start of the file; should a seek to the start
+        itself miss frames (as in MPEG transport streams), the file is opened again and read from its first
+        packet.
         """
         if self._container is None:
             raise VideoError(f"{self.path}: reader is closed")
@@ -240,6 +243,8 @@ class VideoReader:
             frames = self._decode_from(start, wanted, skip=True)
         if frames is not None and len(frames) < len(wanted):
             frames = self._decode_from(start, wanted, skip=False)
+        if start == 0 and (frames is None or len(frames) < len(wanted)):
+            frames = self._decode_from(0, wanted, skip=False, rewind=True)
         if frames is None:
             raise VideoError(f"{self.path}: cannot seek to frame {first}")
         missing = [i for i in wanted if i not in frames]
@@ -247,18 +252,27 @@ class VideoReader:
             raise VideoError(f"{self.path}: frame {missing[0]} could not be decoded (file truncated?)")
         return frames
 
-    def _decode_from(self, keyframe: int, wanted: list[int], skip: bool) -> dict[int, np.ndarray] | None:
-        """Seek to frame ``keyframe`` and decode; ``None`` when the seek lands past the first wanted one.
-        With ``skip`` the decoder drops unwanted non-reference frames."""
+    def _decode_from(
+        self, keyframe: int, wanted: list[int], skip: bool, rewind: bool = False
+    ) -> dict[int, np.ndarray] | None:
+        """Seek to frame ``keyframe`` (with ``rewind``: open the file again instead) and decode; ``None`` when
+        the seek lands past the first wanted one. With ``skip`` the decoder drops unwanted non-reference
+        frames."""
         height, width = self.frame_size
         wanted_set = set(wanted)
         last = wanted[-1]
         frames: dict[int, np.ndarray] = {}
         position = keyframe
         first_seen = True
+        try:
+            if rewind:
+                self._reopen()
+            else:
+                self._container.seek(self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
+        except av.error.FFmpegError as error:
+            raise VideoError(f"{self.path}: cannot decode frame {position}: {_reason(error)}") from error
         context = self._stream.codec_context
         try:
-            self._container.seek(self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
             for packet in self._container.demux(self._stream):
                 if skip:
                     packet_index = self._pts_to_index.get(packet.pts)
@@ -283,6 +297,13 @@ class VideoReader:
         finally:
             context.skip_frame = "DEFAULT"
         return frames
+
+    def _reopen(self) -> None:
+        """Open the file again, to demultiplex from its first packet."""
+        self._container.close()
+        self._container = av.open(str(self.path))
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
 
     # -- closing -------------------------------------------------------------------------------------------
     def close(self) -> None:

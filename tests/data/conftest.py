@@ -75,6 +75,9 @@ def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write_video(root / "clip.mkv", num_frames=24, size=(40, 40))
     _write_video(root / "program.mpg", num_frames=40, codec="mpeg2video", fps=25)
     _write_video(root / "vp9.webm", num_frames=24, codec="libvpx-vp9", size=(32, 48))
+    _write_video(root / "transport.ts", num_frames=40, codec="mpeg2video", fps=25)
+    _write_video(root / "hevc.mp4", num_frames=40, codec="libx265")
+    _write_video(root / "mjpeg.mov", num_frames=20, codec="mjpeg", pix_fmt="yuvj420p")
     return root
 
 

@@ -60,6 +60,18 @@ def test_scan_lists_bad_files_and_clips(corpus: Path, tmp_path: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name != "manifest.csv"], "temporary file left behind"
 
 
+def test_scan_reads_transport_streams_hevc_and_mjpeg(video_dir: Path, tmp_path: Path) -> None:
+    """Recorders often write MPEG transport streams (.ts); HEVC and Motion JPEG are common too."""
+    folder = tmp_path / "recorder"
+    folder.mkdir()
+    for name in ("transport.ts", "hevc.mp4", "mjpeg.mov"):
+        shutil.copy(video_dir / name, folder / name)
+    summary = scan_videos(folder, tmp_path / "m.csv", clip_seconds=None, progress=False)
+    assert summary.videos_ok == 3 and not summary.failed
+    clips = sorted((c.path.name, c.length) for c in read_manifest(tmp_path / "m.csv"))
+    assert clips == [("hevc.mp4", 40), ("mjpeg.mov", 20), ("transport.ts", 40)]
+
+
 def test_scan_without_clips_gives_one_row_per_video(corpus: Path, tmp_path: Path) -> None:
     summary = scan_videos(corpus, tmp_path / "m.csv", clip_seconds=None, progress=False)
     clips = read_manifest(tmp_path / "m.csv")
