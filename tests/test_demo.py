@@ -31,5 +31,8 @@ def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
     assert all((out / p).is_file() for p in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown))
     assert re.findall(r"<img src='([^']*)'", page) and all(
         src.startswith("data:image/png;base64,") for src in re.findall(r"<img src='([^']*)'", page))
-    assert json.loads((out / "results.json").read_text())["frozen"]["random"]["test_videos"] > 0
+    frozen = json.loads((out / "results.json").read_text())["frozen"]
+    assert list(frozen) == ["pretrained", "random (seed 0)", "random (seed 1)", "random (seed 2)"]
+    assert all(scores["test_videos"] > 0 for scores in frozen.values())
+    assert all(f"| {name} |" in markdown for name in frozen if name != "pretrained")
     assert "pretrained" in format_table(results)

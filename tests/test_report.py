@@ -103,6 +103,17 @@ def test_the_verdict_follows_the_numbers(pre, rnd, expected):
     assert expected in text and "within noise" in text
 
 
+def test_the_verdict_needs_every_random_initialisation_beaten():
+    def probe(knn: float, linear: float) -> dict:
+        return {"knn_accuracy": knn, "linear_probe_accuracy": linear, "test_videos": 10}
+
+    frozen = {"pretrained": probe(0.8, 0.8), "random (seed 0)": probe(0.6, 0.6), "random (seed 1)": probe(0.85, 0.7)}
+    assert "not clearly better than each of 2 random initialisations: it is higher on 1 of the 2" in \
+        frozen_verdict(frozen)
+    frozen["random (seed 1)"] = probe(0.7, 0.7)
+    assert "scores higher than each of 2 random initialisations on both" in frozen_verdict(frozen)
+
+
 def test_caveats_name_tasks_that_did_not_learn():
     notes = finetune_caveats({"classify": {"test": {"accuracy": 0.5}}, "segment": {"test": {"dice": 0.0}},
                               "detect": {"test": {"box_f1": 0.4}}})
