@@ -225,7 +225,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             "attention": [("frames (top) and attention (bottom)", "attention/attention_grid.png")],
         }
         results = {
-            "settings": {**asdict(config), "backbone": arch, "pretrain recipe": "configs/pretrain/cpu_micro.yaml",
+            "settings": {**asdict(config), "backbone": arch,
+                         "pretrain recipe": str(PRETRAIN_RECIPE.relative_to(CONFIGS.parent)),
                          "fine-tune recipes": "configs/finetune/*_cpu.yaml"},
             "pretrain": _pretrain_summary(pre_dir, recipe), "frozen": frozen,
             "finetune": finetune, "predict": predict, "attention": attention, "figures": figures, "timings": timings,

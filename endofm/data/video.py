@@ -229,9 +229,7 @@ class VideoReader:
         Frames that are not wanted and that no other frame references (most B-frames) are not decoded at
         all; should a stream hide a wanted frame that way, the range is decoded again in full. A seek that
         misses (it lands past the first wanted frame, or where nothing decodes, as timestamp seeks in MPEG
-        program streams can) is replaced by decoding from the start of the file; should a seek to the start
-        itself miss frames (as in MPEG transport streams), the file is opened again and read from its first
-        packet.
+        program streams can) is replaced by decoding from the start of the file.
         """
         if self._container is None:
             raise VideoError(f"{self.path}: reader is closed")
@@ -243,8 +241,6 @@ class VideoReader:
             frames = self._decode_from(start, wanted, skip=True)
         if frames is not None and len(frames) < len(wanted):
             frames = self._decode_from(start, wanted, skip=False)
-        if start == 0 and (frames is None or len(frames) < len(wanted)):
-            frames = self._decode_from(0, wanted, skip=False, rewind=True)
         if frames is None:
             raise VideoError(f"{self.path}: cannot seek to frame {first}")
         missing = [i for i in wanted if i not in frames]
@@ -252,12 +248,11 @@ class VideoReader:
             raise VideoError(f"{self.path}: frame {missing[0]} could not be decoded (file truncated?)")
         return frames
 
-    def _decode_from(
-        self, keyframe: int, wanted: list[int], skip: bool, rewind: bool = False
-    ) -> dict[int, np.ndarray] | None:
-        """Seek to frame ``keyframe`` (with ``rewind``: open the file again instead) and decode; ``None`` when
-        the seek lands past the first wanted one. With ``skip`` the decoder drops unwanted non-reference
-        frames."""
+    def _decode_from(self, keyframe: int, wanted: list[int], skip: bool) -> dict[int, np.ndarray] | None:
+        """Seek to frame ``keyframe`` and decode; ``None`` when the seek lands past the first wanted one.
+        Frame 0 is reached by seeking the container to its start, not to the frame's timestamp: in MPEG
+        transport streams a timestamp seek to the first frame lands after it. With ``skip`` the decoder drops
+        unwanted non-reference frames."""
         height, width = self.frame_size
         wanted_set = set(wanted)
         last = wanted[-1]
@@ -265,8 +260,8 @@ class VideoReader:
         position = keyframe
         first_seen = True
         try:
-            if rewind:
-                self._reopen()
+            if keyframe == 0:
+                self._container.seek(0)
             else:
                 self._container.seek(self._index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as error:
@@ -297,13 +292,6 @@ class VideoReader:
         finally:
             context.skip_frame = "DEFAULT"
         return frames
-
-    def _reopen(self) -> None:
-        """Open the file again, to demultiplex from its first packet."""
-        self._container.close()
-        self._container = av.open(str(self.path))
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
 
     # -- closing -------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -408,10 +396,11 @@ def encode_mp4(path: str, frames: Iterable[np.ndarray], width: int, height: int,
         stream.thread_count = 1
         if codec == "mpeg4":
             stream.bit_rate = 8 * height * width * rate
-        elif codec == "libx264":
-            stream.options = {"crf": "16", "preset": "veryfast", "x264-params": "mbtree=0"}
         else:
-            stream.options = {"crf": "16", "preset": "veryfast"}
+            options = {"crf": "16", "preset": "veryfast"}
+            if codec == "libx264":
+                options["x264-params"] = "mbtree=0"
+            stream.options = options
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

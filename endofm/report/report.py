@@ -114,9 +114,9 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[lis
     frozen = results["frozen"]
     sections.append(("Frozen features: pretrained vs random", frozen_verdict(frozen),
                      ["backbone", "k-NN accuracy", "linear-probe accuracy", "train videos", "test videos"],
-                     [[name, _fmt(frozen[key]["knn_accuracy"]), _fmt(frozen[key]["linear_probe_accuracy"]),
-                       _fmt(frozen[key]["train_videos"]), _fmt(frozen[key]["test_videos"])]
-                      for key, name in ((k, "pretrained teacher" if k == "pretrained" else k) for k in frozen)]))
+                     [["pretrained teacher" if key == "pretrained" else key, _fmt(scores["knn_accuracy"]),
+                       _fmt(scores["linear_probe_accuracy"]), _fmt(scores["train_videos"]),
+                       _fmt(scores["test_videos"])] for key, scores in frozen.items()]))
     rows = []
     for task, metrics in results["finetune"].items():
         test = metrics.get("test", {})
