@@ -40,8 +40,12 @@ from endofm.data.video import (
     is_video_file,
     list_frame_files,
     output_size,
+    random_access_options,
 )
 from endofm.errors import DatasetError, EndoFMError, InputError
+
+TRANSCODE_CRF = 18
+"""x264 quality of :func:`transcode_videos` (lower is better; 18 is close to visually lossless)."""
 
 COLUMNS = (
     "path",
@@ -380,7 +384,8 @@ def transcode_videos(
 
     Videos smaller than ``short_side`` keep their size. The frame rate is kept; audio is dropped. A file
     whose output is newer than its source is skipped, so a rerun continues where it stopped. ``codec`` falls
-    back to ``mpeg4`` when this FFmpeg build lacks it. Failures are listed, not raised.
+    back to ``mpeg4`` when this FFmpeg build lacks it; x264 output is encoded for random reads
+    (:func:`~endofm.data.video.random_access_options`). Failures are listed, not raised.
     """
     import av
 
@@ -433,6 +438,8 @@ def _transcode_one(source: Path, target: Path, short_side: int, codec: str) -> N
             in_stream.thread_type = "AUTO"
             out_stream = outp.add_stream(codec, rate=rate)
             out_stream.width, out_stream.height, out_stream.pix_fmt = width, height, "yuv420p"
+            if codec != "mpeg4":
+                out_stream.options = random_access_options(codec, max(1, round(info.fps)), crf=TRANSCODE_CRF)
             for number, frame in enumerate(inp.decode(in_stream)):
                 new = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
                 new.pts = number

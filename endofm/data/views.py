@@ -11,7 +11,8 @@ The default :class:`MultiViewConfig` is the original Endo-FM recipe. For a clip 
 frame count repeats frames, as the original does. Each view gets one random-resized-crop box (bicubic)
 for all its frames, then a horizontal flip (p 0.5), a colour jitter (p 0.8; brightness 0.4, contrast 0.4,
 saturation 0.2, hue 0, in random order) and grayscale (p 0.2), the same for every frame of the view, then
-normalisation. Every random draw comes from the ``torch.Generator`` passed in, so a seed fixes the views.
+normalisation. The resize is plain bicubic interpolation without antialiasing, as the original's. Every
+random draw comes from the ``torch.Generator`` passed in, so a seed fixes the views.
 
 For speed, :class:`MultiViewSampler` first computes every view's frame indices, decodes the union of
 those frames once (resized on decode to a short side of ``decode_short_side``) and builds each view from
@@ -208,7 +209,7 @@ class MultiViewSampler:
         config = self.config
         top, left, h, w = crop_box(frames.shape[-2], frames.shape[-1], spec.scale, config.ratio, generator)
         crop = frames[..., top : top + h, left : left + w].contiguous()
-        crop = F.resize(crop, [spec.size, spec.size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        crop = F.resize(crop, [spec.size, spec.size], interpolation=InterpolationMode.BICUBIC, antialias=False)
         x = crop.float().div_(255.0)
         if _rand(generator) < config.flip_p:
             x = x.flip(-1)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from endofm.cli.main import main
@@ -22,7 +25,7 @@ from endofm.data.manifest import (
     scan_videos,
     transcode_videos,
 )
-from endofm.data.video import read_video_info
+from endofm.data.video import read_video_info, write_video
 from endofm.errors import DatasetError, InputError
 
 
@@ -132,6 +135,31 @@ def test_read_original_list_formats(tmp_path: Path) -> None:
         split.write_text("ok.mp4,1\n" + bad)
         with pytest.raises(DatasetError, match="line 2"):
             read_original_list(split)
+
+
+def _x264_settings(path: Path) -> tuple[dict[str, str], list[int]]:
+    """The settings x264 wrote into the stream, and the keyframes' positions in presentation order."""
+    with av.open(str(path)) as container:
+        packets = sorted((p.pts, p.is_keyframe, bytes(p)) for p in container.demux(video=0) if p.size)
+    header = next(data for _, _, data in packets if b"x264 - core" in data)
+    options = re.search(rb"options: ([^\x00]*)", header).group(1).decode()
+    settings = dict(item.split("=", 1) for item in options.split() if "=" in item)
+    return settings, [i for i, (_, key, _) in enumerate(packets) if key]
+
+
+@pytest.mark.parametrize("writer", ["synthetic", "transcode"])
+def test_training_videos_are_encoded_for_random_reads(tmp_path: Path, writer: str) -> None:
+    """The synthetic corpus and transcoded corpora: a keyframe at least every second (30 frames), B-frames
+    that nothing references, no CABAC, no deblocking (``tune=fastdecode``), and no macroblock tree."""
+    frames = np.random.default_rng(0).integers(0, 256, (70, 32, 48, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "src" / "v.mp4", frames, fps=30)
+    if writer == "transcode":
+        transcode_videos(tmp_path / "src", tmp_path / "out", short_side=16, progress=False)
+        path = tmp_path / "out" / "v.mp4"
+    settings, keyframes = _x264_settings(path)
+    assert settings["keyint"] == "30" and max(np.diff([*keyframes, 70])) <= 30
+    assert settings["b_pyramid"] == "0" and settings["cabac"] == "0" and settings["deblock"].startswith("0")
+    assert settings["mbtree"] == "0"
 
 
 def test_transcode(tmp_path: Path, make_video: Callable) -> None:
