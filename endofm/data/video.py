@@ -386,8 +386,9 @@ def normalize(video: torch.Tensor, preset: str = "imagenet") -> torch.Tensor:
 def random_access_options(codec: str, rate: int, crf: int = 20) -> dict[str, str]:
     """Encoder options for files that training reads at random frames (the synthetic corpus, transcodes).
 
-    For x264: a keyframe every second (a read seeks at most ``rate`` frames back), B-frames that no frame
-    references (:class:`VideoReader` skips those it does not need), and ``tune=fastdecode`` (no CABAC, no
+    For x264: a keyframe every second (a read seeks at most ``rate`` frames back), 7 B-frames between
+    reference frames that no frame references (:class:`VideoReader` skips those it does not need, so a
+    read decodes about one frame in 8 besides those it wants), and ``tune=fastdecode`` (no CABAC, no
     deblocking: frames decode faster at some 10-30% more bytes). Macroblock-tree rate control is off: with
     it the same frames encode to different files from one process to the next.
     """
@@ -398,7 +399,7 @@ def random_access_options(codec: str, rate: int, crf: int = 20) -> dict[str, str
         "preset": "veryfast",
         "tune": "fastdecode",
         "g": str(rate),
-        "x264-params": "mbtree=0:b-pyramid=none",
+        "x264-params": "mbtree=0:b-pyramid=none:bframes=7:b-adapt=0",
     }
 
 

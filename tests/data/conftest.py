@@ -12,6 +12,8 @@ import av
 import numpy as np
 import pytest
 
+from endofm.data.video import write_video
+
 
 def _frame_pattern(index: int, height: int, width: int) -> np.ndarray:
     """A frame that differs from every other: gradients plus a square that moves with the index."""
@@ -78,6 +80,7 @@ def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write_video(root / "transport.ts", num_frames=40, codec="mpeg2video", fps=25)
     _write_video(root / "hevc.mp4", num_frames=40, codec="libx265")
     _write_video(root / "mjpeg.mov", num_frames=20, codec="mjpeg", pix_fmt="yuvj420p")
+    write_video(root / "corpus.mp4", np.stack([_frame_pattern(i, 48, 64) for i in range(70)]), fps=30)
     return root
 
 

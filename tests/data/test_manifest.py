@@ -149,8 +149,9 @@ def _x264_settings(path: Path) -> tuple[dict[str, str], list[int]]:
 
 @pytest.mark.parametrize("writer", ["synthetic", "transcode"])
 def test_training_videos_are_encoded_for_random_reads(tmp_path: Path, writer: str) -> None:
-    """The synthetic corpus and transcoded corpora: a keyframe at least every second (30 frames), B-frames
-    that nothing references, no CABAC, no deblocking (``tune=fastdecode``), and no macroblock tree."""
+    """The synthetic corpus and transcoded corpora: a keyframe at least every second (30 frames), 7 B-frames
+    between references that nothing references, no CABAC, no deblocking (``tune=fastdecode``), and no
+    macroblock tree."""
     frames = np.random.default_rng(0).integers(0, 256, (70, 32, 48, 3), dtype=np.uint8)
     path = write_video(tmp_path / "src" / "v.mp4", frames, fps=30)
     if writer == "transcode":
@@ -158,6 +159,7 @@ def test_training_videos_are_encoded_for_random_reads(tmp_path: Path, writer: st
         path = tmp_path / "out" / "v.mp4"
     settings, keyframes = _x264_settings(path)
     assert settings["keyint"] == "30" and max(np.diff([*keyframes, 70])) <= 30
+    assert settings["bframes"] == "7" and settings["b_adapt"] == "0"
     assert settings["b_pyramid"] == "0" and settings["cabac"] == "0" and settings["deblock"].startswith("0")
     assert settings["mbtree"] == "0"
 

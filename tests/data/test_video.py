@@ -16,7 +16,7 @@ from endofm.errors import InputError, VideoError
 
 
 @pytest.mark.parametrize("name", ["h264.mp4", "audio.mp4", "mpeg4.avi", "clip.mkv", "program.mpg", "vp9.webm",
-                                  "transport.ts", "hevc.mp4", "mjpeg.mov"])
+                                  "transport.ts", "hevc.mp4", "mjpeg.mov", "corpus.mp4"])
 def test_seek_reads_equal_full_decode(video_dir: Path, name: str) -> None:
     with VideoReader(video_dir / name) as reader:
         full = reader.read_all()
