@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--encodings", nargs="+", choices=sorted(ENCODINGS), default=["corpus", "plain"])
     parser.add_argument("--gop", type=int, default=30, help="keyframe interval of the plain encoding")
-    parser.add_argument("--clips", type=int, default=6, help="clips timed per method")
+    parser.add_argument("--clips", type=int, default=12, help="clips timed per method")
     parser.add_argument("--short-side", type=int, default=256, help="decode short side of the union method")
     parser.add_argument("--input", type=Path, nargs="+", help="time these videos instead of a synthetic corpus")
     parser.add_argument("--out", type=Path, default=Path("sampler_throughput.json"))
