@@ -50,7 +50,7 @@ RANDOM_BASELINES = 3
 """Random initialisations the pretrained teacher's frozen features are compared with (they spread by several
 points of accuracy, so one is not a baseline)."""
 PRETRAIN_WORKERS = 2
-"""DataLoader processes that decode pretraining clips while the model trains (about 18% less time for the
+"""DataLoader processes that decode pretraining clips while the model trains (about 12% less time for the
 stage on 2 cores; the teacher is the same with any number)."""
 SUBFOLDERS = ("data", "pretrain", "finetune", "predict", "attention")
 STAGES = ("data", "pretrain", "frozen", "classify", "segment", "detect", "predict", "attention", "report")
