@@ -223,7 +223,8 @@ def main() -> None:
     height, width = result["video_size"]
     print(f"{height}x{width} clips of up to {args.frames} frames, 10 views, frames: {result['frames']}")
     for name, corpus in result["corpora"].items():
-        print(f"\n{name}: {corpus.get('encoding', '')} ({corpus['mean_file_bytes'] / 1e6:.2f} MB per file)")
+        label = f"{name}: {corpus['encoding']}" if "encoding" in corpus else name
+        print(f"\n{label} ({corpus['mean_file_bytes'] / 1e6:.2f} MB per file)")
         print(f"{'method':<36}{'clips/s':>9}")
         for method, rate in corpus["clips_per_second"].items():
             print(f"{method:<36}{rate:>9.2f}")
