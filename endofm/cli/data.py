@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("out", type=Path, help="output folder")
     synth.add_argument("--videos", type=int, default=100, help="number of videos (default 100)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--pretrain-clips", type=int, default=None,
+                       help="unlabelled pretraining clips in pretrain/ (default: --videos)")
+    synth.add_argument("--pretrain-frames", type=int, default=32, help="frames per pretraining clip (default 32)")
+    synth.add_argument("--pretrain-size", type=int, default=128,
+                       help="side of the square pretraining frames in pixels, even (default 128)")
     synth.set_defaults(func=_synth)
 
 
@@ -66,6 +71,8 @@ def _transcode(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from endofm.data.synthetic import write_synthetic_corpus
 
-    out = write_synthetic_corpus(args.out, num_videos=args.videos, seed=args.seed)
+    out = write_synthetic_corpus(args.out, num_videos=args.videos, seed=args.seed,
+                                 pretrain_videos=args.pretrain_clips, pretrain_frames=args.pretrain_frames,
+                                 pretrain_size=args.pretrain_size)
     print(f"synthetic corpus: {out}")
     return 0

@@ -479,6 +479,11 @@ def write_synthetic_corpus(
     if num_videos < 2:
         raise InputError(f"a synthetic corpus needs at least 2 videos, got {num_videos}")
     pretrain_videos = num_videos if pretrain_videos is None else pretrain_videos
+    if pretrain_videos < 1 or pretrain_frames < 1:
+        raise InputError(f"pretraining clips and their frames must be at least 1, got {pretrain_videos} clips of "
+                         f"{pretrain_frames} frames")
+    if pretrain_size < 16 or pretrain_size % 2:
+        raise InputError(f"pretrain_size must be an even number of pixels, at least 16, got {pretrain_size}")
     out.mkdir(parents=True, exist_ok=True)
     n_cvc, n_kumc = max(4, num_videos // 5), max(3, num_videos // 5)
     pretrain_render = {"num_frames": pretrain_frames, "size": pretrain_size}

@@ -203,4 +203,16 @@ def test_cli_synth_calls_the_generator(tmp_path: Path, monkeypatch: pytest.Monke
     calls = []
     monkeypatch.setattr(synthetic, "write_synthetic_corpus", lambda *a, **k: calls.append((a, k)) or a[0])
     assert main(["data", "synth", str(tmp_path), "--videos", "3", "--seed", "7"]) == 0
-    assert calls == [((tmp_path,), {"num_videos": 3, "seed": 7})]
+    assert main(["data", "synth", str(tmp_path), "--videos", "3", "--pretrain-clips", "50", "--pretrain-frames", "16",
+                 "--pretrain-size", "64"]) == 0
+    defaults = {"pretrain_videos": None, "pretrain_frames": 32, "pretrain_size": 128}
+    assert calls == [((tmp_path,), {"num_videos": 3, "seed": 7, **defaults}),
+                     ((tmp_path,), {"num_videos": 3, "seed": 0, "pretrain_videos": 50, "pretrain_frames": 16,
+                                    "pretrain_size": 64})]
+
+
+@pytest.mark.parametrize("option", [["--pretrain-size", "63"], ["--pretrain-frames", "0"], ["--pretrain-clips", "0"]])
+def test_cli_synth_refuses_bad_pretraining_options_before_writing(tmp_path: Path, option: list[str],
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "synth", str(tmp_path / "out"), "--videos", "2", *option]) != 0
+    assert "pretrain" in capsys.readouterr().err and not (tmp_path / "out").exists()
