@@ -11,7 +11,7 @@ from endofm.demo import STAGES, DemoConfig, format_table, run_demo
 def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
     lines: list[str] = []
     config = DemoConfig(out_dir=str(tmp_path / "demo"), videos=10, pretrain_clips=16, pretrain_steps=2,
-                        classify_epochs=1, segment_epochs=1, detect_epochs=1, progress=False)
+                        probe_videos=12, classify_epochs=1, segment_epochs=1, detect_epochs=1, progress=False)
     results = run_demo(config, log=lines.append)
     out = tmp_path / "demo"
     for name in ("report.md", "report.html", "results.json", "config.yaml", "pretrain/teacher/config.json",
@@ -33,6 +33,7 @@ def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
         src.startswith("data:image/png;base64,") for src in re.findall(r"<img src='([^']*)'", page))
     frozen = json.loads((out / "results.json").read_text())["frozen"]
     assert list(frozen) == ["pretrained", "random (seed 0)", "random (seed 1)", "random (seed 2)"]
-    assert all(scores["test_videos"] > 0 for scores in frozen.values())
+    probe_test = (out / "data" / "probe" / "splits" / "test.txt").read_text().split()
+    assert all(scores["test_videos"] == len(probe_test) > 0 for scores in frozen.values())
     assert all(f"| {name} |" in markdown for name in frozen if name != "pretrained")
     assert "pretrained" in format_table(results)

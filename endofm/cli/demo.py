@@ -10,8 +10,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     config = DemoConfig(out_dir=args.out, seed=args.seed, device=args.device)
     if args.quick:
-        config = DemoConfig(out_dir=args.out, videos=40, pretrain_clips=200, pretrain_steps=60, classify_epochs=5,
-                            segment_epochs=4, detect_epochs=2, seed=args.seed, device=args.device)
+        config = DemoConfig(out_dir=args.out, videos=40, pretrain_clips=200, pretrain_steps=60, probe_videos=60,
+                            classify_epochs=5, segment_epochs=4, detect_epochs=2, seed=args.seed, device=args.device)
     results = run_demo(config)
     print()
     print(format_table(results))
