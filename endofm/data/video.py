@@ -109,11 +109,12 @@ class VideoReader:
     """Random access to the frames of a video file or a folder of frames.
 
     ``size``: an int resizes so that the short side is ``size`` (aspect kept), ``(h, w)`` resizes exactly,
-    ``None`` keeps the native size. ``info`` describes the source at its native size; ``frame_size`` is the
-    (height, width) of the frames :meth:`read` returns.
+    ``None`` keeps the native size; with ``upscale=False`` an int ``size`` only shrinks (smaller frames keep
+    their size). ``info`` describes the source at its native size; ``frame_size`` is the (height, width) of
+    the frames :meth:`read` returns.
     """
 
-    def __init__(self, path: str | os.PathLike, size: int | tuple[int, int] | None = None):
+    def __init__(self, path: str | os.PathLike, size: int | tuple[int, int] | None = None, *, upscale: bool = True):
         self.path = Path(path)
         self._container: av.container.InputContainer | None = None
         self._frame_files: list[Path] | None = None
@@ -123,6 +124,8 @@ class VideoReader:
             self._open_folder()
         else:
             self._open_file()
+        if not upscale and isinstance(size, int) and min(self.info.height, self.info.width) <= size:
+            size = None
         self.frame_size = output_size(self.info.height, self.info.width, size)
 
     # -- opening -------------------------------------------------------------------------------------------

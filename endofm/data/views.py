@@ -15,7 +15,7 @@ normalisation. The resize is plain bicubic interpolation without antialiasing, a
 random draw comes from the ``torch.Generator`` passed in, so a seed fixes the views.
 
 For speed, :class:`MultiViewSampler` first computes every view's frame indices, decodes the union of
-those frames once (resized on decode to a short side of ``decode_short_side``) and builds each view from
+those frames once (shrunk on decode to a short side of ``decode_short_side``, never enlarged) and builds each view from
 them, instead of decoding the whole clip at full size.
 """
 
@@ -181,7 +181,7 @@ class MultiViewSampler:
         """The views of frames ``[start, start + length)``.
 
         ``reader_or_clip`` is an open :class:`VideoReader` (only the frames the views need are decoded), a
-        path (opened with ``decode_short_side``), or frames already decoded, ``uint8 [T, 3, H, W]``.
+        path (opened with ``decode_short_side``, shrinking only), or frames already decoded, ``uint8 [T, 3, H, W]``.
         """
         indices = self.frame_indices(length, generator)
         union = sorted({i for view in indices for i in view})
@@ -201,7 +201,7 @@ class MultiViewSampler:
             return source[frames]
         if isinstance(source, VideoReader):
             return source.read(frames)
-        with VideoReader(source, size=self.config.decode_short_side) as reader:
+        with VideoReader(source, size=self.config.decode_short_side, upscale=False) as reader:
             return reader.read(frames)
 
     def _augment(self, frames: torch.Tensor, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:

@@ -192,3 +192,13 @@ def test_a_wanted_frame_lost_to_frame_skipping_is_decoded_again(video_dir: Path,
         monkeypatch.setattr(VideoReader, "_decode_from", losing_one)
         assert torch.equal(reader.read([5, 17, 30]), full[[5, 17, 30]])
     assert calls == [True, False]
+
+
+def test_upscale_false_only_shrinks(video_dir: Path) -> None:
+    path = video_dir / "h264.mp4"
+    with VideoReader(path, size=96) as enlarged, VideoReader(path, size=96, upscale=False) as native, \
+            VideoReader(path) as unresized:
+        assert enlarged.frame_size == (96, 128) and native.frame_size == (48, 64)
+        assert torch.equal(native.read([5]), unresized.read([5]))
+    with VideoReader(path, size=24, upscale=False) as shrunk:
+        assert shrunk.frame_size == (24, 32) and shrunk.read([0]).shape == (1, 3, 24, 32)

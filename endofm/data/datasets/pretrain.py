@@ -66,7 +66,7 @@ class PretrainClips(Dataset):
 
     def load(self, clip: ClipRef, generator: torch.Generator) -> tuple[list[torch.Tensor], int]:
         """Views of one clip and the clip's length in frames; raises on a bad file."""
-        with VideoReader(clip.path, size=self.sampler.config.decode_short_side) as reader:
+        with VideoReader(clip.path, size=self.sampler.config.decode_short_side, upscale=False) as reader:
             length = clip.length if clip.length is not None else len(reader) - clip.start
             if clip.start < 0 or length <= 0 or clip.start + length > len(reader):
                 raise DatasetError(
