@@ -85,7 +85,7 @@ def write_corpus(
 
 def union_views(sampler: MultiViewSampler, path: Path, length: int, generator: torch.Generator) -> list:
     """Views built by decoding only the frames they need, resized on decode."""
-    with VideoReader(path, size=sampler.config.decode_short_side, upscale=False) as reader:
+    with sampler.open_video(path) as reader:
         return sampler(reader, 0, length, generator)
 
 

@@ -3,10 +3,10 @@
 Stages: write a synthetic corpus (unlabelled pretraining videos and the PolypDiag, CVC-ClinicDB and KUMC
 layouts); pretrain the micro backbone (``configs/pretrain/cpu_micro.yaml``) for a step budget; compare the
 frozen features of the pretrained teacher with three random backbones of the same architecture (k-NN and
-linear probe on PolypDiag); fine-tune classification, segmentation and detection from the teacher
-(``configs/finetune/*_cpu.yaml``); run ``predict`` with the segmenter on one video; draw the teacher's
-attention on one clip; and write ``report.md`` and ``report.html`` (see :mod:`endofm.report.report`).
-Everything lands in one run folder.
+linear probe on a separate held-out PolypDiag-layout set); fine-tune classification, segmentation and
+detection from the teacher (``configs/finetune/*_cpu.yaml``); run ``predict`` with the segmenter on one video;
+draw the teacher's attention on one clip; and write ``report.md`` and ``report.html`` (see
+:mod:`endofm.report.report`). Everything lands in one run folder.
 """
 
 from __future__ import annotations
@@ -52,23 +52,25 @@ points of accuracy, so one is not a baseline)."""
 PRETRAIN_WORKERS = 2
 """DataLoader processes that decode pretraining clips while the model trains (about 12% less time for the
 stage on 2 cores; the teacher is the same with any number)."""
+CLIP_FRAMES, CLIP_SIZE = 16, 64
+"""Frames and pixels of the pretraining clips and probe videos: the micro backbone's input size."""
 SUBFOLDERS = ("data", "pretrain", "finetune", "predict", "attention")
 STAGES = ("data", "pretrain", "frozen", "classify", "segment", "detect", "predict", "attention", "report")
 
 
 @dataclass
 class DemoConfig:
-    """Settings of :func:`run_demo` (the defaults are the full run, about 7 minutes on 2 CPU cores)."""
+    """Settings of :func:`run_demo` (the defaults are the full run, about 8 minutes on 2 CPU cores)."""
 
     out_dir: str = "runs/demo"
     videos: int = 100
     """Videos per labelled synthetic layout (CVC and KUMC get a fifth of this, at least 4 and 3)."""
     pretrain_clips: int = 1000
-    """Unlabelled pretraining clips (16 frames at 64 pixels): many short clips, each seen a few times."""
+    """Unlabelled pretraining clips (``CLIP_FRAMES`` at ``CLIP_SIZE``): many short clips, each seen a few times."""
     pretrain_steps: int = 1240
     probe_videos: int = 300
-    """Labelled videos (64 pixels, 16 frames) of a separate PolypDiag-layout set, drawn with another seed, on
-    which the frozen features are compared: 60 test videos, so that one video is 0.017 of accuracy."""
+    """Labelled videos (``CLIP_FRAMES`` at ``CLIP_SIZE``) of a separate PolypDiag-layout set, drawn with another
+    seed, on which the frozen features are compared: 60 test videos, so that one video is 0.017 of accuracy."""
     classify_epochs: int = 10
     segment_epochs: int = 12
     detect_epochs: int = 4
@@ -172,8 +174,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     with stage("data", f"synthetic corpus ({config.pretrain_clips} pretraining clips, {config.videos} videos per "
                        "labelled layout)"):
         write_synthetic_corpus(data, config.videos, config.seed, pretrain_videos=config.pretrain_clips,
-                               pretrain_frames=16, pretrain_size=64)
-        write_polypdiag(data / "probe", config.probe_videos, seed=config.seed + 1, num_frames=16, size=64)
+                               pretrain_frames=CLIP_FRAMES, pretrain_size=CLIP_SIZE)
+        write_polypdiag(data / "probe", config.probe_videos, seed=config.seed + 1, num_frames=CLIP_FRAMES,
+                        size=CLIP_SIZE)
 
     pre_dir = out / "pretrain"
     with stage("pretrain", f"pretraining the micro backbone ({config.pretrain_steps} steps)"):

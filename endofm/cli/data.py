@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scan.add_argument("--no-progress", action="store_true", help="no progress bar")
     scan.set_defaults(func=_scan)
 
-    transcode = commands.add_parser("transcode", help="re-encode videos with a smaller short side")
+    transcode = commands.add_parser(
+        "transcode", help="re-encode videos for training: smaller short side, encoded for random reads")
     transcode.add_argument("src", type=Path, help="folder of source videos")
     transcode.add_argument("out", type=Path, help="folder for the re-encoded videos (same tree)")
     transcode.add_argument("--short-side", type=int, default=256, help="short side in pixels (default 256)")

@@ -15,8 +15,9 @@ normalisation. The resize is plain bicubic interpolation without antialiasing, a
 random draw comes from the ``torch.Generator`` passed in, so a seed fixes the views.
 
 For speed, :class:`MultiViewSampler` first computes every view's frame indices, decodes the union of
-those frames once (shrunk on decode to a short side of ``decode_short_side``, never enlarged) and builds each view from
-them, instead of decoding the whole clip at full size.
+those frames once (shrunk on decode to a short side of ``decode_short_side``, never enlarged:
+:meth:`MultiViewSampler.open_video`) and builds each view from them, instead of decoding the whole clip at
+full size.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ class MultiViewSampler:
         self._mean = torch.tensor(mean).view(1, 3, 1, 1)
         self._std = torch.tensor(std).view(1, 3, 1, 1)
 
+    def open_video(self, path: str | os.PathLike) -> VideoReader:
+        """A reader that decodes frames shrunk to a short side of ``decode_short_side`` (never enlarged: the
+        views' crops are resized anyway, and a larger frame only costs time)."""
+        return VideoReader(path, size=self.config.decode_short_side, upscale=False)
+
     @property
     def views(self) -> list[ViewSpec]:
         """The view specifications, in output order."""
@@ -181,7 +187,7 @@ class MultiViewSampler:
         """The views of frames ``[start, start + length)``.
 
         ``reader_or_clip`` is an open :class:`VideoReader` (only the frames the views need are decoded), a
-        path (opened with ``decode_short_side``, shrinking only), or frames already decoded, ``uint8 [T, 3, H, W]``.
+        path (opened with :meth:`open_video`), or frames already decoded, ``uint8 [T, 3, H, W]``.
         """
         indices = self.frame_indices(length, generator)
         union = sorted({i for view in indices for i in view})
@@ -201,7 +207,7 @@ class MultiViewSampler:
             return source[frames]
         if isinstance(source, VideoReader):
             return source.read(frames)
-        with VideoReader(source, size=self.config.decode_short_side, upscale=False) as reader:
+        with self.open_video(source) as reader:
             return reader.read(frames)
 
     def _augment(self, frames: torch.Tensor, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:

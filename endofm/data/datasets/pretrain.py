@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import Dataset
 
 from endofm.data.manifest import ClipRef, read_manifest
-from endofm.data.video import VideoReader
 from endofm.data.views import MultiViewSampler
 from endofm.errors import DatasetError, EndoFMError, InputError
 
@@ -66,7 +65,7 @@ class PretrainClips(Dataset):
 
     def load(self, clip: ClipRef, generator: torch.Generator) -> tuple[list[torch.Tensor], int]:
         """Views of one clip and the clip's length in frames; raises on a bad file."""
-        with VideoReader(clip.path, size=self.sampler.config.decode_short_side, upscale=False) as reader:
+        with self.sampler.open_video(clip.path) as reader:
             length = clip.length if clip.length is not None else len(reader) - clip.start
             if clip.start < 0 or length <= 0 or clip.start + length > len(reader):
                 raise DatasetError(
