@@ -15,9 +15,7 @@ import torch
 
 from endofm.errors import CheckpointError
 from endofm.io import atomic_write
-from endofm.models.checkpoint import read_state
-
-TRAINING_FORMAT = "endofm-training"
+from endofm.models.checkpoint import TRAINING_FORMAT, read_state
 
 
 def capture_rng_state() -> dict[str, Any]:

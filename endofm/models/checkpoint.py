@@ -7,7 +7,9 @@ Layouts recognised by :func:`load_checkpoint`:
 - ``teacher_flat``: a flat ``backbone.*`` + ``head.*`` dict (``endo_fm.pth``, SVT's Kinetics weights);
 - ``polypdiag``: a fine-tuned classifier (``backbone_state_dict`` + ``state_dict`` with ``linear.*``);
 - ``backbone``: a bare backbone state dict (keys such as ``cls_token``, ``blocks.0.attn.qkv.weight``);
-- ``endofm``: the package's own format, a folder with ``config.json`` and ``model.safetensors``.
+- ``endofm``: the package's own format, a folder with ``config.json`` and ``model.safetensors``;
+- ``training``: a checkpoint of an ``endofm pretrain`` run (``runs/*/checkpoints/*.pt``): the EMA teacher
+  or the student at that step, with the architecture's head count from the run's stored config.
 
 The architecture is read off the tensor shapes. Loading is strict: a missing or unexpected backbone key
 is an error naming it, never a silent partial load. Files are unpickled with ``weights_only=True``,
@@ -38,13 +40,15 @@ from endofm.models.backbone import BackboneConfig, EndoFMBackbone
 from endofm.models.heads import DINOHead, LinearClassifier
 
 FORMAT_NAME = "endofm"
+TRAINING_FORMAT = "endofm-training"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SAFE_GLOBALS = [argparse.Namespace]
 # The original VisionTransformer's own classifier (``head.*``) is unused by Endo-FM; ignored if present.
 IGNORED_BACKBONE_KEYS = ("head.weight", "head.bias")
-USED_TOP_LEVEL_KEYS = {"pretrain": (), "polypdiag": ("backbone_state_dict", "state_dict")}
+USED_TOP_LEVEL_KEYS = {"pretrain": (), "polypdiag": ("backbone_state_dict", "state_dict"),
+                       "training": ("format", "config", "recipe", "network", "epoch")}
 
 
 @dataclass
@@ -188,10 +192,32 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str
     module.load_state_dict(state, strict=True)
 
 
+def _split_training(state: Mapping, path: str, which: str) -> tuple[str, dict, dict, dict, dict]:
+    """The teacher (the recipe's EMA copy) or the student (the trained network) of a pretraining run's
+    training checkpoint; a fine-tuning run's checkpoint has no teacher and is refused with a pointer."""
+    recipe = state.get("recipe")
+    if not isinstance(recipe, Mapping) or "teacher" not in recipe:
+        raise CheckpointError(f"{path}: a fine-tuning run's training checkpoint; load the run's model/ folder "
+                              "(or pass it to --resume) instead")
+    net = recipe["teacher"] if which == "teacher" else state["network"]
+    return "training", _strip(net, "backbone."), _strip(net, "head."), {}, dict(state)
+
+
+def _stored_num_heads(state: Mapping) -> int | None:
+    """The head count of the architecture a training checkpoint's run config names, if it names a known one."""
+    from endofm.models.registry import MODEL_CONFIGS
+
+    model = state.get("config", {}).get("model", {})
+    arch = MODEL_CONFIGS.get(model.get("arch"))
+    return model.get("num_heads") or (arch.num_heads if arch else None)
+
+
 def _split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, dict, dict, dict]:
     """(layout, backbone dict, head dict, classifier dict, extras) of an original-layout checkpoint."""
     if which not in ("teacher", "student"):
         raise InputError(f"which must be 'teacher' or 'student', got {which!r}")
+    if state.get("format") == TRAINING_FORMAT:
+        return _split_training(state, path, which)
     if "teacher" in state or "student" in state:
         if which not in state:
             raise CheckpointError(f"{path}: pretraining checkpoint without a {which!r} entry")
@@ -228,10 +254,10 @@ def load_checkpoint(
     """Load any Endo-FM checkpoint into a backbone (eval mode) and its heads.
 
     Args:
-        path: an original ``.pth`` (any released layout), a ``.safetensors`` file, or a folder written by
-            :func:`save_pretrained`.
+        path: an original ``.pth`` (any released layout), a ``.safetensors`` file, a folder written by
+            :func:`save_pretrained`, or a pretraining run's training checkpoint.
         num_heads: attention heads; default ``embed_dim // 64`` (ignored for the package's own format,
-            which stores it).
+            which stores it; for a training checkpoint the default is its run's architecture).
         which: ``"teacher"`` (default, as the original downstream code) or ``"student"``.
 
     Example:
@@ -243,6 +269,8 @@ def load_checkpoint(
         return _load_pretrained_dir(path)
     state = read_state(path)
     layout, backbone_state, head_state, classifier_state, extras = _split_original(state, str(path), which)
+    if layout == "training":
+        num_heads = num_heads or _stored_num_heads(state)
     ignored = [key for key in IGNORED_BACKBONE_KEYS if key in backbone_state]
     for key in ignored:
         backbone_state.pop(key)

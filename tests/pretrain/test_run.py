@@ -70,6 +70,12 @@ def test_a_run_writes_everything_a_user_needs(videos, tmp_path):
     first_block = "backbone.blocks.0.attn.qkv.weight"
     start = torch.load(out / "checkpoints/epoch_0002.pt", weights_only=True)
     assert not torch.equal(start["network"][first_block], start["recipe"]["teacher"][first_block])
+    last_teacher = load_checkpoint(out / "checkpoints/last.pt")
+    assert last_teacher.info.layout == "training" and last_teacher.backbone.config.num_heads == 2
+    torch.testing.assert_close(last_teacher.backbone.state_dict(), ours.backbone.state_dict(), rtol=0, atol=0)
+    torch.testing.assert_close(last_teacher.dino_head.state_dict(), ours.dino_head.state_dict(), rtol=0, atol=0)
+    student = load_checkpoint(out / "checkpoints/epoch_0002.pt", which="student").backbone
+    assert torch.equal(student.state_dict()["blocks.0.attn.qkv.weight"], start["network"][first_block])
     with pytest.raises(TrainingError, match="already holds a run"):
         pretrain(_config(videos, out))
 
