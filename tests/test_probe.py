@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from endofm import InputError, build_model
 from endofm.cli.main import main
+from endofm.data.datasets.polypdiag import PolypDiagDataset
 from endofm.data.synthetic import write_polypdiag
+from endofm.data.transforms import eval_transform
 from endofm.metrics.knn import knn_accuracy, knn_predict
 from endofm.tasks.probe import SplitFeatures, extract_features, linear_probe_accuracy
 
@@ -44,3 +49,14 @@ def test_features_of_a_polypdiag_layout_and_the_command(tmp_path, capsys):
     assert main(["evaluate", "knn", "--data", str(root), "--model", "endofm_vit_micro", "--frames", "2",
                  "--size", "32", "--quiet", "--out", str(out), "--k", "1"]) == 0
     assert "k-NN accuracy" in capsys.readouterr().out and out.exists()
+    assert json.loads(out.read_text())["pool"] == "cls"
+
+
+def test_pooled_features_are_the_patch_tokens_maximum(tmp_path):
+    root = write_polypdiag(tmp_path / "pd", num_videos=6, seed=0, num_frames=6, size=48)
+    model = build_model("endofm_vit_micro").eval()
+    split = extract_features(model, root, "train", num_frames=2, size=32, pool="max")
+    dataset = PolypDiagDataset(root, "train", num_frames=2, transform=eval_transform(32))
+    with torch.no_grad():
+        expected = model.forward_tokens(dataset[0]["video"].unsqueeze(0))[1].amax(dim=(1, 2, 3))
+    torch.testing.assert_close(torch.as_tensor(split.features[0]), expected[0])

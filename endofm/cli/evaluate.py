@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from endofm.models.backbone import POOLS
+
 
 def _load_backbone(args: argparse.Namespace):
     from endofm.models.checkpoint import load_checkpoint
@@ -29,9 +31,10 @@ def _frozen(args: argparse.Namespace) -> int:
     metrics = evaluate_frozen(
         backbone, args.data, train_split=args.train_split, test_split=args.split, k=args.k,
         num_frames=args.frames or backbone.config.num_frames, size=args.size or backbone.config.img_size[0],
-        normalization=args.normalization, device=args.device, progress=not args.quiet,
+        normalization=args.normalization, device=args.device, progress=not args.quiet, pool=args.pool,
     )
     metrics["backbone"] = args.checkpoint or f"{args.model} (random initialisation)"
+    metrics["pool"] = args.pool
     print(f"{'metric':<24}value")
     print(f"{'k-NN accuracy (k=' + str(args.k) + ')':<24}{metrics['knn_accuracy']:.4f}")
     print(f"{'linear-probe accuracy':<24}{metrics['linear_probe_accuracy']:.4f}")
@@ -78,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
         sub.add_argument("--size", type=int, default=None, help="crop size (default: the model's)")
         sub.add_argument("--normalization", default="imagenet", help="normalisation preset")
+        sub.add_argument("--pool", choices=POOLS, default="cls",
+                         help="clip embedding: the CLS token (default) or the mean or maximum of the patch tokens")
         sub.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (--model)")
         sub.add_argument("--device", default="cpu", help="torch device")
         sub.add_argument("--out", default=None, help="write the metrics as JSON here")

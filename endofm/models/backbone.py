@@ -23,6 +23,10 @@ from torch.utils.checkpoint import checkpoint
 from endofm.errors import InputError
 from endofm.models.layers import ATTENTION_IMPLS, Attention, DividedSpaceTimeBlock
 
+POOLS = ("cls", "mean", "max")
+"""Clip embeddings :meth:`EndoFMBackbone.forward_pooled` makes: the CLS token, or the mean or the feature-wise
+maximum of the patch tokens."""
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -257,6 +261,17 @@ class EndoFMBackbone(nn.Module):
         frames, batch = tokens.shape[:2]
         patches = tokens[:, :, 1:].transpose(0, 1).reshape(batch, frames, grid_h, grid_w, self.embed_dim)
         return tokens[0, :, 0], patches
+
+    def forward_pooled(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """The clip embedding ``[B, D]`` by ``pool``: ``cls`` (as :meth:`forward`, the original's), ``mean`` (the
+        average of the patch tokens after the final norm, as VideoMAE's fine-tuning) or ``max`` (their
+        feature-wise maximum over frames and positions: a small object anywhere in the clip shows in it)."""
+        if pool == "cls":
+            return self(x)
+        if pool not in POOLS:
+            raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        patches = self.forward_tokens(x)[1].flatten(1, 3)
+        return patches.mean(1) if pool == "mean" else patches.amax(1)
 
     def forward(self, x: torch.Tensor, keep_ratio: float = 1.0) -> torch.Tensor:
         """The clip embedding: the CLS token after the final norm, ``[B, D]``.

@@ -1,10 +1,13 @@
-"""Heads that sit on the backbone's CLS embedding: the DINO projection head and a linear classifier."""
+"""Heads that sit on the backbone's clip embedding: the DINO projection head and a linear classifier."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from endofm.errors import InputError
+from endofm.models.backbone import POOLS
 
 
 class WeightNormLinear(nn.Module):
@@ -83,11 +86,16 @@ class DINOHead(nn.Module):
 
 
 class LinearClassifier(nn.Module):
-    """A linear layer on the CLS embedding, as the original PolypDiag fine-tuning used (``linear.*``)."""
+    """A linear layer on a clip embedding: the CLS embedding, as the original PolypDiag fine-tuning used
+    (``linear.*``), or with ``pool="mean"``/``"max"`` the mean or maximum of the patch tokens (see
+    :meth:`~endofm.models.backbone.EndoFMBackbone.forward_pooled`, which takes ``classifier.pool``)."""
 
-    def __init__(self, in_dim: int, num_labels: int) -> None:
+    def __init__(self, in_dim: int, num_labels: int, pool: str = "cls") -> None:
         super().__init__()
-        self.config = {"in_dim": in_dim, "num_labels": num_labels}
+        if pool not in POOLS:
+            raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.pool = pool
+        self.config = {"in_dim": in_dim, "num_labels": num_labels, "pool": pool}
         self.linear = nn.Linear(in_dim, num_labels)
         nn.init.trunc_normal_(self.linear.weight, std=0.01)
         nn.init.zeros_(self.linear.bias)

@@ -38,6 +38,7 @@ from endofm.data.transforms import VideoTransform, eval_transform
 from endofm.data.video import VideoReader, encode_mp4
 from endofm.engine.distributed import resolve_device
 from endofm.io import atomic_write, atomic_write_text
+from endofm.tasks.classify import ClassifierNetwork
 from endofm.tasks.common import FinetunedModel, json_safe, read_finetuned
 
 DISPLAY_SHORT_SIDE = 360
@@ -60,7 +61,7 @@ def predict_classify(model: FinetunedModel, reader: VideoReader, device: torch.d
     data = model.data
     num_frames, transform = int(data["num_frames"]), eval_transform(int(data["size"]),
                                                                      normalization=data["normalization"])
-    network = torch.nn.Sequential(model.backbone, model.head).to(device).eval()
+    network = ClassifierNetwork(model.backbone, model.head).to(device).eval()
     count = len(reader)
 
     def probability(indices: list[int]) -> np.ndarray:

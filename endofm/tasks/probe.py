@@ -43,15 +43,17 @@ def extract_features(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    pool: str = "cls",
 ) -> SplitFeatures:
-    """Embed every video of ``splits/<split>.txt`` (``num_frames`` evenly spaced, centre crop ``size``)."""
+    """Embed every video of ``splits/<split>.txt`` (``num_frames`` evenly spaced, centre crop ``size``) as the
+    ``pool`` clip embedding (see :meth:`~endofm.models.backbone.EndoFMBackbone.forward_pooled`)."""
     dataset = PolypDiagDataset(root, split, num_frames=num_frames,
                                transform=eval_transform(size, normalization=normalization))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     backbone = backbone.to(device).eval()
     features, labels = [], []
     for batch in tqdm(loader, desc=f"features of {split}", unit="batch", disable=not progress):
-        features.append(backbone(batch["video"].to(device)).float().cpu())
+        features.append(backbone.forward_pooled(batch["video"].to(device), pool).float().cpu())
         labels.append(batch["label"])
     return SplitFeatures(torch.cat(features).numpy(), torch.cat(labels).numpy())
 

@@ -12,6 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from endofm.cli.main import main
+from endofm.errors import CheckpointError
+from endofm.models.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 TINY = ["model.arch=endofm_vit_micro", "run.progress=false", "run.num_workers=0"]
@@ -115,6 +117,8 @@ def test_classify_resume(polypdiag_root: Path, tmp_path: Path) -> None:
     assert finetune("classify", polypdiag_root, out, "--resume", "run.epochs=2", "data.size=32") == 0
     report = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in report["val_history"]] == [1, 2]
+    with pytest.raises(CheckpointError, match="fine-tuning run's training checkpoint; load the run's model/"):
+        load_checkpoint(out / "checkpoints" / "last.pt")
 
 
 @pytest.mark.slow
@@ -187,18 +191,20 @@ def test_detect_learns(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_classify_learns_from_random_weights(tmp_path: Path) -> None:
     """Full fine-tuning of the micro backbone from random weights on 240 synthetic PolypDiag training videos
-    (polyp in every frame) ranks polyp videos above clean ones on the held-out test split: AUROC above chance
-    (0.5; measured 0.71). The model is chosen on the validation split."""
+    (polyp in every frame), the head on the patch tokens' maximum (``pool=max``), tells polyp videos from clean
+    ones on the held-out test split: chance is 0.5 for both metrics (measured for three seeds: accuracy
+    0.79-0.81, AUROC 0.92-0.95; the CLS head reached AUROC 0.70-0.73 with accuracy 0.50-0.63). The model is
+    chosen on the validation split."""
     from endofm.data.synthetic import write_polypdiag
 
     root = write_polypdiag(tmp_path / "polypdiag", 400, seed=5, num_frames=8, size=64, always_visible=True)
     out = tmp_path / "run"
-    assert finetune("classify", root, out, "mode=finetune", "model.drop_path_rate=0.1", "optim.lr=0.001",
-                    "optim.scale_lr=false", "optim.warmup_epochs=2", "optim.weight_decay=0.05", "run.epochs=15",
-                    "run.batch_size=8") == 0
+    assert finetune("classify", root, out, "mode=finetune", "pool=max", "model.drop_path_rate=0.1",
+                    "optim.lr=0.001", "optim.scale_lr=false", "optim.warmup_epochs=2", "optim.weight_decay=0.05",
+                    "run.epochs=15", "run.batch_size=8") == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["splits"]["test"] == "test" and report["test"]["samples"] == 80
-    assert report["test"]["auroc"] > 0.65
+    assert report["test"]["auroc"] > 0.85 and report["test"]["accuracy"] > 0.7
 
 
 @pytest.mark.slow
@@ -212,3 +218,32 @@ def test_segment_learns(tmp_path: Path) -> None:
     report = json.loads((out / "metrics.json").read_text())
     assert report["test"]["dice"] > 0.4
     assert report["test"]["hd95"] < 16.0
+
+
+def test_a_mean_pooled_classifier_keeps_its_pooling_when_saved_and_read_back(tmp_path: Path) -> None:
+    """``pool=mean`` feeds the head the mean of the patch tokens, not the CLS token, before and after saving."""
+    from endofm.config import load_config
+    from endofm.errors import ConfigError
+    from endofm.models import build_model
+    from endofm.models.heads import LinearClassifier
+    from endofm.tasks.classify import ClassifierNetwork, ClassifyConfig
+    from endofm.tasks.common import read_finetuned, save_finetuned
+
+    torch.manual_seed(0)
+    backbone = build_model("endofm_vit_micro").eval()
+    head = LinearClassifier(backbone.embed_dim, 2, pool="mean")
+    torch.nn.init.normal_(head.linear.weight)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected = head(backbone.forward_tokens(video)[1].mean(dim=(1, 2, 3)))
+        from_cls = head(backbone(video))
+    model = read_finetuned(save_finetuned(tmp_path / "model", "classify", backbone, head, head.config,
+                                          {"num_frames": 4, "size": 32}))
+    assert model.head.pool == "mean"
+    with torch.no_grad():
+        logits = ClassifierNetwork(model.backbone, model.head)(video)
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, from_cls, atol=1e-3)
+    with pytest.raises(ConfigError, match="pool must be one of cls, mean, max, got 'min'"):
+        load_config(ClassifyConfig, overrides=["pool=min"])
+    torch.testing.assert_close(backbone.forward_pooled(video, "max"), backbone.forward_tokens(video)[1].amax((1, 2, 3)))
