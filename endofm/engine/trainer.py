@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from endofm.engine.cpu import flush_denormals
 from endofm.engine.distributed import DistributedContext, all_reduce_sum, barrier
 from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
 from endofm.engine.sampler import ShardedBatchSampler
@@ -132,6 +133,7 @@ class Trainer:
         context: DistributedContext,
         config_dict: dict[str, Any] | None = None,
     ) -> None:
+        flush_denormals()
         self.recipe, self.dataset, self.collate_fn = recipe, dataset, collate_fn
         self.run, self.context = run, context
         self.config_dict = config_dict or {}
