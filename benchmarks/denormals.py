@@ -3,9 +3,8 @@
 Late in a pretraining run the gradients hold denormals (magnitudes below 1.2e-38), which x86 cores handle in
 microcode. The product timed is a backward product of the ``cpu_micro.yaml`` recipe (``[1088, 288] @ [288,
 96]``), with a share of the left matrix's entries replaced by denormals, in three settings interleaved round
-by round: normal values, denormals, and denormals with :func:`endofm.engine.cpu.flush_denormals` (the mode
-the ``endofm`` command and the trainer set). One thread, so that the mode can be switched off again between
-rounds (it is per thread).
+by round: normal values, denormals, and denormals inside :func:`endofm.engine.cpu.denormals_flushed` (the
+mode of the trainer's steps). One thread, as the mode is per thread.
 
     python benchmarks/denormals.py --out denormals.json
 """
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from endofm.engine.cpu import flush_denormals
+from endofm.engine.cpu import denormals_flushed
 
 SHAPE = (1088, 288, 96)
 
@@ -55,12 +54,10 @@ def main() -> None:
         denormal = torch.where(mask, normal * 1e-39, normal)
         times = {"normal": float("inf"), "denormal": float("inf"), "flushed": float("inf")}
         for _ in range(args.rounds):
-            torch.set_flush_denormal(False)
             times["normal"] = min(times["normal"], best_time(normal, weight, args.repeats))
             times["denormal"] = min(times["denormal"], best_time(denormal, weight, args.repeats))
-            flush_denormals()
-            times["flushed"] = min(times["flushed"], best_time(denormal, weight, args.repeats))
-        torch.set_flush_denormal(False)
+            with denormals_flushed():
+                times["flushed"] = min(times["flushed"], best_time(denormal, weight, args.repeats))
         row = {"denormal_share": share, **{f"{k}_ms": v * 1e3 for k, v in times.items()},
                "denormal_slowdown": times["denormal"] / times["normal"],
                "flush_speedup": times["denormal"] / times["flushed"]}

@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    from endofm.engine.cpu import flush_denormals
+    from endofm.engine.cpu import start_thread_pool_flushing_denormals
 
-    flush_denormals()
+    start_thread_pool_flushing_denormals()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

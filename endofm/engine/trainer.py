@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from endofm.engine.cpu import flush_denormals
+from endofm.engine.cpu import denormals_flushed, start_thread_pool_flushing_denormals
 from endofm.engine.distributed import DistributedContext, all_reduce_sum, barrier
 from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
 from endofm.engine.sampler import ShardedBatchSampler
@@ -133,7 +133,7 @@ class Trainer:
         context: DistributedContext,
         config_dict: dict[str, Any] | None = None,
     ) -> None:
-        flush_denormals()
+        start_thread_pool_flushing_denormals()
         self.recipe, self.dataset, self.collate_fn = recipe, dataset, collate_fn
         self.run, self.context = run, context
         self.config_dict = config_dict or {}
@@ -238,21 +238,8 @@ class Trainer:
         for offset, batch in enumerate(progress):
             step_in_epoch = start_step + offset
             scheduled = self.recipe.before_step(global_step, epoch, optimizer)
-            with torch.autocast(self.context.device.type, dtype=self.dtype or torch.float32,
-                                enabled=self.dtype is not None):
-                loss, values = self.recipe.compute_loss(network, batch, epoch)
-            loss_value = float(all_reduce_sum(loss.detach().float().clone())) / self.context.world_size
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"the loss became {loss_value} at epoch {epoch + 1}, step {step_in_epoch + 1}; stopped without "
-                    f"saving, so {self.last_checkpoint} still holds the last good state. Lower the learning rate, "
-                    "use run.precision=fp32, or check the data."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.recipe.after_backward(epoch)
-            optimizer.step()
-            self.recipe.after_step(global_step)
+            with denormals_flushed():
+                loss_value, values = self._step(network, optimizer, batch, epoch, step_in_epoch, global_step)
             skipped += self.recipe.skipped(batch)
             global_step += 1
             now = time.perf_counter()
@@ -278,6 +265,26 @@ class Trainer:
             tqdm.write(f"epoch {epoch + 1}: {skipped_count} unreadable clip(s) replaced, e.g. {skipped[0]}")
         mean_loss = sum(losses) / len(losses) if losses else float("nan")
         return {"mean_loss": mean_loss, "skipped": skipped_count, "global_step": global_step, "finished": finished}
+
+    def _step(self, network: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, epoch: int,
+              step_in_epoch: int, global_step: int) -> tuple[float, dict[str, float]]:
+        """Forward, loss check, backward and optimiser step of one batch; returns the loss and logged values."""
+        with torch.autocast(self.context.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            loss, values = self.recipe.compute_loss(network, batch, epoch)
+        loss_value = float(all_reduce_sum(loss.detach().float().clone())) / self.context.world_size
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the loss became {loss_value} at epoch {epoch + 1}, step {step_in_epoch + 1}; stopped without "
+                f"saving, so {self.last_checkpoint} still holds the last good state. Lower the learning rate, "
+                "use run.precision=fp32, or check the data."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.recipe.after_backward(epoch)
+        optimizer.step()
+        self.recipe.after_step(global_step)
+        return loss_value, values
 
     def _plot(self) -> None:
         if self.context.is_main and self.logger.path.exists():
