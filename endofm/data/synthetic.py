@@ -449,10 +449,11 @@ def write_kumc(
     return root
 
 
-def write_pretrain(root: str | os.PathLike, num_videos: int, seed: int = 0, **render: Any) -> Path:
-    """Write ``num_videos`` unlabelled mp4s ``clip_<i>.mp4`` (half with a polyp) for pretraining manifests."""
+def write_pretrain(root: str | os.PathLike, num_videos: int, seed: int = 0, *, first: int = 0, **render: Any) -> Path:
+    """Write ``num_videos`` unlabelled mp4s ``clip_<i>.mp4`` (half with a polyp) for pretraining manifests,
+    ``i`` counting from ``first`` (so that processes can share the writing of one set)."""
     root = Path(root)
-    for i in range(num_videos):
+    for i in range(first, first + num_videos):
         video = render_video([seed, 0, i], **render)
         write_video(root / f"clip_{i:04d}.mp4", video.frames, video.fps)
     return root
@@ -487,8 +488,10 @@ def write_synthetic_corpus(
     out.mkdir(parents=True, exist_ok=True)
     n_cvc, n_kumc = max(4, num_videos // 5), max(3, num_videos // 5)
     pretrain_render = {"num_frames": pretrain_frames, "size": pretrain_size}
+    half = pretrain_videos // 2
     jobs = [
-        (partial(write_pretrain, **pretrain_render), out / "pretrain", pretrain_videos),
+        (partial(write_pretrain, **pretrain_render), out / "pretrain", half),
+        (partial(write_pretrain, first=half, **pretrain_render), out / "pretrain", pretrain_videos - half),
         (write_polypdiag, out / "polypdiag", num_videos),
         (write_cvc, out / "cvc", n_cvc),
         (write_kumc, out / "kumc", n_kumc),

@@ -35,6 +35,10 @@ from endofm.engine.sampler import ShardedBatchSampler
 from endofm.engine.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 from endofm.errors import ConfigError, TrainingError
 
+PLOT_INTERVAL_S = 60.0
+"""The curves are redrawn at the first epoch end this many seconds after the last drawing, and at the end
+(drawing them takes about a second: too much after every epoch of a short run)."""
+
 
 @dataclass
 class RunConfig:
@@ -145,6 +149,7 @@ class Trainer:
         )
         self.steps_per_epoch = len(dataset) // run.batch_size
         self.dtype = autocast_dtype(run.precision, context.device)
+        self._plotted_at, self._plotted_step = time.perf_counter(), -1
 
     @property
     def last_checkpoint(self) -> Path:
@@ -210,7 +215,10 @@ class Trainer:
             summary = {"event": "epoch", "epoch": epoch, **epoch_stats, **self.recipe.on_epoch_end(epoch)}
             self.logger.log(summary)
             self._save(optimizer, epoch + 1, 0, global_step, epoch_end=True)
-            self._plot()
+            if time.perf_counter() - self._plotted_at >= PLOT_INTERVAL_S:
+                self._plot(global_step)
+        if self._plotted_step != global_step:
+            self._plot(global_step)
         exports = self.recipe.finish(self.out_dir) if self.context.is_main else {}
         barrier()
         return {**summary, "exports": exports, "global_step": global_step}
@@ -286,7 +294,8 @@ class Trainer:
         self.recipe.after_step(global_step)
         return loss_value, values
 
-    def _plot(self) -> None:
+    def _plot(self, global_step: int) -> None:
+        self._plotted_at, self._plotted_step = time.perf_counter(), global_step
         if self.context.is_main and self.logger.path.exists():
             records = [r for r in read_jsonl(self.logger.path) if "step" in r]
             plot_curves(records, self.recipe.plot_keys, self.out_dir / "plots")

@@ -59,6 +59,15 @@ class DataConfig:
     clip_seconds: float = 5.0
     """Clip length when ``manifest`` is a folder that is scanned."""
     views: MultiViewConfig = field(default_factory=MultiViewConfig)
+    cache: bool = False
+    """Decode every clip once before training and cut the views from memory (the same views as from the
+    files): for small corpora of short clips read many times, such as ``cpu_micro.yaml``'s."""
+    cache_max_gib: float = 4.0
+    """Memory the cache may take (per process); a corpus that needs more stops the run before training."""
+
+    def __post_init__(self) -> None:
+        if self.cache_max_gib <= 0:
+            raise ConfigError(f"data.cache_max_gib must be positive, got {self.cache_max_gib}")
 
 
 @dataclass

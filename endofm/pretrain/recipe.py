@@ -216,5 +216,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     recipe = DINORecipe(config, context)
     torch.manual_seed(config.run.seed + 1_000_003 * context.rank)
     dataset = PretrainClips(clips, MultiViewSampler(config.data.views), seed=config.run.seed)
+    if config.data.cache:
+        dataset.cache_decoded(int(config.data.cache_max_gib * 2**30), progress=config.run.progress and context.is_main)
     trainer = Trainer(recipe, dataset, collate_views, config.run, context, config_to_dict(config))
     return trainer.fit(resume=resume)

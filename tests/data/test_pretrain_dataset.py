@@ -82,3 +82,24 @@ def test_dataloader_with_workers_groups_views_and_carries_skips(video_dir: Path,
     direct = [dataset[i] for i in range(3)]
     assert torch.equal(batch["groups"][2][:3], torch.stack([s["views"][2] for s in direct]))
     assert torch.equal(batch["groups"][2][3:], torch.stack([s["views"][3] for s in direct]))
+
+
+def test_cached_clips_give_the_views_of_the_files(video_dir: Path, broken_files: dict[str, Path]) -> None:
+    """Decoded once into memory, every sample is the same as read from the file, a broken file is still
+    replaced (and reported), and workers forked after caching share the frames."""
+    clips = [ClipRef(video_dir / "h264.mp4", 10, 30), ClipRef(broken_files["text"]), ClipRef(video_dir / "clip.mkv")]
+    files, cached = PretrainClips(clips, SMALL, seed=3, max_tries=50), PretrainClips(clips, SMALL, seed=3, max_tries=50)
+    held = cached.cache_decoded(max_bytes=2**30)
+    assert sorted(cached.decoded) == [0, 2] and held == sum(f.numel() for f in cached.decoded.values())
+    assert cached.decoded[0].shape[0] == 30
+    for epoch in (0, 1):
+        files.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for index in range(3):
+            expected, got = files[index], cached[index]
+            assert _same(expected["views"], got["views"]) and expected["meta"] == got["meta"]
+            assert expected["skipped"] == got["skipped"]
+    loader = DataLoader(cached, batch_size=3, num_workers=2, collate_fn=collate_views)
+    assert torch.equal(next(iter(loader))["groups"][0], collate_views([files[i] for i in range(3)])["groups"][0])
+    with pytest.raises(DatasetError, match="need more than"):
+        PretrainClips(clips, SMALL).cache_decoded(max_bytes=held // 2)

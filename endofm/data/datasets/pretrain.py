@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from endofm.data.manifest import ClipRef, read_manifest
+from endofm.data.video import VideoReader
 from endofm.data.views import MultiViewSampler
 from endofm.errors import DatasetError, EndoFMError, InputError
 
@@ -34,7 +36,8 @@ class PretrainClips(Dataset):
     """Clips of a manifest CSV (or a list of :class:`ClipRef`) as multi-view samples.
 
     Call :meth:`set_epoch` before each epoch (with non-persistent workers, the default) to draw new views.
-    ``max_tries`` clips are tried per sample before :class:`DatasetError` is raised.
+    ``max_tries`` clips are tried per sample before :class:`DatasetError` is raised. :meth:`cache_decoded`
+    keeps every clip's decoded frames in memory, for small corpora that are read many times.
     """
 
     def __init__(
@@ -55,6 +58,36 @@ class PretrainClips(Dataset):
         self.seed = seed
         self.epoch = 0
         self.max_tries = max_tries
+        self.decoded: dict[int, torch.Tensor] = {}
+
+    def cache_decoded(self, max_bytes: int, progress: bool = False) -> int:
+        """Decode every clip once (at the sampler's decode size) and keep its frames, ``uint8 [L, 3, H, W]``;
+        samples are then cut from memory, with the same views as from the file. Call it before a DataLoader
+        starts its workers: forked workers share the frames. A clip that cannot be read is left to the usual
+        replacement at sample time. Returns the bytes held; raises :class:`DatasetError` past ``max_bytes``."""
+        held = 0
+        for index, clip in enumerate(tqdm(self.clips, desc="decoding clips into memory", unit="clip",
+                                          disable=not progress)):
+            try:
+                with self.sampler.open_video(clip.path) as reader:
+                    frames = reader.read(range(clip.start, clip.start + self._length(clip, reader)))
+            except EndoFMError:
+                continue
+            held += frames.numel()
+            if held > max_bytes:
+                self.decoded.clear()
+                raise DatasetError(f"decoded clips need more than {max_bytes / 2**30:.1f} GiB of memory (at clip "
+                                   f"{index + 1} of {len(self.clips)}); turn the cache off or raise its limit")
+            self.decoded[index] = frames
+        return held
+
+    @staticmethod
+    def _length(clip: ClipRef, reader: VideoReader) -> int:
+        """The clip's frame count, checked against the video's."""
+        length = clip.length if clip.length is not None else len(reader) - clip.start
+        if clip.start < 0 or length <= 0 or clip.start + length > len(reader):
+            raise DatasetError(f"{clip.path}: clip [{clip.start}, {clip.start + length}) outside {len(reader)} frames")
+        return length
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -63,14 +96,14 @@ class PretrainClips(Dataset):
         """Select the epoch whose random views the next samples use."""
         self.epoch = int(epoch)
 
-    def load(self, clip: ClipRef, generator: torch.Generator) -> tuple[list[torch.Tensor], int]:
-        """Views of one clip and the clip's length in frames; raises on a bad file."""
+    def load(self, index: int, generator: torch.Generator) -> tuple[list[torch.Tensor], int]:
+        """Views of clip ``index`` and the clip's length in frames; raises on a bad file."""
+        frames = self.decoded.get(index)
+        if frames is not None:
+            return self.sampler(frames, 0, len(frames), generator), len(frames)
+        clip = self.clips[index]
         with self.sampler.open_video(clip.path) as reader:
-            length = clip.length if clip.length is not None else len(reader) - clip.start
-            if clip.start < 0 or length <= 0 or clip.start + length > len(reader):
-                raise DatasetError(
-                    f"{clip.path}: clip [{clip.start}, {clip.start + length}) outside {len(reader)} frames"
-                )
+            length = self._length(clip, reader)
             return self.sampler(reader, clip.start, length, generator), length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -82,7 +115,7 @@ class PretrainClips(Dataset):
             clip = self.clips[candidate]
             generator = sample_generator(self.seed, self.epoch, index, attempt)
             try:
-                views, length = self.load(clip, generator)
+                views, length = self.load(candidate, generator)
             except EndoFMError as error:
                 skipped.append(f"{clip.path}: {str(error).removeprefix(f'{clip.path}: ')}")
                 candidate = int(torch.randint(len(self.clips), (), generator=generator))
