@@ -112,6 +112,11 @@ def test_the_verdict_needs_every_random_initialisation_beaten():
         frozen_verdict(frozen)
     frozen["random (seed 1)"] = probe(0.7, 0.7)
     assert "scores higher than each of 2 random initialisations on both" in frozen_verdict(frozen)
+    pooled = {"knn_accuracy_max_pool": 0.9, "linear_probe_accuracy_max_pool": 0.6}
+    frozen = {name: {**scores, **pooled} for name, scores in frozen.items()}
+    frozen["pretrained"]["linear_probe_accuracy_max_pool"] = 0.95
+    assert "not clearly better than each of 2 random initialisations: it is higher on 3 of the 4" in \
+        frozen_verdict(frozen)
 
 
 def test_caveats_name_tasks_that_did_not_learn():

@@ -6,7 +6,8 @@ apart from :func:`write_report`, which writes ``report.md`` and ``report.html`` 
 The results dict holds ``settings`` (name -> value), ``timings`` (stage -> seconds), ``total_seconds``,
 ``pretrain`` (``steps``, ``loss_first``, ``loss_last``, ``entropy_last``), ``frozen`` (``pretrained`` and one
 entry per random initialisation, e.g. ``random (seed 0)``: ``knn_accuracy``, ``linear_probe_accuracy``,
-``train_videos``, ``test_videos``), ``finetune``
+optionally the same two of the max-pooled patch tokens (``knn_accuracy_max_pool``,
+``linear_probe_accuracy_max_pool``), ``train_videos``, ``test_videos``), ``finetune``
 (task -> its ``metrics.json``), ``predict`` (``task``, ``video``, ``summary``), ``attention`` (``video``,
 ``frames``) and ``figures`` (section -> list of ``[caption, path relative to the run folder]``).
 """
@@ -21,6 +22,10 @@ from typing import Any
 
 from endofm.io import atomic_write_text
 
+FROZEN_PROBES = {"knn_accuracy": "k-NN accuracy", "linear_probe_accuracy": "linear-probe accuracy",
+                 "knn_accuracy_max_pool": "k-NN, max-pooled",
+                 "linear_probe_accuracy_max_pool": "linear probe, max-pooled"}
+"""Frozen-feature scores the report shows (those present), with their column titles."""
 FIGURE_SECTIONS = {
     "pretraining": "Pretraining curves",
     "finetuning": "Fine-tuning curves",
@@ -47,20 +52,21 @@ def frozen_verdict(frozen: dict[str, dict[str, Any]]) -> str:
     randoms = [v for k, v in frozen.items() if k != "pretrained"]
     n = int(pre.get("test_videos") or 0)
     step = f" (one test video is {1 / n:.3f} of accuracy)" if n else ""
-    probes = ("knn_accuracy", "linear_probe_accuracy")
+    probes = [key for key in FROZEN_PROBES if key in pre]
     wins = [k for k in probes if all(pre[k] > r[k] for r in randoms)]
     losses = [k for k in probes if all(pre[k] < r[k] for r in randoms)]
     ties = [k for k in probes if all(pre[k] == r[k] for r in randoms)]
     others = "the random one" if len(randoms) == 1 else f"each of {len(randoms)} random initialisations"
-    if len(wins) == 2:
-        verdict = f"The pretrained backbone scores higher than {others} on both probes"
-    elif len(losses) == 2:
-        verdict = f"The pretrained backbone is NOT better than {others}: it scores lower on both probes"
-    elif len(ties) == 2:
-        verdict = f"The pretrained backbone is not better than {others}: both probes score the same"
+    every = "both probes" if len(probes) == 2 else f"all {len(probes)} probes"
+    if len(wins) == len(probes):
+        verdict = f"The pretrained backbone scores higher than {others} on {every}"
+    elif len(losses) == len(probes):
+        verdict = f"The pretrained backbone is NOT better than {others}: it scores lower on {every}"
+    elif len(ties) == len(probes):
+        verdict = f"The pretrained backbone is not better than {others}: {every} score the same"
     else:
         verdict = (f"The pretrained backbone is not clearly better than {others}: it is higher on "
-                   f"{len(wins)} of the 2 probes")
+                   f"{len(wins)} of the {len(probes)} probes")
     return (f"{verdict}, on {n} synthetic test videos{step}. With this few test videos and a short pretraining "
             "run, differences of a few videos are within noise; this demo shows the pipeline works, it does not "
             "measure what Endo-FM pretraining is worth on real endoscopy.")
@@ -112,11 +118,11 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[lis
                       ["loss (last step)", _fmt(pre.get("loss_last"))],
                       ["teacher entropy (last step)", _fmt(pre.get("entropy_last"))]]))
     frozen = results["frozen"]
+    shown = [key for key in FROZEN_PROBES if key in frozen["pretrained"]]
     sections.append(("Frozen features: pretrained vs random", frozen_verdict(frozen),
-                     ["backbone", "k-NN accuracy", "linear-probe accuracy", "train videos", "test videos"],
-                     [["pretrained teacher" if key == "pretrained" else key, _fmt(scores["knn_accuracy"]),
-                       _fmt(scores["linear_probe_accuracy"]), _fmt(scores["train_videos"]),
-                       _fmt(scores["test_videos"])] for key, scores in frozen.items()]))
+                     ["backbone", *(FROZEN_PROBES[key] for key in shown), "train videos", "test videos"],
+                     [["pretrained teacher" if key == "pretrained" else key, *(_fmt(scores[k]) for k in shown),
+                       _fmt(scores["train_videos"]), _fmt(scores["test_videos"])] for key, scores in frozen.items()]))
     rows = []
     for task, metrics in results["finetune"].items():
         test = metrics.get("test", {})

@@ -77,7 +77,8 @@ class PretrainClips(Dataset):
             if held > max_bytes:
                 self.decoded.clear()
                 raise DatasetError(f"decoded clips need more than {max_bytes / 2**30:.1f} GiB of memory (at clip "
-                                   f"{index + 1} of {len(self.clips)}); turn the cache off or raise its limit")
+                                   f"{index + 1} of {len(self.clips)}); set data.cache=false or raise "
+                                   "data.cache_max_gib")
             self.decoded[index] = frames
         return held
 
