@@ -9,6 +9,8 @@ The public API, in a few lines::
     model = endofm.build_model("endofm_vit_base")          # random weights, released architecture
     cls = model(clips)                                     # clips [B, 3, T, H, W] -> [B, 768]
     cls, patches = model.forward_tokens(clips)             # patches [B, T, h, w, 768]
+    pooled = model.forward_pooled(clips, "max")            # or "mean": over the patch tokens -> [B, 768]
+    ckpt = endofm.load_checkpoint("runs/x/checkpoints/last.pt")  # a pretraining run's teacher at that step
     endofm.save_pretrained("my-model", ckpt.backbone)      # safetensors + config.json
 
 Errors a user can cause are :class:`EndoFMError` subclasses with messages that name the file or key.
