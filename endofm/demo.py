@@ -37,7 +37,7 @@ from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.report.attention import attention_maps, save_attention
-from endofm.report.report import write_report
+from endofm.report.report import FROZEN_PROBES, write_report
 from endofm.tasks.classify import ClassifyConfig, finetune_classify
 from endofm.tasks.common import read_finetuned
 from endofm.tasks.detect import DetectConfig, finetune_detect
@@ -261,11 +261,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 def format_table(results: dict[str, Any]) -> str:
     """The headline numbers as plain text."""
     frozen = results["frozen"]
-    columns = {"knn_accuracy": "k-NN", "linear_probe_accuracy": "probe", "knn_accuracy_max_pool": "k-NN max",
-               "linear_probe_accuracy_max_pool": "probe max"}
-    shown = [key for key in columns if key in frozen["pretrained"]]
-    lines = [f"{'frozen features':<24}" + "".join(f"{columns[key]:>11}" for key in shown)]
-    lines += [f"{name:<24}" + "".join(f"{scores[key]:>11.3f}" for key in shown) for name, scores in frozen.items()]
+    shown = {key: len(title) + 2 for key, title in FROZEN_PROBES.items() if key in frozen["pretrained"]}
+    lines = [f"{'frozen features':<24}" + "".join(f"{FROZEN_PROBES[key]:>{width}}" for key, width in shown.items())]
+    lines += [f"{name:<24}" + "".join(f"{scores[key]:>{width}.3f}" for key, width in shown.items())
+              for name, scores in frozen.items()]
     for task, metrics in results["finetune"].items():
         test = {k: v for k, v in metrics["test"].items() if isinstance(v, float)}
         lines.append(f"{task:<10}" + ", ".join(f"{k} {v:.3f}" for k, v in list(test.items())[:4]))

@@ -38,6 +38,7 @@ from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import BackboneConfig, EndoFMBackbone
 from endofm.models.heads import DINOHead, LinearClassifier
+from endofm.models.registry import MODEL_CONFIGS
 
 FORMAT_NAME = "endofm"
 TRAINING_FORMAT = "endofm-training"
@@ -205,8 +206,6 @@ def _split_training(state: Mapping, path: str, which: str) -> tuple[str, dict, d
 
 def _stored_num_heads(state: Mapping) -> int | None:
     """The head count of the architecture a training checkpoint's run config names, if it names a known one."""
-    from endofm.models.registry import MODEL_CONFIGS
-
     model = state.get("config", {}).get("model", {})
     arch = MODEL_CONFIGS.get(model.get("arch"))
     return model.get("num_heads") or (arch.num_heads if arch else None)
