@@ -15,10 +15,18 @@ peak memory of a training step (process peak RSS above the resident model and op
 subprocess after a tiny warm-up step), and the share of profiled CPU self time outside matmul kernels
 (``aten::mm/addmm/bmm/baddbmm``, oneDNN ``mkldnn::_linear_pointwise``, the convolution); the fused CPU
 attention kernel is reported apart (``attention_kernel_share``) and counted as non-matmul in
-``non_matmul_share``.
+``non_matmul_share``. Every timing also counts the page faults per call (minor faults: the kernel
+zero-filling freshly mapped memory).
+
+In one process the variants share glibc's heap, and one variant's frees decide whether the next one's
+tensors come from kept memory or from fresh pages. ``--isolated`` times each variant in a fresh process
+instead (processes round-robin over the variants; best and median over processes), as a user runs one
+model; ``--keep-freed-memory`` applies :func:`endofm.engine.cpu.keep_freed_memory` (the ``endofm``
+command's allocator setting) to every variant, in-process or isolated.
 
     python benchmarks/model_speed.py --quick --out speed.json
     python benchmarks/model_speed.py --configs cpu_small endofm_vit_base --compile --out speed.json
+    python benchmarks/model_speed.py --configs cpu_small --isolated --keep-freed-memory --out iso.json
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,12 +52,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from original_reference import OriginalVisionTransformer  # noqa: E402
 
+from endofm.engine.cpu import keep_freed_memory  # noqa: E402
 from endofm.engine.optim import adamw  # noqa: E402
 from endofm.models.quantize import quantize_int8  # noqa: E402
 from endofm.models.registry import build_model  # noqa: E402
 
 MATMUL_OPS = {
-    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
+    "aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_",
+    "aten::_addmm_activation",
     "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "mkldnn::_linear_pointwise",
 }
 ATTENTION_OPS = {
@@ -150,18 +161,70 @@ def infer_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_interleaved(fns: dict[str, Callable[[], None]], warmup: int, rounds: int) -> dict[str, dict]:
-    """Seconds per call of each function, measured round-robin; best and median of ``rounds``."""
+    """Seconds per call of each function, measured round-robin; best and median of ``rounds``, and the mean
+    page faults per call."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = defaultdict(list)
+    faults: dict[str, int] = defaultdict(int)
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            faults_before, start = _minor_faults(), time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: {"best_s": min(t), "median_s": statistics.median(t)} for name, t in times.items()}
+            faults[name] += _minor_faults() - faults_before
+    return {
+        name: {"best_s": min(t), "median_s": statistics.median(t), "faults_per_call": faults[name] / rounds}
+        for name, t in times.items()
+    }
+
+
+def section_fn(name: str, variant: str, model: nn.Module, section: str) -> Callable[[], None]:
+    """The timed call of one section (``inference``, ``train_step``, ``multiview_step``) for one variant."""
+    cfg = CONFIGS[name]
+    if section == "multiview_step":
+        return train_step_fn(model, multiview_batch(cfg))
+    x = clips(cfg, cfg.batch, cfg.frames, cfg.size)
+    return infer_fn(model, x) if section == "inference" else train_step_fn(model, [x])
+
+
+def child_time(name: str, variant: str, section: str, calls: int) -> None:
+    """(Subprocess.) Print the best seconds and the page faults per call of one variant's section."""
+    fn = section_fn(name, variant, make_models(name, [variant])[variant], section)
+    print(json.dumps(time_interleaved({variant: fn}, warmup=1, rounds=calls)[variant]))
+
+
+def time_isolated(name: str, variants: list[str], section: str, args: argparse.Namespace) -> dict[str, dict]:
+    """:func:`time_interleaved` with every variant in fresh processes (``args.calls`` timed calls each), round-robin
+    over the variants for ``args.rounds``: ``best_s`` over all processes, ``median_s`` of the processes' bests,
+    mean faults per call."""
+    options = (["--keep-freed-memory"] if args.keep_freed_memory else []) + (
+        ["--threads", str(args.threads)] if args.threads else [])
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for _ in range(args.rounds):
+        for variant in variants:
+            cmd = [sys.executable, __file__, "--child-time", name, variant, section, str(args.calls), *options]
+            runs[variant].append(json.loads(_child(cmd)))
+    return {
+        variant: {
+            "best_s": min(r["best_s"] for r in rs),
+            "median_s": statistics.median(r["best_s"] for r in rs),
+            "faults_per_call": statistics.mean(r["faults_per_call"] for r in rs),
+        }
+        for variant, rs in runs.items()
+    }
+
+
+def _child(cmd: list[str], env: dict | None = None) -> str:
+    """The last stdout line of a benchmark subprocess."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
 
 
 def op_shares(fn: Callable[[], None], iterations: int = 1) -> dict:
@@ -217,9 +280,7 @@ def peak_memory(name: str, variant: str, kind: str) -> float | None:
         return None
     cmd = [sys.executable, __file__, "--child", name, variant, kind]
     # a fixed mmap threshold returns freed tensors to the system at once, so RSS follows live memory
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    return json.loads(_child(cmd, {"MALLOC_MMAP_THRESHOLD_": "65536"}))["peak_mib"]
 
 
 def bench_config(name: str, args: argparse.Namespace) -> dict:
@@ -237,17 +298,23 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
         if "int8" in models:
             cos = torch.nn.functional.cosine_similarity(models["int8"](x), ref)
             result["int8_min_cosine_vs_fp32"] = float(cos.min())
-    infer_variants = [v for v in variants if v != "ckpt"]
-    warmup, rounds = args.warmup, args.rounds
-    inf = time_interleaved({v: infer_fn(models[v], x) for v in infer_variants}, warmup + 1, rounds)
-    result["inference"] = {v: {**t, "clips_per_s": cfg.batch / t["best_s"]} for v, t in inf.items()}
-    train_variants = [v for v in variants if v != "int8"]
-    result["train_step"] = time_interleaved(
-        {v: train_step_fn(models[v], [x]) for v in train_variants}, warmup, rounds)
-    if not args.no_multiview:
-        views = multiview_batch(cfg)
-        result["multiview_step"] = time_interleaved(  # inductor fails on the views' mix of shapes
-            {v: train_step_fn(models[v], views) for v in train_variants if v != "compile"}, warmup, rounds)
+    sections = {
+        "inference": [v for v in variants if v != "ckpt"],
+        "train_step": [v for v in variants if v != "int8"],
+        # inductor fails on the views' mix of shapes
+        "multiview_step": [] if args.no_multiview else [v for v in variants if v not in ("int8", "compile")],
+    }
+    for section, section_variants in sections.items():
+        if not section_variants:
+            continue
+        if args.isolated:
+            times = time_isolated(name, section_variants, section, args)
+        else:
+            warmup = args.warmup + (section == "inference")
+            fns = {v: section_fn(name, v, models[v], section) for v in section_variants}
+            times = time_interleaved(fns, warmup, args.rounds)
+        result[section] = times
+    result["inference"] = {v: {**t, "clips_per_s": cfg.batch / t["best_s"]} for v, t in result["inference"].items()}
     result["op_shares"] = {} if args.no_profile else {
         f"{mode}/{v}": op_shares(infer_fn(models[v], x) if mode == "forward" else train_step_fn(models[v], [x]))
         for mode in ("forward", "train_step") for v in ("original", "sdpa", "math")
@@ -290,7 +357,8 @@ def ratios(result: dict) -> dict:
 def print_table(name: str, result: dict) -> None:
     """Human-readable summary of one config."""
     print(f"\n== {name}: input {result['input']}")
-    print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} {'peak MiB':>10s}")
+    print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} {'peak MiB':>10s} "
+          f"{'faults/call (infer, train)':>27s}")
     mem = result.get("peak_train_mib", {})
     multiview = result.get("multiview_step", {})
     for v in ("original", "sdpa", "math", "ckpt", "compile", "int8"):
@@ -300,8 +368,10 @@ def print_table(name: str, result: dict) -> None:
             f"{multiview[v]['best_s']:12.3f}" if v in multiview else f"{'-':>12s}",
             f"{mem[f'clips/{v}']:10.0f}" if mem.get(f"clips/{v}") else f"{'-':>10s}",
         ]
+        faults = [f"{result[k][v]['faults_per_call']:.0f}" if v in result[k] else "-"
+                  for k in ("inference", "train_step")]
         if any(c.strip() != "-" for c in cells):
-            print(f"{v:10s} " + " ".join(cells))
+            print(f"{v:10s} " + " ".join(cells) + f" {', '.join(faults):>27s}")
     for key, shares in result["op_shares"].items():
         print(f"  {key:22s} outside matmul {shares['non_matmul_share']:6.1%}  outside matmul+attention "
               f"{shares['non_matmul_non_attention_share']:6.1%}")
@@ -321,14 +391,26 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-multiview", action="store_true", help="skip the multi-view pretraining batch")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler op shares")
+    parser.add_argument("--isolated", action="store_true",
+                        help="time every variant in fresh processes (round-robin), not side by side in one")
+    parser.add_argument("--calls", type=int, default=3, help="timed calls per process with --isolated")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="the endofm command's allocator setting (endofm.engine.cpu.keep_freed_memory) for all")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-time", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc")
     if args.child:
         child_peak_memory(*args.child)
+        return
+    if args.child_time:
+        name, variant, section, calls = args.child_time
+        child_time(name, variant, section, int(calls))
         return
     args.variants = sorted(set(args.variants) | {"original", "sdpa"}, key=VARIANTS.index)
     if args.quick:

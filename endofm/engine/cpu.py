@@ -1,4 +1,7 @@
-"""Denormal floats on CPU: flushed to zero in torch's compute, kept everywhere else.
+"""CPU runtime settings of the ``endofm`` command and the trainer: denormals flushed in torch's compute, and
+freed memory kept for reuse.
+
+Denormal floats: flushed to zero in torch's compute, kept everywhere else.
 
 As training goes on, GELU tails and sharp softmaxes fill gradients with denormals (magnitudes below
 1.2e-38), which x86 cores handle in microcode: late steps of ``cpu_micro.yaml`` pretraining took 0.155 s
@@ -7,15 +10,27 @@ per thread, and threads take the mode of the thread that starts them. So torch's
 with it (:func:`start_thread_pool_flushing_denormals`), and the calling thread flushes only inside
 :func:`denormals_flushed` blocks, the trainer's steps: other numerical code is not built for the mode
 (scipy's ``cKDTree`` recursed without end building a tree of a segmentation surface under it).
+
+Freed memory: glibc's ``malloc`` gives large freed blocks back to the system (``munmap``, heap trimming), so
+the next tensor of that size is mapped afresh and the kernel zero-fills it page by page as it is first
+written. A transformer allocates and frees the same activation sizes in every block and every step:
+:func:`keep_freed_memory` makes ``malloc`` keep them (the effect of ``LD_PRELOAD`` of jemalloc or tcmalloc,
+which PyTorch's CPU tuning guide recommends, without a preload). ``benchmarks/model_speed.py`` measures it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
+MALLOC_SETTINGS = {-3: 32 << 20, -1: (1 << 31) - 1, -2: 64 << 20}
+"""glibc ``mallopt`` settings of :func:`keep_freed_memory`: ``M_MMAP_THRESHOLD`` 32 MiB (its largest: blocks
+up to it come from the heap, larger ones are still mapped), ``M_TRIM_THRESHOLD`` 2 GiB (never trim the heap
+below that) and ``M_TOP_PAD`` 64 MiB (grow it in large steps)."""
 POOL_START_SIZE = 512
 """Side of the square matrices whose addition and product make torch and its BLAS start their CPU threads."""
 
@@ -42,3 +57,17 @@ def denormals_flushed() -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(False)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's ``malloc`` keep freed blocks of up to 32 MiB for reuse instead of returning them to the
+    system, so repeated activations cost no page faults; returns False (and changes nothing) where the C
+    library is not glibc. The process's resident memory then stays near its peak."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return False
+    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.items())

@@ -1,8 +1,8 @@
 """Building blocks of the divided space-time transformer: attention, MLP, stochastic depth, the block.
 
 Parameter names follow the original Endo-FM/TimeSformer code so its state dicts load without renaming.
-On float32 CPUs the linear layers run through oneDNN with bias, residual add and (in inference) GELU fused
-into the GEMM (:func:`linear`); elsewhere they are plain ``nn.Linear`` calls.
+The linear layers are plain ``nn.Linear`` calls (MKL's GEMM on CPU, as in the original), with residual adds
+written into their outputs; a fused oneDNN GEMM epilogue (bias, GELU, residual) measured no faster on CPU.
 """
 
 from __future__ import annotations
@@ -30,46 +30,21 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0) -
     return x * mask.div_(keep)
 
 
-_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _onednn_eligible(x: torch.Tensor, layer: nn.Module) -> bool:
-    if torch.compiler.is_compiling() or torch.jit.is_scripting():
-        return False  # compilers fuse on their own
+def _recomputes_gelu(x: torch.Tensor, module: Mlp) -> bool:
+    """Whether :func:`mlp` runs :class:`_MlpRecomputingGelu`: float32 training of plain linears on CPU."""
     return (
-        _HAS_ONEDNN_LINEAR
-        and type(layer) is nn.Linear
-        and layer.bias is not None
+        torch.is_grad_enabled()
+        and (x.requires_grad or module.fc1.weight.requires_grad)
+        and not (torch.compiler.is_compiling() or torch.jit.is_scripting())
+        and type(module.fc1) is nn.Linear
+        and type(module.fc2) is nn.Linear
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and layer.weight.dtype == torch.float32
+        and x.dtype == module.fc1.weight.dtype == module.fc2.weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
     )
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """``x @ w.T + b (+ residual)`` by oneDNN with bias and residual in the GEMM epilogue; backward by matmuls."""
-
-    @staticmethod
-    def forward(
-        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        if residual is None:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad2d = grad.reshape(-1, grad.shape[-1])
-        grad_x = grad2d.mm(weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        grad_w = grad2d.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
-        grad_b = grad2d.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
-
-
-class _OneDNNMlp(torch.autograd.Function):
+class _MlpRecomputingGelu(torch.autograd.Function):
     """``fc2(gelu(fc1(x))) (+ residual)`` keeping only ``x`` and ``fc1``'s output for backward.
 
     The GELU output (4 x the width of a token) is recomputed in backward instead of stored: a third less
@@ -81,17 +56,16 @@ class _OneDNNMlp(torch.autograd.Function):
         ctx,
         x: torch.Tensor,
         w1: torch.Tensor,
-        b1: torch.Tensor,
+        b1: torch.Tensor | None,
         w2: torch.Tensor,
-        b2: torch.Tensor,
+        b2: torch.Tensor | None,
         residual: torch.Tensor | None,
     ) -> torch.Tensor:
-        hidden = torch.ops.mkldnn._linear_pointwise(x, w1, b1, "none", [], "none")
+        hidden = F.linear(x, w1, b1)
         ctx.save_for_backward(x, hidden, w1, w2)
-        act = F.gelu(hidden)
-        if residual is None:
-            return torch.ops.mkldnn._linear_pointwise(act, w2, b2, "none", [], "none")
-        return torch.ops.mkldnn._linear_pointwise.binary(act, residual.contiguous(), w2, b2, "add")
+        ctx.has_bias = b1 is not None, b2 is not None
+        out = F.linear(F.gelu(hidden), w2, b2)
+        return out if residual is None else out.add_(residual)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -102,40 +76,27 @@ class _OneDNNMlp(torch.autograd.Function):
         grad_hidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden2d)
         grad_w1 = grad_hidden.t().mm(x.reshape(-1, x.shape[-1]))
         grad_x = grad_hidden.mm(w1).view(x.shape)
-        return grad_x, grad_w1, grad_hidden.sum(0), grad_w2, grad2d.sum(0), grad if ctx.needs_input_grad[5] else None
+        grad_b1 = grad_hidden.sum(0) if ctx.has_bias[0] else None
+        grad_b2 = grad2d.sum(0) if ctx.has_bias[1] else None
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad if ctx.needs_input_grad[5] else None
 
 
 def mlp(x: torch.Tensor, module: Mlp, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``module(x) (+ residual)``; in training on float32 CPUs through :class:`_OneDNNMlp` (less memory)."""
-    grad = torch.is_grad_enabled() and (x.requires_grad or module.fc1.weight.requires_grad)
-    if grad and _onednn_eligible(x, module.fc1) and _onednn_eligible(x, module.fc2):
-        return _OneDNNMlp.apply(x.contiguous(), module.fc1.weight, module.fc1.bias, module.fc2.weight,
-                                module.fc2.bias, residual)
+    """``module(x) (+ residual)``; in float32 training on CPU through :class:`_MlpRecomputingGelu` (less memory)."""
+    if _recomputes_gelu(x, module):
+        return _MlpRecomputingGelu.apply(x, module.fc1.weight, module.fc1.bias, module.fc2.weight,
+                                         module.fc2.bias, residual)
     return linear(linear(x, module.fc1, gelu=True), module.fc2, residual=residual)
 
 
 def linear(
     x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``layer(x)``, then GELU when ``gelu``, then ``+ residual`` when given (same shape as the output).
-
-    On float32 CPUs oneDNN runs it with bias, residual and (in inference) GELU fused into the GEMM: no
-    separate pass over the output. Other devices, dtypes and layers (e.g. quantised ones) run ``layer``.
-    """
-    if not _onednn_eligible(x, layer):
-        out = layer(x)
-        out = F.gelu(out) if gelu else out
-        return out if residual is None else residual + out
-    x = x.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
-        if gelu:
-            out = F.gelu(_OneDNNLinear.apply(x, layer.weight, layer.bias, None))
-            return out if residual is None else residual + out
-        return _OneDNNLinear.apply(x, layer.weight, layer.bias, residual)
-    if residual is not None and not gelu:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), layer.weight, layer.bias, "add")
-    out = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none")
-    return out if residual is None else residual + out
+    """``layer(x)``, then GELU when ``gelu``, then ``+ residual`` when given (same shape as the output), added
+    in place into the layer's fresh output: no third tensor."""
+    out = layer(x)
+    out = F.gelu(out) if gelu else out
+    return out if residual is None else out.add_(residual)
 
 
 class DropPath(nn.Module):
@@ -250,7 +211,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two linear layers with a GELU between them (fused into ``fc1`` where :func:`linear` can)."""
+    """Two linear layers with a GELU between them."""
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -316,14 +277,12 @@ class DividedSpaceTimeBlock(nn.Module):
         dropping = self.training and self.drop_path.drop_prob > 0
         x = self._temporal(x)
         out, _ = self.attn.attend(self._spatial_qkv(x))
-        if dropping or torch.is_grad_enabled():  # autograd forbids the in-place CLS write on a fused output
-            res = self.drop_path(linear(out, self.attn.proj)).view(x.shape)
-            cls = x[0, :, 0] + res[:, :, 0].mean(dim=0)
-            x = x + res
-        else:  # the residual add runs in the GEMM; the CLS slots of x are equal, so mean(x + res) = x + mean(res)
+        if dropping:
+            x = x + self.drop_path(linear(out, self.attn.proj)).view(x.shape)
+        else:
             x = linear(out, self.attn.proj, residual=x.view(frames * batch, tokens, dim)).view(x.shape)
-            cls = x[:, :, 0].mean(dim=0)
-        x[:, :, 0] = cls
+        # the CLS slots of x were equal over frames, so their mean is the original's CLS + mean of the CLS results
+        x[:, :, 0] = x[:, :, 0].mean(dim=0)
         flat = x.view(frames, batch * tokens, dim)
         if dropping:
             return x + self.drop_path(mlp(self.norm2(flat), self.mlp).view(x.shape), dim=1)
