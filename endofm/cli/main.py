@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    from endofm.engine.cpu import start_thread_pool_flushing_denormals
+    from endofm.engine.cpu import apply_cpu_settings
 
-    start_thread_pool_flushing_denormals()
+    apply_cpu_settings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

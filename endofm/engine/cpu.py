@@ -71,3 +71,10 @@ def keep_freed_memory() -> bool:
     if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
         return False
     return all(libc.mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.items())
+
+
+def apply_cpu_settings() -> None:
+    """The process settings of the ``endofm`` command (first thing) and the trainer (for library use):
+    :func:`start_thread_pool_flushing_denormals` and :func:`keep_freed_memory`."""
+    start_thread_pool_flushing_denormals()
+    keep_freed_memory()
