@@ -42,7 +42,7 @@ from endofm.tasks.classify import ClassifyConfig, finetune_classify
 from endofm.tasks.common import read_finetuned
 from endofm.tasks.detect import DetectConfig, finetune_detect
 from endofm.tasks.predict import predict_detect, predict_video
-from endofm.tasks.probe import evaluate_frozen
+from endofm.tasks.probe import evaluate_frozen_pools
 from endofm.tasks.segment import SegmentConfig, finetune_segment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -99,10 +99,9 @@ def _finetune(task: str, config: DemoConfig, teacher: Path, data: Path, out: Pat
 def _frozen_scores(backbone: torch.nn.Module, probe_set: Path, options: dict[str, Any]) -> dict[str, Any]:
     """k-NN and linear-probe accuracy of the CLS embedding and of the max-pooled patch tokens (where the gain of
     a short pretraining run shows more clearly)."""
-    scores = evaluate_frozen(backbone, probe_set, **options)
-    pooled = evaluate_frozen(backbone, probe_set, pool="max", **options)
-    return {**scores, "knn_accuracy_max_pool": pooled["knn_accuracy"],
-            "linear_probe_accuracy_max_pool": pooled["linear_probe_accuracy"]}
+    scores = evaluate_frozen_pools(backbone, probe_set, ("cls", "max"), **options)
+    return {**scores["cls"], "knn_accuracy_max_pool": scores["max"]["knn_accuracy"],
+            "linear_probe_accuracy_max_pool": scores["max"]["linear_probe_accuracy"]}
 
 
 def _polyp_video(polypdiag: Path) -> Path:

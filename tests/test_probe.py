@@ -14,7 +14,7 @@ from endofm.data.datasets.polypdiag import PolypDiagDataset
 from endofm.data.synthetic import write_polypdiag
 from endofm.data.transforms import eval_transform
 from endofm.metrics.knn import knn_accuracy, knn_predict
-from endofm.tasks.probe import SplitFeatures, extract_features, linear_probe_accuracy
+from endofm.tasks.probe import SplitFeatures, extract_features, extract_pooled_features, linear_probe_accuracy
 
 
 def _clusters(n: int, seed: int, shift: float = 4.0) -> SplitFeatures:
@@ -60,3 +60,28 @@ def test_pooled_features_are_the_patch_tokens_maximum(tmp_path):
     with torch.no_grad():
         expected = model.forward_tokens(dataset[0]["video"].unsqueeze(0))[1].amax(dim=(1, 2, 3))
     torch.testing.assert_close(torch.as_tensor(split.features[0]), expected[0])
+
+
+def test_several_pools_come_from_one_forward_pass_per_batch(tmp_path, monkeypatch):
+    """The demo scores the CLS and the max-pooled embeddings: each batch is embedded once, and every embedding
+    equals the one pool's own extraction."""
+    root = write_polypdiag(tmp_path / "pd", num_videos=6, seed=0, num_frames=6, size=48)
+    model = build_model("endofm_vit_micro").eval()
+    options = {"num_frames": 2, "size": 32, "batch_size": 2}
+    single = {pool: extract_features(model, root, "train", pool=pool, **options) for pool in ("cls", "mean", "max")}
+    calls = []
+    monkeypatch.setattr(type(model), "forward_tokens", _counted(type(model).forward_tokens, calls))
+    several = extract_pooled_features(model, root, "train", ("cls", "mean", "max"), **options)
+    assert len(calls) == -(-len(single["cls"].labels) // 2)
+    for pool, split in single.items():
+        np.testing.assert_allclose(several[pool].features, split.features, rtol=1e-5, atol=1e-5)
+        assert several[pool].labels.tolist() == split.labels.tolist()
+    with pytest.raises(InputError, match="pool must be one of"):
+        model.forward_pools(torch.zeros(1, 3, 2, 32, 32), ("cls", "median"))
+
+
+def _counted(method, calls: list):
+    def wrapper(self, *args, **kwargs):
+        calls.append(1)
+        return method(self, *args, **kwargs)
+    return wrapper

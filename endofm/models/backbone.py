@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,12 +267,19 @@ class EndoFMBackbone(nn.Module):
         """The clip embedding ``[B, D]`` by ``pool``: ``cls`` (as :meth:`forward`, the original's), ``mean`` (the
         average of the patch tokens after the final norm, as VideoMAE's fine-tuning) or ``max`` (their
         feature-wise maximum over frames and positions: a small object anywhere in the clip shows in it)."""
-        if pool == "cls":
-            return self(x)
-        if pool not in POOLS:
-            raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        patches = self.forward_tokens(x)[1].flatten(1, 3)
-        return patches.mean(1) if pool == "mean" else patches.amax(1)
+        return self.forward_pools(x, (pool,))[pool]
+
+    def forward_pools(self, x: torch.Tensor, pools: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Several :meth:`forward_pooled` embeddings of one forward pass, by pool name."""
+        unknown = [pool for pool in pools if pool not in POOLS]
+        if unknown:
+            raise InputError(f"pool must be one of {', '.join(POOLS)}, got {unknown[0]!r}")
+        if set(pools) == {"cls"}:
+            return {"cls": self(x)}
+        cls, patches = self.forward_tokens(x)
+        patches = patches.flatten(1, 3)
+        pooled = {"cls": lambda: cls, "mean": lambda: patches.mean(1), "max": lambda: patches.amax(1)}
+        return {pool: pooled[pool]() for pool in pools}
 
     def forward(self, x: torch.Tensor, keep_ratio: float = 1.0) -> torch.Tensor:
         """The clip embedding: the CLS token after the final norm, ``[B, D]``.

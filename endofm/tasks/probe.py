@@ -8,7 +8,9 @@ evaluated. Nothing is tuned on the evaluated split.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +33,20 @@ class SplitFeatures:
     labels: np.ndarray
 
 
-@torch.inference_mode()
 def extract_features(
+    backbone: EndoFMBackbone, root: str | os.PathLike, split: str, pool: str = "cls", **options: Any
+) -> SplitFeatures:
+    """Embed every video of ``splits/<split>.txt`` as the ``pool`` clip embedding (see
+    :meth:`~endofm.models.backbone.EndoFMBackbone.forward_pooled`); ``options`` as :func:`extract_pooled_features`."""
+    return extract_pooled_features(backbone, root, split, (pool,), **options)[pool]
+
+
+@torch.inference_mode()
+def extract_pooled_features(
     backbone: EndoFMBackbone,
     root: str | os.PathLike,
     split: str,
+    pools: Sequence[str] = ("cls",),
     num_frames: int = 8,
     size: int = 224,
     normalization: str = "imagenet",
@@ -43,19 +54,21 @@ def extract_features(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
-    pool: str = "cls",
-) -> SplitFeatures:
-    """Embed every video of ``splits/<split>.txt`` (``num_frames`` evenly spaced, centre crop ``size``) as the
-    ``pool`` clip embedding (see :meth:`~endofm.models.backbone.EndoFMBackbone.forward_pooled`)."""
+) -> dict[str, SplitFeatures]:
+    """Embed every video of ``splits/<split>.txt`` (``num_frames`` evenly spaced, centre crop ``size``) as each of
+    the ``pools`` clip embeddings, all from one forward pass per batch."""
     dataset = PolypDiagDataset(root, split, num_frames=num_frames,
                                transform=eval_transform(size, normalization=normalization))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     backbone = backbone.to(device).eval()
-    features, labels = [], []
+    features: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
+    labels = []
     for batch in tqdm(loader, desc=f"features of {split}", unit="batch", disable=not progress):
-        features.append(backbone.forward_pooled(batch["video"].to(device), pool).float().cpu())
+        for pool, embedding in backbone.forward_pools(batch["video"].to(device), pools).items():
+            features[pool].append(embedding.float().cpu())
         labels.append(batch["label"])
-    return SplitFeatures(torch.cat(features).numpy(), torch.cat(labels).numpy())
+    label_array = torch.cat(labels).numpy()
+    return {pool: SplitFeatures(torch.cat(chunks).numpy(), label_array) for pool, chunks in features.items()}
 
 
 def linear_probe_accuracy(
@@ -91,14 +104,33 @@ def evaluate_frozen(
     train_split: str = "train",
     test_split: str = "test",
     k: int = 5,
-    **feature_kwargs: object,
+    pool: str = "cls",
+    **feature_options: Any,
 ) -> dict[str, float]:
-    """k-NN and linear-probe accuracy of ``backbone``'s frozen features on ``test_split``."""
-    train = extract_features(backbone, root, train_split, **feature_kwargs)
-    test = extract_features(backbone, root, test_split, **feature_kwargs)
+    """k-NN and linear-probe accuracy of ``backbone``'s frozen ``pool`` embeddings on ``test_split``;
+    ``feature_options`` as :func:`extract_pooled_features`."""
+    return evaluate_frozen_pools(backbone, root, (pool,), train_split, test_split, k, **feature_options)[pool]
+
+
+def evaluate_frozen_pools(
+    backbone: EndoFMBackbone,
+    root: str | os.PathLike,
+    pools: Sequence[str],
+    train_split: str = "train",
+    test_split: str = "test",
+    k: int = 5,
+    **feature_options: Any,
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_frozen` of several embeddings by pool name, each video embedded once."""
+    train = extract_pooled_features(backbone, root, train_split, pools, **feature_options)
+    test = extract_pooled_features(backbone, root, test_split, pools, **feature_options)
     return {
-        "knn_accuracy": knn_accuracy(train.features, train.labels, test.features, test.labels, k),
-        "linear_probe_accuracy": linear_probe_accuracy(train, test),
-        "train_videos": len(train.labels),
-        "test_videos": len(test.labels),
+        pool: {
+            "knn_accuracy": knn_accuracy(train[pool].features, train[pool].labels, test[pool].features,
+                                         test[pool].labels, k),
+            "linear_probe_accuracy": linear_probe_accuracy(train[pool], test[pool]),
+            "train_videos": len(train[pool].labels),
+            "test_videos": len(test[pool].labels),
+        }
+        for pool in pools
     }
