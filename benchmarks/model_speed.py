@@ -6,7 +6,8 @@ speed-ups are medians of the ratios within rounds.
 
 - ``original``: :mod:`original_reference`, the original module structure (the baseline of every ratio);
 - ``sdpa`` / ``math``: our backbone with either attention path; ``ckpt``: ``sdpa`` with gradient
-  checkpointing; ``compile``: ``torch.compile`` of ``sdpa`` (``--compile``, timed after warm-up);
+  checkpointing; ``compile``: ``torch.compile`` of ``sdpa`` (``--compile``, timed after warm-up; inference
+  with the weights frozen in, as ``endofm embed --compile``);
   ``int8``: dynamic int8 linears (inference only). ``compile`` is left out of the multi-view batch, whose
   mix of shapes inductor (torch 2.14, CPU) fails to compile.
 
@@ -55,6 +56,7 @@ from original_reference import OriginalVisionTransformer  # noqa: E402
 
 from endofm.engine.cpu import keep_freed_memory  # noqa: E402
 from endofm.engine.optim import adamw  # noqa: E402
+from endofm.models.compiled import compile_for_inference  # noqa: E402
 from endofm.models.quantize import quantize_int8  # noqa: E402
 from endofm.models.registry import build_model  # noqa: E402
 
@@ -62,6 +64,7 @@ MATMUL_OPS = {
     "aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_",
     "aten::_addmm_activation",
     "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "mkldnn::_linear_pointwise",
+    "mkl::_mkl_linear",
 }
 ATTENTION_OPS = {
     "aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -110,7 +113,7 @@ def make_models(name: str, variants: list[str]) -> dict[str, nn.Module]:
             model = copy.deepcopy(ours).set_attention_impl("math" if variant == "math" else "sdpa")
             model.set_grad_checkpointing(variant == "ckpt")
             if variant == "compile":
-                model = torch.compile(model)
+                model = compile_for_inference(model)
         models[variant] = model
     return models
 
@@ -320,7 +323,7 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
     result["inference"] = {v: {**t, "clips_per_s": cfg.batch / t["best_s"]} for v, t in result["inference"].items()}
     result["op_shares"] = {} if args.no_profile else {
         f"{mode}/{v}": op_shares(infer_fn(models[v], x) if mode == "forward" else train_step_fn(models[v], [x]))
-        for mode in ("forward", "train_step") for v in ("original", "sdpa", "math")
+        for mode in ("forward", "train_step") for v in ("original", "sdpa", "math", "compile")
         if v in models and not (args.quick and v == "math")
     }
     if not args.no_memory:

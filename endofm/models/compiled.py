@@ -1,0 +1,24 @@
+"""Compiled inference: ``torch.compile`` with the weights frozen into the graph.
+
+With frozen weights inductor folds them as constants, packs them for the CPU's GEMM ahead of time and fuses
+bias, GELU, residual adds and norms around the matrix products. On 2 CPU cores (``cpu_small``) the compiled
+backbone ran 1.16x the original's inference speed, against 1.06x for the eager one in the same run
+(``benchmarks/model_speed.py --compile``). Compiling takes about half a minute per input shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def compile_for_inference(model: nn.Module) -> nn.Module:
+    """Compile ``model`` in place for inference (eval mode, weights frozen in) and return it.
+
+    The first call with each input shape compiles. Weights changed afterwards are not seen by the compiled
+    graph: compile after loading. Sets inductor's process-wide ``freezing`` option, which affects only graphs
+    compiled for inference.
+    """
+    torch._inductor.config.freezing = True
+    model.eval().compile()
+    return model
