@@ -306,9 +306,10 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
             result["int8_min_cosine_vs_fp32"] = float(cos.min())
     sections = {
         "inference": [v for v in variants if v != "ckpt"],
-        "train_step": [v for v in variants if v != "int8"],
+        "train_step": [] if args.inference_only else [v for v in variants if v != "int8"],
         # inductor fails on the views' mix of shapes
-        "multiview_step": [] if args.no_multiview else [v for v in variants if v not in ("int8", "compile")],
+        "multiview_step": [] if args.no_multiview or args.inference_only else [
+            v for v in variants if v not in ("int8", "compile")],
     }
     for section, section_variants in sections.items():
         if not section_variants:
@@ -323,10 +324,11 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
     result["inference"] = {v: {**t, "clips_per_s": cfg.batch / t["best_s"]} for v, t in result["inference"].items()}
     result["op_shares"] = {} if args.no_profile else {
         f"{mode}/{v}": op_shares(infer_fn(models[v], x) if mode == "forward" else train_step_fn(models[v], [x]))
-        for mode in ("forward", "train_step") for v in ("original", "sdpa", "math", "compile")
+        for mode in ("forward",) + (() if args.inference_only else ("train_step",))
+        for v in ("original", "sdpa", "math", "compile")
         if v in models and not (args.quick and v == "math")
     }
-    if not args.no_memory:
+    if not (args.no_memory or args.inference_only):
         kinds = ["clips"] + ([] if args.no_multiview else ["multiview"])
         result["peak_train_mib"] = {
             f"{kind}/{v}": peak_memory(name, v, kind) for kind in kinds for v in ("original", "sdpa", "ckpt")
@@ -373,16 +375,15 @@ def print_table(name: str, result: dict) -> None:
     print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} {'peak MiB':>10s} "
           f"{'faults/call (infer, train)':>27s}")
     mem = result.get("peak_train_mib", {})
-    multiview = result.get("multiview_step", {})
+    multiview, train = result.get("multiview_step", {}), result.get("train_step", {})
     for v in ("original", "sdpa", "math", "ckpt", "compile", "int8"):
         cells = [
             f"{result['inference'][v]['clips_per_s']:14.2f}" if v in result["inference"] else f"{'-':>14s}",
-            f"{result['train_step'][v]['best_s']:13.3f}" if v in result["train_step"] else f"{'-':>13s}",
+            f"{train[v]['best_s']:13.3f}" if v in train else f"{'-':>13s}",
             f"{multiview[v]['best_s']:12.3f}" if v in multiview else f"{'-':>12s}",
             f"{mem[f'clips/{v}']:10.0f}" if mem.get(f"clips/{v}") else f"{'-':>10s}",
         ]
-        faults = [f"{result[k][v]['faults_per_call']:.0f}" if v in result[k] else "-"
-                  for k in ("inference", "train_step")]
+        faults = [f"{times[v]['faults_per_call']:.0f}" if v in times else "-" for times in (result["inference"], train)]
         if any(c.strip() != "-" for c in cells):
             print(f"{v:10s} " + " ".join(cells) + f" {', '.join(faults):>27s}")
     for key, shares in result["op_shares"].items():
@@ -404,6 +405,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-multiview", action="store_true", help="skip the multi-view pretraining batch")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler op shares")
+    parser.add_argument("--inference-only", action="store_true", help="time inference alone (no training, memory)")
     parser.add_argument("--isolated", action="store_true",
                         help="time every variant in fresh processes (round-robin), not side by side in one")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process with --isolated")
