@@ -37,38 +37,32 @@ def test_int8_refuses_a_model_off_the_cpu():
         quantize_int8(model)
 
 
-def test_embed_int8_flag(tmp_path, make_video):
-    model = _trained_like_model()
+def _embed_plain_and_with(flag: str, tmp_path, make_video) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Features of ``endofm embed`` without and with ``flag`` on one video with a trained-like teacher, and the
+    command line (without ``--out``) that made them."""
     path = tmp_path / "teacher.pth"
-    torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, path)
+    torch.save({f"backbone.{k}": v for k, v in _trained_like_model().state_dict().items()}, path)
     video = make_video(tmp_path / "a.mp4", num_frames=12)
+    args = ["embed", str(video), "--checkpoint", str(path), "--frames", "4", "--size", "48", "--window", "6", "--quiet"]
     features = []
-    for extra in ([], ["--int8"]):
+    for extra in ([], [flag]):
         out = tmp_path / f"f{len(extra)}.npz"
-        args = ["embed", str(video), "--checkpoint", str(path), "--out", str(out), "--frames", "4", "--size", "48",
-                "--window", "6", "--quiet", *extra]
-        assert main(args) == 0
+        assert main([*args, "--out", str(out), *extra]) == 0
         features.append(np.load(out)["features"])
-    a, b = features
+    return features[0], features[1], args
+
+
+def test_embed_int8_flag(tmp_path, make_video):
+    a, b, _ = _embed_plain_and_with("--int8", tmp_path, make_video)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert a.shape == b.shape == (2, 128) and cosine.min() >= 0.99
 
 
 def test_embed_compile_flag_gives_the_eager_embeddings(tmp_path, make_video):
     """``--compile`` (frozen weights, inductor) embeds as the eager model does; with ``--int8`` it is refused."""
-    model = _trained_like_model()
-    path = tmp_path / "teacher.pth"
-    torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, path)
-    video = make_video(tmp_path / "a.mp4", num_frames=12)
-    features = []
     torch._dynamo.reset()
-    for extra in ([], ["--compile"]):
-        out = tmp_path / f"f{len(extra)}.npz"
-        assert main(["embed", str(video), "--checkpoint", str(path), "--out", str(out), "--frames", "4", "--size",
-                     "48", "--window", "6", "--quiet", *extra]) == 0
-        features.append(np.load(out)["features"])
+    eager, compiled, args = _embed_plain_and_with("--compile", tmp_path, make_video)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the second run went through inductor
-    np.testing.assert_allclose(features[1], features[0], rtol=1e-4, atol=1e-4)
-    assert main(["embed", str(video), "--checkpoint", str(path), "--out", str(tmp_path / "x.npz"), "--int8",
-                 "--compile"]) == 1
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
+    assert main([*args, "--out", str(tmp_path / "x.npz"), "--int8", "--compile"]) == 1
     assert not (tmp_path / "x.npz").exists()
