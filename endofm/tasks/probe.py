@@ -34,7 +34,7 @@ class SplitFeatures:
 
 
 def extract_features(
-    backbone: EndoFMBackbone, root: str | os.PathLike, split: str, pool: str = "cls", **options: Any
+    backbone: EndoFMBackbone, root: str | os.PathLike, split: str, *, pool: str = "cls", **options: Any
 ) -> SplitFeatures:
     """Embed every video of ``splits/<split>.txt`` as the ``pool`` clip embedding (see
     :meth:`~endofm.models.backbone.EndoFMBackbone.forward_pooled`); ``options`` as :func:`extract_pooled_features`."""
