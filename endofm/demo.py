@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,13 +189,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     pre_dir = out / "pretrain"
     with stage("pretrain", f"pretraining the micro backbone ({config.pretrain_steps} steps)"):
-        recipe = load_config(PretrainConfig, PRETRAIN_RECIPE)
-        steps_per_epoch = max(1, config.pretrain_clips // recipe.run.batch_size)
         recipe = load_config(PretrainConfig, PRETRAIN_RECIPE, [
             f"data.manifest={data / 'pretrain'}", f"run.out_dir={pre_dir}", f"run.max_steps={config.pretrain_steps}",
-            f"run.epochs={max(1, math.ceil(config.pretrain_steps / steps_per_epoch))}",
             f"run.seed={config.seed}", f"run.device={config.device}", f"run.num_workers={PRETRAIN_WORKERS}",
             f"run.progress={str(config.progress).lower()}"])
+        steps_per_epoch = max(1, config.pretrain_clips // recipe.run.batch_size)
+        epochs = max(1, math.ceil(config.pretrain_steps / steps_per_epoch))
+        recipe = replace(recipe, run=replace(recipe.run, epochs=epochs))
         pretrain(recipe)
     teacher = pre_dir / "teacher"
     arch = recipe.model.arch
