@@ -29,6 +29,13 @@ POOLS = ("cls", "mean", "max")
 maximum of the patch tokens."""
 
 
+def check_pool(pool: str) -> str:
+    """``pool`` if it names one of :data:`POOLS`; otherwise an :class:`InputError` naming them."""
+    if pool not in POOLS:
+        raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    return pool
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """Architecture of a backbone. ``img_size`` and ``num_frames`` size the stored embeddings only:
@@ -271,9 +278,8 @@ class EndoFMBackbone(nn.Module):
 
     def forward_pools(self, x: torch.Tensor, pools: Sequence[str]) -> dict[str, torch.Tensor]:
         """Several :meth:`forward_pooled` embeddings of one forward pass, by pool name."""
-        unknown = [pool for pool in pools if pool not in POOLS]
-        if unknown:
-            raise InputError(f"pool must be one of {', '.join(POOLS)}, got {unknown[0]!r}")
+        for pool in pools:
+            check_pool(pool)
         if set(pools) == {"cls"}:
             return {"cls": self(x)}
         cls, patches = self.forward_tokens(x)

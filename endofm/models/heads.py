@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from endofm.errors import InputError
-from endofm.models.backbone import POOLS
+from endofm.models.backbone import check_pool
 
 
 class WeightNormLinear(nn.Module):
@@ -92,9 +91,7 @@ class LinearClassifier(nn.Module):
 
     def __init__(self, in_dim: int, num_labels: int, pool: str = "cls") -> None:
         super().__init__()
-        if pool not in POOLS:
-            raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        self.pool = pool
+        self.pool = check_pool(pool)
         self.config = {"in_dim": in_dim, "num_labels": num_labels, "pool": pool}
         self.linear = nn.Linear(in_dim, num_labels)
         nn.init.trunc_normal_(self.linear.weight, std=0.01)

@@ -1,5 +1,5 @@
-"""PolypDiag classification: the CLS embedding (or the patch tokens' mean) and a linear head, fully fine-tuned
-or as a linear probe.
+"""PolypDiag classification: the CLS embedding (or the mean or maximum of the patch tokens) and a linear head,
+fully fine-tuned or as a linear probe.
 
 :func:`finetune_classify` trains on the shared engine, selects the best epoch on a validation split and
 reports binary F1 (the original's metric), macro F1, accuracy and AUROC of that model on the test split.
