@@ -18,7 +18,10 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,9 @@ class RunConfig:
         if self.num_workers < 0 or self.checkpoint_every < 0:
             raise ConfigError("run.num_workers and run.checkpoint_every must not be negative")
 
+LossPart = Callable[[], tuple[torch.Tensor, dict[str, float]]]
+"""One part of a batch's loss (:meth:`Recipe.loss_parts`): returns the part and values to log."""
+
 
 class Recipe(ABC):
     """What a run trains. ``network`` is the trainable module (wrapped in DDP by the trainer)."""
@@ -83,6 +89,12 @@ class Recipe(ABC):
     @abstractmethod
     def compute_loss(self, network: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Forward a batch; return the loss and values to log."""
+
+    def loss_parts(self, network: nn.Module, batch: Any, epoch: int) -> list[LossPart]:
+        """The loss of a batch as parts that sum to it, each computed only after the previous one's backward,
+        so that one part's activations are held at a time; by default one part, :meth:`compute_loss`.
+        The logged values of the parts are summed."""
+        return [partial(self.compute_loss, network, batch, epoch)]
 
     def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Set the schedules' values for this step; return them for the log."""
@@ -276,19 +288,33 @@ class Trainer:
 
     def _step(self, network: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, epoch: int,
               step_in_epoch: int, global_step: int) -> tuple[float, dict[str, float]]:
-        """Forward, loss check, backward and optimiser step of one batch; returns the loss and logged values."""
-        with torch.autocast(self.context.device.type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
-            loss, values = self.recipe.compute_loss(network, batch, epoch)
-        loss_value = float(all_reduce_sum(loss.detach().float().clone())) / self.context.world_size
+        """Forward and backward of each loss part, loss check, optimiser step; returns the loss and logged values.
+
+        In a distributed run the gradients are averaged over the processes once, in the last part's backward.
+        """
+        autocast = partial(torch.autocast, self.context.device.type, dtype=self.dtype or torch.float32,
+                           enabled=self.dtype is not None)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            parts = self.recipe.loss_parts(network, batch, epoch)
+        total = torch.zeros((), device=self.context.device)
+        values: dict[str, float] = {}
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            with nullcontext() if last or not isinstance(network, DistributedDataParallel) else network.no_sync():
+                with autocast():
+                    loss, part_values = part()
+                loss.backward()
+            total += loss.detach().float()
+            for key, value in part_values.items():
+                values[key] = values.get(key, 0.0) + value
+        loss_value = float(all_reduce_sum(total)) / self.context.world_size
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"the loss became {loss_value} at epoch {epoch + 1}, step {step_in_epoch + 1}; stopped without "
                 f"saving, so {self.last_checkpoint} still holds the last good state. Lower the learning rate, "
                 "use run.precision=fp32, or check the data."
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         self.recipe.after_backward(epoch)
         optimizer.step()
         self.recipe.after_step(global_step)

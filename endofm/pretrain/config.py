@@ -26,6 +26,10 @@ class ModelConfig:
     checkpoint_blocks: int | None = None
     """With ``grad_checkpointing``: recompute only the first this many blocks (default all); fewer blocks save
     less memory and cost less recomputation."""
+    backward_per_group: bool = True
+    """Backpropagate the loss terms of each group of equally shaped views before the next group's forward:
+    the same gradient (the loss is a sum over student views), with the activations of one group held at a
+    time instead of all views'."""
     compile: bool = False
     """Compile the student's and the teacher's backbones with ``torch.compile`` (one graph per view shape,
     ``dynamic=False``). The first steps pay for the compilation."""

@@ -3,6 +3,8 @@ global views and student outputs on every other view."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,23 +83,38 @@ class DINOLoss(nn.Module):
             return sinkhorn_knopp(teacher_output / teacher_temp)
         return F.softmax((teacher_output.float() - self.center) / teacher_temp, dim=-1)
 
+    @property
+    def num_terms(self) -> int:
+        """Cross-entropy terms of the loss: every (global view, other view) pair."""
+        return self.num_global_views * (self.num_views - 1)
+
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        student_logp = F.log_softmax(student_output.float() / self.student_temp, dim=-1).chunk(self.num_views)
-        teacher_p = self.teacher_probabilities(teacher_output, teacher_temp).detach().chunk(self.num_global_views)
-        total, terms = student_output.new_zeros((), dtype=torch.float32), 0
+        targets = self.teacher_probabilities(teacher_output, teacher_temp)
+        loss = self.student_loss(student_output, range(self.num_views), targets)
+        self.update_center(teacher_output)
+        return loss
+
+    def student_loss(self, student_output: torch.Tensor, views: Sequence[int], targets: torch.Tensor) -> torch.Tensor:
+        """The terms of the student ``views`` (their outputs stacked view after view in ``student_output``)
+        against the teacher ``targets`` (:meth:`teacher_probabilities`), divided by the number of terms of all
+        views. Over a partition of the views these parts sum to the loss, so each part can be backpropagated
+        on its own (``model.backward_per_group``).
+        """
+        student_logp = F.log_softmax(student_output.float() / self.student_temp, dim=-1).chunk(len(views))
+        teacher_p = targets.detach().chunk(self.num_global_views)
+        total = student_output.new_zeros((), dtype=torch.float32)
         for i, target in enumerate(teacher_p):
-            for v, logp in enumerate(student_logp):
-                if v == i:
-                    continue
-                total = total + torch.sum(-target * logp, dim=-1).mean()
-                terms += 1
-        if self.centering == "center":
-            self.update_center(teacher_output)
-        return total / terms
+            for v, logp in zip(views, student_logp, strict=True):
+                if v != i:
+                    total = total + torch.sum(-target * logp, dim=-1).mean()
+        return total / self.num_terms
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
-        """EMA of the batch mean of teacher outputs, summed over every process."""
+        """EMA of the batch mean of teacher outputs, summed over every process (nothing with ``sinkhorn``
+        centring, which keeps no centre)."""
+        if self.centering != "center":
+            return
         batch_sum = all_reduce_sum(teacher_output.float().sum(dim=0, keepdim=True))
         batch_center = batch_sum / (len(teacher_output) * world_size())
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)

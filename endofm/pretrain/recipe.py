@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from endofm.data.manifest import read_manifest, scan_videos
 from endofm.data.views import MultiViewSampler
 from endofm.engine.distributed import DistributedContext, barrier, init_distributed
 from endofm.engine.optim import adamw, decay_groups
-from endofm.engine.trainer import Recipe, Trainer
+from endofm.engine.trainer import LossPart, Recipe, Trainer
 from endofm.errors import ConfigError, DatasetError, TrainingError
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import export_original, load_checkpoint, save_pretrained
@@ -132,23 +133,43 @@ class DINORecipe(Recipe):
                 "momentum": float(self.momentum[step]), "teacher_temp": float(self.teacher_temp[epoch])}
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of all views in one graph."""
+        return self._loss_parts(network, batch, epoch, per_group=False)[0]()
+
+    def loss_parts(self, network: nn.Module, batch: dict, epoch: int) -> list[LossPart]:
+        """With ``model.backward_per_group``, one part per group of equally shaped views (the teacher runs
+        once, for all); else the one part of :meth:`compute_loss`."""
+        if not self.config.model.backward_per_group:
+            return super().loss_parts(network, batch, epoch)
+        return self._loss_parts(network, batch, epoch, per_group=True)
+
+    def _loss_parts(self, network: nn.Module, batch: dict, epoch: int, per_group: bool) -> list[LossPart]:
         groups = [group.to(self.device, non_blocking=True) for group in batch["groups"]]
         local_batch = len(batch["meta"]["path"])
-        temperature = float(self.teacher_temp[epoch])
         with torch.no_grad():
             teacher_out = self.teacher(teacher_groups(groups, batch["group_views"], 2, local_batch))
-            probs = self.loss.teacher_probabilities(teacher_out, temperature)
-            entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean())
+            targets = self.loss.teacher_probabilities(teacher_out, float(self.teacher_temp[epoch]))
+            entropy = float(-(targets * targets.clamp_min(1e-12).log()).sum(dim=-1).mean())
+            self.loss.update_center(teacher_out)
+        pairs = list(zip(groups, batch["group_views"], strict=True))
+        parts = [[pair] for pair in pairs] if per_group else [pairs]
+        return [partial(self._student_loss, network, part, targets, local_batch, {"teacher_entropy": entropy}
+                        if index == 0 else {}) for index, part in enumerate(parts)]
+
+    def _student_loss(self, network: nn.Module, groups: list[tuple[torch.Tensor, list[int]]], targets: torch.Tensor,
+                      local_batch: int, metrics: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss terms of the student on these groups of views (and their share of the KoLeo term)."""
         keep = self.config.model.token_keep_ratio
-        keep_ratios = [keep if views[0] < 2 else 1.0 for views in batch["group_views"]]
-        student_out, embeddings = network(groups, keep_ratios, return_embeddings=True)
-        loss = self.loss(student_out, teacher_out, temperature)
-        metrics = {"teacher_entropy": entropy}
+        keep_ratios = [keep if views[0] < 2 else 1.0 for _, views in groups]
+        student_out, embeddings = network([group for group, _ in groups], keep_ratios, return_embeddings=True)
+        views = [view for _, group_views in groups for view in group_views]
+        loss = self.loss.student_loss(student_out, views, targets)
         weight = self.config.loss.koleo_weight
-        if weight > 0:
-            koleo = sum(self.koleo(view) for view in embeddings[: 2 * local_batch].chunk(2)) / 2
+        global_rows = [rows for view, rows in zip(views, embeddings.chunk(len(views)), strict=True) if view < 2]
+        if weight > 0 and global_rows:
+            koleo = sum(self.koleo(rows) for rows in global_rows) / 2
             loss = loss + weight * koleo
-            metrics["koleo"] = float(koleo.detach())
+            metrics = {**metrics, "koleo": float(koleo.detach())}
         return loss, metrics
 
     def after_backward(self, epoch: int) -> None:

@@ -217,3 +217,56 @@ def test_koleo_is_minus_the_mean_log_nearest_neighbour_distance():
     assert x.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="loss.koleo_weight"):
         load_config(PretrainConfig, overrides=["loss.koleo_weight=-1"])
+
+
+def _micro_recipe(*overrides: str):
+    from endofm.engine.distributed import DistributedContext
+    from endofm.pretrain.recipe import DINORecipe
+
+    config = load_config(PretrainConfig, overrides=[
+        "model.arch=endofm_vit_micro", "model.head_out_dim=32", "model.head_hidden_dim=16",
+        "model.head_bottleneck_dim=8", "data.views.global_frames=[2,4]", "data.views.global_size=32",
+        "data.views.local_frames=[2,2]", "data.views.local_size=16", "run.batch_size=2", "run.device=cpu",
+        *overrides])
+    torch.manual_seed(0)
+    recipe = DINORecipe(config, DistributedContext())
+    recipe.configure(steps_per_epoch=1, epochs=1)
+    return recipe
+
+
+@pytest.mark.parametrize("centering", ["center", "sinkhorn"])
+def test_backward_per_group_gives_the_gradient_of_the_whole_loss_one_group_at_a_time(monkeypatch, centering):
+    batch = {"groups": [torch.randn(2, 3, 2, 32, 32), torch.randn(2, 3, 4, 32, 32), torch.randn(4, 3, 2, 16, 16)],
+             "group_views": [[0], [1], [2, 3]], "meta": {"path": ["a", "b"]}}
+    results = {}
+    for per_group in (False, True):
+        recipe = _micro_recipe(f"model.backward_per_group={per_group}", "model.drop_path_rate=0.3",
+                               "model.token_keep_ratio=0.5", "loss.koleo_weight=0.1", f"loss.centering={centering}")
+        events = []
+        backbone = recipe.network.backbone
+        original_forward = type(backbone).forward
+        monkeypatch.setattr(type(backbone), "forward", lambda self, x, keep_ratio=1.0: (
+            events.append("forward" if self is backbone else "teacher"), original_forward(self, x, keep_ratio))[1])
+        backbone.patch_embed.proj.weight.register_hook(lambda grad: events.append("backward"))
+        torch.manual_seed(1)  # drop path and token drop draw the same numbers in both modes
+        parts = recipe.loss_parts(recipe.network, batch, epoch=0)
+        loss, values = torch.zeros(()), {}
+        for part in parts:
+            part_loss, part_values = part()
+            part_loss.backward()
+            loss += part_loss.detach()
+            values.update({k: values.get(k, 0.0) + v for k, v in part_values.items()})
+        grads = {name: p.grad.clone() for name, p in recipe.network.named_parameters() if p.grad is not None}
+        results[per_group] = loss, values, grads, events, recipe.loss.center.clone()
+        monkeypatch.undo()
+    whole, split = results[False], results[True]
+    assert whole[3] == ["teacher", "teacher", "forward", "forward", "forward", "backward"]
+    assert split[3] == ["teacher", "teacher", "forward", "backward", "forward", "backward", "forward", "backward"]
+    torch.testing.assert_close(split[0], whole[0])
+    assert split[1].keys() == whole[1].keys() == {"teacher_entropy", "koleo"}
+    for key in whole[1]:
+        assert math.isclose(split[1][key], whole[1][key], rel_tol=1e-5)
+    assert split[2].keys() == whole[2].keys() and len(whole[2]) > 10
+    for name, grad in whole[2].items():  # equal up to the order of float sums
+        assert float((split[2][name] - grad).norm()) <= 1e-4 * float(grad.norm()), name
+    torch.testing.assert_close(split[4], whole[4])
