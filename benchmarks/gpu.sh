@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One short GPU session on an H200-class GPU. RUNS picks what runs, in this order (default: all but compile,
-# about 6 minutes; one run of each step variant takes under a minute):
-#   flash     the released ViT-B pretraining step (10 views, batch 8, bf16, flash SDPA) + a kernel profile
+# about 7 minutes; one run of each step variant takes under a minute):
+#   flash     the released ViT-B pretraining step (10 views, batch 8, bf16, flash SDPA, one backward per group
+#             of views as the engine runs it) + a kernel profile
+#   onegraph  the same with all views in one graph (as the original)
 #   auto      the same with the SDPA kernel torch picks
 #   ckpt      the same with gradient checkpointing of all blocks; ckpt6: of the first 6 blocks
 #   original  the original module structure in fp16 with a gradient scaler
@@ -26,12 +28,13 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv || true
 
-RUNS=${RUNS:-flash auto ckpt ckpt6 original engine demo}
+RUNS=${RUNS:-flash onegraph auto ckpt ckpt6 original engine demo}
 STEP="timeout 150 $PYTHON benchmarks/gpu_pretrain_step.py"
 for run in $RUNS; do
   echo "== $run =="
   case $run in
     flash) $STEP --profile --out "$OUTDIR/step.json" ;;
+    onegraph) $STEP --one-graph --out "$OUTDIR/step_onegraph.json" ;;
     auto) $STEP --sdpa auto --out "$OUTDIR/step_auto.json" ;;
     ckpt) $STEP --grad-checkpointing --out "$OUTDIR/step_ckpt.json" ;;
     ckpt6) $STEP --grad-checkpointing --checkpoint-blocks 6 --out "$OUTDIR/step_ckpt6.json" ;;
@@ -48,7 +51,7 @@ for run in $RUNS; do
     demo)
       timeout 240 "$PYTHON" -m endofm demo --quick --device cuda --out "$WORK/demo"
       cp "$WORK/demo/report.md" "$OUTDIR/demo_report.md" ;;
-    *) echo "unknown run $run (flash auto ckpt ckpt6 original compile compile_ckpt6 engine demo)" ;;
+    *) echo "unknown run $run (flash onegraph auto ckpt ckpt6 original compile compile_ckpt6 engine demo)" ;;
   esac
 done
 
@@ -58,17 +61,17 @@ import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 load = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else None
-names = ("", "_auto", "_ckpt", "_ckpt6", "_original", "_compile", "_compile_ckpt6")
-ours, auto, ckpt, ckpt6, orig, compiled, compiled_ckpt6 = (load(f"step{s}.json") for s in names)
+names = ("", "_onegraph", "_auto", "_ckpt", "_ckpt6", "_original", "_compile", "_compile_ckpt6")
+ours, onegraph, auto, ckpt, ckpt6, orig, compiled, compiled_ckpt6 = (load(f"step{s}.json") for s in names)
 summary = {}
-runs = (("ours bf16 flash", ours), ("ours bf16 auto", auto), ("ours + checkpointing", ckpt),
-        ("ours + ckpt 6 blocks", ckpt6), ("original fp16", orig), ("ours + torch.compile", compiled),
+runs = (("ours bf16 flash", ours), ("ours one graph", onegraph), ("ours bf16 auto", auto),
+        ("ours + checkpointing", ckpt), ("ours + ckpt 6 blocks", ckpt6), ("original fp16", orig), ("ours + torch.compile", compiled),
         ("compile + ckpt 6 blocks", compiled_ckpt6))
 for name, r in runs:
     if r:
         print(f"{name:22s} {r['s_per_step']:.3f} s/step  {r['peak_memory_gib']:.2f} GiB  "
               f"{r['achieved_tflops']:.0f} TFLOP/s  {', '.join(r.get('attention_ops', []))}")
-for name, r in (("flash", ours), ("auto", auto), ("compile", compiled), ("compile_ckpt6", compiled_ckpt6)):
+for name, r in (("flash", ours), ("onegraph", onegraph), ("auto", auto), ("compile", compiled), ("compile_ckpt6", compiled_ckpt6)):
     if r and orig:
         summary[f"{name}_speedup_vs_original"] = orig["s_per_step"] / r["s_per_step"]
         summary[f"{name}_memory_vs_original"] = r["peak_memory_gib"] / orig["peak_memory_gib"]

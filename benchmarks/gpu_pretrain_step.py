@@ -4,12 +4,17 @@ The step follows the original recipe's shape of work: a student (backbone + DINO
 of every clip (2 global views of 8 and 16 frames at 224 px, 8 local views of 2, 2, 4, 4, 8, 8, 16, 16 frames
 at 96 px; each group of equal shape in one forward), an EMA teacher forwards the 2 global views without
 gradients, the loss is the mean of the 18 teacher-student cross-entropy terms, then backward, gradient
-clipping, an AdamW step and the EMA update. It runs in bf16 autocast with the flash SDPA kernel (``--sdpa
-auto``: the kernel torch picks, as the training engine leaves it).
+clipping, an AdamW step and the EMA update. As the pretraining engine does (``model.backward_per_group``),
+the loss terms of each group of views are backpropagated before the next group's forward, so that one
+group's activations are held at a time (``--one-graph``: all views in one graph, as the original does).
+It runs in bf16 autocast with the flash SDPA kernel (``--sdpa auto``: the kernel torch picks, as the
+training engine leaves it).
 ``--original`` runs the same step on the original module structure (:mod:`original_reference`) as the
-original trains it: fp16 autocast with a gradient scaler, plain-math attention, no checkpointing.
+original trains it: fp16 autocast with a gradient scaler, plain-math attention, no checkpointing, one graph.
 
-Reported: seconds per step (median of the timed steps), peak GPU memory, model FLOPs per step (counted by
+Reported: seconds per step (median of the timed steps), peak GPU memory (on a CPU: the growth of the
+process's peak resident memory over the timed steps; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed
+tensors leave the process at once), model FLOPs per step (counted by
 ``torch.utils.flop_counter`` without checkpointing's recomputation) and achieved TFLOP/s. Self-checks:
 finite loss, gradients everywhere, the attention operators that ran (from ``torch.profiler``), and the
 targets (<= 0.45 s/step, <= 18 GiB) as pass/fail lines.
@@ -27,7 +32,7 @@ import json
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -49,7 +54,7 @@ TARGET_S_PER_STEP, TARGET_GIB = 0.45, 18.0
 
 
 class Network(nn.Module):
-    """Backbone + DINO head; views are forwarded in groups of equal shape, the head runs on all at once."""
+    """Backbone + DINO head; views are forwarded in groups of equal shape, the head runs on all of them."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -59,18 +64,31 @@ class Network(nn.Module):
         return self.head(torch.cat([self.backbone(v) for v in views]))
 
 
-def make_views(batch: int, global_size: int, local_size: int, device: torch.device) -> list[torch.Tensor]:
+def make_views(batch: int, global_size: int, local_size: int,
+               device: torch.device) -> tuple[list[torch.Tensor], list[list[int]]]:
     """The 10 views of a batch of clips (2 global, then 8 local), consecutive views of equal shape
-    concatenated along the batch as the training engine's loader groups them: 6 groups, the 2 global first."""
+    concatenated along the batch as the training engine's loader groups them: 6 groups, the 2 global first;
+    and the view indices of each group."""
     shapes = [(f, global_size) for f in GLOBAL_FRAMES] + [(f, local_size) for f in LOCAL_FRAMES]
     groups: list[list[torch.Tensor]] = []
+    group_views: list[list[int]] = []
     for index, (frames, size) in enumerate(shapes):
         view = torch.randn(batch, 3, frames, size, size, device=device)
         if index > 0 and shapes[index - 1] == (frames, size):
             groups[-1].append(view)
+            group_views[-1].append(index)
         else:
             groups.append([view])
-    return [torch.cat(group) for group in groups]
+            group_views.append([index])
+    return [torch.cat(group) for group in groups], group_views
+
+
+def cpu_rss_kib(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak) of this process, in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -136,6 +154,8 @@ def main() -> None:
                         help="flash: the flash kernel alone; auto: the kernel torch picks")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the backbones (one graph per view shape; compiled during warm-up)")
+    parser.add_argument("--one-graph", action="store_true",
+                        help="all views in one graph and one backward (as the original), not one per group")
     parser.add_argument("--profile", action="store_true", help="print the ops that take the most time of a step")
     parser.add_argument("--original", action="store_true",
                         help="the original module structure, fp16 autocast with a gradient scaler")
@@ -159,7 +179,9 @@ def main() -> None:
     optimizer = make(groups, lr=lr, weight_decay=0.04)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = DINOLoss(student.head.last_layer.weight_v.shape[0], len(GLOBAL_FRAMES + LOCAL_FRAMES)).to(device)
-    views = make_views(batch, global_size, local_size, device)
+    views, group_views = make_views(batch, global_size, local_size, device)
+    one_graph = args.one_graph or args.original
+    parts = [list(range(len(views)))] if one_graph else [[g] for g in range(len(views))]
     if args.original:
         backends, kernel = [SDPBackend.MATH], "none (the original's plain-math attention)"
     elif args.sdpa == "auto":
@@ -168,13 +190,26 @@ def main() -> None:
         backends, kernel = pick_sdpa_backends(device, dtype)
     autocast = nullcontext() if args.no_bf16 else torch.autocast(device.type, dtype=dtype)
 
+    def kernels_and_precision() -> ExitStack:
+        stack = ExitStack()
+        if backends:
+            stack.enter_context(sdpa_kernel(backends))
+        stack.enter_context(autocast)
+        return stack
+
     def step() -> float:
-        with sdpa_kernel(backends) if backends else nullcontext(), autocast:
-            with torch.no_grad():
-                teacher_out = teacher(views[:2])
-            loss = loss_fn(student(views), teacher_out, teacher_temp=0.04)
+        with kernels_and_precision(), torch.no_grad():
+            teacher_out = teacher(views[:2])
+            targets = loss_fn.teacher_probabilities(teacher_out, teacher_temp=0.04)
+            loss_fn.update_center(teacher_out)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss = torch.zeros((), device=device)
+        for part in parts:
+            with kernels_and_precision():
+                out = student([views[g] for g in part])
+                part_loss = loss_fn.student_loss(out, [v for g in part for v in group_views[g]], targets)
+            scaler.scale(part_loss).backward()
+            loss += part_loss.detach().float()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 3.0)
         scaler.step(optimizer)
@@ -210,6 +245,9 @@ def main() -> None:
     top_ops, busy_s = top_device_ops(events, 25) if args.profile else ([], 0.0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")
+        rss_before_kib = cpu_rss_kib("VmRSS")
     times = []
     for _ in range(args.steps):
         sync()
@@ -218,7 +256,10 @@ def main() -> None:
         sync()
         times.append(time.perf_counter() - start)
     s_per_step = statistics.median(times)
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak_gib = (cpu_rss_kib("VmHWM") - rss_before_kib) / 2**20 if Path("/proc/self/clear_refs").exists() else None
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -234,6 +275,7 @@ def main() -> None:
         "kernel_time_s": busy_s if args.profile else None,
         "grad_checkpointing": args.grad_checkpointing,
         "compile": args.compile,
+        "one_graph": one_graph,
         "checkpointed_blocks": getattr(student.backbone, "checkpointed_blocks", 0),
         "s_per_step": s_per_step,
         "step_times_s": times,
@@ -250,10 +292,10 @@ def main() -> None:
         checks[f"s/step <= {TARGET_S_PER_STEP}"] = s_per_step <= TARGET_S_PER_STEP
         checks[f"peak memory <= {TARGET_GIB} GiB"] = peak_gib <= TARGET_GIB
     result["checks"] = checks
-    mem = f"{peak_gib:.2f} GiB" if peak_gib is not None else "n/a (cpu)"
+    mem = "n/a" if peak_gib is None else f"{peak_gib:.2f} GiB" + (" (growth)" if device.type == "cpu" else "")
     print(f"{result['device']} ({result['model']}): {s_per_step:.3f} s/step, peak {mem}, "
           f"{flops / 1e9:.1f} GFLOP/step, {result['achieved_tflops']:.2f} TFLOP/s, sdpa {kernel}, "
-          f"checkpointed blocks {result['checkpointed_blocks']}")
+          f"checkpointed blocks {result['checkpointed_blocks']}, {'one graph' if one_graph else 'backward per group'}")
     print(f"  attention operators: {', '.join(attention_ops) or 'none (plain matmul + softmax)'}")
     if args.profile:
         print(f"  profiled step {profiled_s:.3f} s, summed self time of its kernels {busy_s:.3f} s")

@@ -8,6 +8,9 @@ speed-ups are medians of the ratios within rounds.
 - ``sdpa`` / ``math``: our backbone with either attention path; ``ckpt``: ``sdpa`` with gradient
   checkpointing; ``compile``: ``torch.compile`` of ``sdpa`` (``--compile``, timed after warm-up; inference
   with the weights frozen in, as ``endofm embed --compile``);
+  ``pergroup``: ``sdpa`` on the multi-view batch with one backward per group of views, as the pretraining
+  engine runs it (``model.backward_per_group``: the same gradient, one group's activations held at a time;
+  multi-view step and its memory only);
   ``int8``: dynamic int8 linears (inference only). ``compile`` is left out of the multi-view batch, whose
   mix of shapes inductor (torch 2.14, CPU) fails to compile.
 
@@ -92,7 +95,7 @@ CONFIGS = {
 }
 """``cpu_small``: 384 dim, 4 blocks, 6 heads, 8 x 112 px, batch 4. ``endofm_vit_base``: the released model
 at 8 x 224. ``base_tiny_input``: the released model on 4 x 112 px clips (a faster stand-in)."""
-VARIANTS = ("original", "sdpa", "math", "ckpt", "int8", "compile")
+VARIANTS = ("original", "sdpa", "math", "ckpt", "pergroup", "int8", "compile")
 GLOBAL_FRAMES, LOCAL_FRAMES = (8, 16), (2, 2, 4, 4, 8, 8, 16, 16)
 
 
@@ -139,16 +142,22 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def train_step_fn(
-    model: nn.Module, inputs: list[torch.Tensor], optimizer: torch.optim.Optimizer | None = None
+    model: nn.Module, inputs: list[torch.Tensor], optimizer: torch.optim.Optimizer | None = None,
+    per_group: bool = False,
 ) -> Callable[[], None]:
-    """One AdamW step on the mean squared CLS output of every input (forwarded one group at a time)."""
+    """One AdamW step on the mean squared CLS output of every input (forwarded one group at a time); with
+    ``per_group`` each group's term is backpropagated before the next group's forward, as the pretraining
+    engine does (``model.backward_per_group``)."""
     optimizer = optimizer or make_optimizer(model)
 
     def step() -> None:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = sum(model(x).square().mean() for x in inputs)
-        loss.backward()
+        if per_group:
+            for x in inputs:
+                model(x).square().mean().backward()
+        else:
+            sum(model(x).square().mean() for x in inputs).backward()
         optimizer.step()
 
     return step
@@ -194,7 +203,7 @@ def section_fn(name: str, variant: str, model: nn.Module, section: str) -> Calla
     """The timed call of one section (``inference``, ``train_step``, ``multiview_step``) for one variant."""
     cfg = CONFIGS[name]
     if section == "multiview_step":
-        return train_step_fn(model, multiview_batch(cfg))
+        return train_step_fn(model, multiview_batch(cfg), per_group=variant == "pergroup")
     x = clips(cfg, cfg.batch, cfg.frames, cfg.size)
     return infer_fn(model, x) if section == "inference" else train_step_fn(model, [x])
 
@@ -273,7 +282,7 @@ def child_peak_memory(name: str, variant: str, kind: str) -> None:
     inputs = multiview_batch(cfg) if kind == "multiview" else [clips(cfg, cfg.batch, cfg.frames, cfg.size)]
     optimizer = make_optimizer(model)
     train_step_fn(model, [clips(cfg, 1, 1, 32)], optimizer)()  # a tiny step allocates the AdamW state
-    step = train_step_fn(model, inputs, optimizer)
+    step = train_step_fn(model, inputs, optimizer, per_group=variant == "pergroup")
     Path("/proc/self/clear_refs").write_text("5")
     base = _rss_kib("VmRSS")
     step()
@@ -305,8 +314,8 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
             cos = torch.nn.functional.cosine_similarity(models["int8"](x), ref)
             result["int8_min_cosine_vs_fp32"] = float(cos.min())
     sections = {
-        "inference": [v for v in variants if v != "ckpt"],
-        "train_step": [] if args.inference_only else [v for v in variants if v != "int8"],
+        "inference": [v for v in variants if v not in ("ckpt", "pergroup")],
+        "train_step": [] if args.inference_only else [v for v in variants if v not in ("int8", "pergroup")],
         # inductor fails on the views' mix of shapes
         "multiview_step": [] if args.no_multiview or args.inference_only else [
             v for v in variants if v not in ("int8", "compile")],
@@ -331,8 +340,9 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
     if not (args.no_memory or args.inference_only):
         kinds = ["clips"] + ([] if args.no_multiview else ["multiview"])
         result["peak_train_mib"] = {
-            f"{kind}/{v}": peak_memory(name, v, kind) for kind in kinds for v in ("original", "sdpa", "ckpt")
-            if v in models
+            f"{kind}/{v}": peak_memory(name, v, kind)
+            for kind in kinds for v in ("original", "sdpa", "ckpt", "pergroup")
+            if v in models and (kind == "multiview" or v != "pergroup")
         }
     result["ratios"] = ratios(result)
     return result
@@ -364,8 +374,10 @@ def ratios(result: dict) -> dict:
         for kind in ("clips", "multiview"):
             if mem.get(f"{kind}/original"):
                 out[f"peak_mem_{kind}"] = {"sdpa_vs_original": mem[f"{kind}/sdpa"] / mem[f"{kind}/original"]}
-                if mem.get(f"{kind}/ckpt"):
-                    out[f"peak_mem_{kind}"]["ckpt_vs_sdpa"] = mem[f"{kind}/ckpt"] / mem[f"{kind}/sdpa"]
+                for v in ("ckpt", "pergroup"):
+                    if mem.get(f"{kind}/{v}"):
+                        out[f"peak_mem_{kind}"][f"{v}_vs_sdpa"] = mem[f"{kind}/{v}"] / mem[f"{kind}/sdpa"]
+                        out[f"peak_mem_{kind}"][f"{v}_vs_original"] = mem[f"{kind}/{v}"] / mem[f"{kind}/original"]
     return out
 
 
@@ -373,15 +385,16 @@ def print_table(name: str, result: dict) -> None:
     """Human-readable summary of one config."""
     print(f"\n== {name}: input {result['input']}")
     print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} {'peak MiB':>10s} "
-          f"{'faults/call (infer, train)':>27s}")
+          f"{'mv peak MiB':>12s} {'faults/call (infer, train)':>27s}")
     mem = result.get("peak_train_mib", {})
     multiview, train = result.get("multiview_step", {}), result.get("train_step", {})
-    for v in ("original", "sdpa", "math", "ckpt", "compile", "int8"):
+    for v in VARIANTS:
         cells = [
             f"{result['inference'][v]['clips_per_s']:14.2f}" if v in result["inference"] else f"{'-':>14s}",
             f"{train[v]['best_s']:13.3f}" if v in train else f"{'-':>13s}",
             f"{multiview[v]['best_s']:12.3f}" if v in multiview else f"{'-':>12s}",
             f"{mem[f'clips/{v}']:10.0f}" if mem.get(f"clips/{v}") else f"{'-':>10s}",
+            f"{mem[f'multiview/{v}']:12.0f}" if mem.get(f"multiview/{v}") else f"{'-':>12s}",
         ]
         faults = [f"{times[v]['faults_per_call']:.0f}" if v in times else "-" for times in (result["inference"], train)]
         if any(c.strip() != "-" for c in cells):

@@ -234,32 +234,38 @@ def _micro_recipe(*overrides: str):
     return recipe
 
 
+def _backpropagate_parts(recipe, batch: dict, monkeypatch) -> tuple:
+    """Run the recipe's loss parts as the trainer does; return the summed loss and values, the gradients, the
+    order of backbone forwards and backwards, and the loss centre."""
+    events = []
+    backbone = recipe.network.backbone
+    original_forward = type(backbone).forward
+
+    def spy(self, x, keep_ratio=1.0):
+        events.append("forward" if self is backbone else "teacher")
+        return original_forward(self, x, keep_ratio)
+
+    monkeypatch.setattr(type(backbone), "forward", spy)
+    backbone.patch_embed.proj.weight.register_hook(lambda grad: events.append("backward"))
+    torch.manual_seed(1)  # drop path and token drop draw the same numbers in both modes
+    loss, values = torch.zeros(()), {}
+    for part in recipe.loss_parts(recipe.network, batch, epoch=0):
+        part_loss, part_values = part()
+        part_loss.backward()
+        loss += part_loss.detach()
+        values.update({k: values.get(k, 0.0) + v for k, v in part_values.items()})
+    monkeypatch.undo()
+    grads = {name: p.grad.clone() for name, p in recipe.network.named_parameters() if p.grad is not None}
+    return loss, values, grads, events, recipe.loss.center.clone()
+
+
 @pytest.mark.parametrize("centering", ["center", "sinkhorn"])
 def test_backward_per_group_gives_the_gradient_of_the_whole_loss_one_group_at_a_time(monkeypatch, centering):
     batch = {"groups": [torch.randn(2, 3, 2, 32, 32), torch.randn(2, 3, 4, 32, 32), torch.randn(4, 3, 2, 16, 16)],
              "group_views": [[0], [1], [2, 3]], "meta": {"path": ["a", "b"]}}
-    results = {}
-    for per_group in (False, True):
-        recipe = _micro_recipe(f"model.backward_per_group={per_group}", "model.drop_path_rate=0.3",
-                               "model.token_keep_ratio=0.5", "loss.koleo_weight=0.1", f"loss.centering={centering}")
-        events = []
-        backbone = recipe.network.backbone
-        original_forward = type(backbone).forward
-        monkeypatch.setattr(type(backbone), "forward", lambda self, x, keep_ratio=1.0: (
-            events.append("forward" if self is backbone else "teacher"), original_forward(self, x, keep_ratio))[1])
-        backbone.patch_embed.proj.weight.register_hook(lambda grad: events.append("backward"))
-        torch.manual_seed(1)  # drop path and token drop draw the same numbers in both modes
-        parts = recipe.loss_parts(recipe.network, batch, epoch=0)
-        loss, values = torch.zeros(()), {}
-        for part in parts:
-            part_loss, part_values = part()
-            part_loss.backward()
-            loss += part_loss.detach()
-            values.update({k: values.get(k, 0.0) + v for k, v in part_values.items()})
-        grads = {name: p.grad.clone() for name, p in recipe.network.named_parameters() if p.grad is not None}
-        results[per_group] = loss, values, grads, events, recipe.loss.center.clone()
-        monkeypatch.undo()
-    whole, split = results[False], results[True]
+    whole, split = (_backpropagate_parts(_micro_recipe(
+        f"model.backward_per_group={per_group}", "model.drop_path_rate=0.3", "model.token_keep_ratio=0.5",
+        "loss.koleo_weight=0.1", f"loss.centering={centering}"), batch, monkeypatch) for per_group in (False, True))
     assert whole[3] == ["teacher", "teacher", "forward", "forward", "forward", "backward"]
     assert split[3] == ["teacher", "teacher", "forward", "backward", "forward", "backward", "forward", "backward"]
     torch.testing.assert_close(split[0], whole[0])
