@@ -72,6 +72,7 @@ class RunConfig:
         if self.num_workers < 0 or self.checkpoint_every < 0:
             raise ConfigError("run.num_workers and run.checkpoint_every must not be negative")
 
+
 LossPart = Callable[[], tuple[torch.Tensor, dict[str, float]]]
 """One part of a batch's loss (:meth:`Recipe.loss_parts`): returns the part and values to log."""
 

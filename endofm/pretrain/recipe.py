@@ -153,11 +153,11 @@ class DINORecipe(Recipe):
             self.loss.update_center(teacher_out)
         pairs = list(zip(groups, batch["group_views"], strict=True))
         parts = [[pair] for pair in pairs] if per_group else [pairs]
-        return [partial(self._student_loss, network, part, targets, local_batch, {"teacher_entropy": entropy}
-                        if index == 0 else {}) for index, part in enumerate(parts)]
+        return [partial(self._student_loss, network, part, targets, {"teacher_entropy": entropy} if index == 0 else {})
+                for index, part in enumerate(parts)]
 
     def _student_loss(self, network: nn.Module, groups: list[tuple[torch.Tensor, list[int]]], targets: torch.Tensor,
-                      local_batch: int, metrics: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+                      metrics: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss terms of the student on these groups of views (and their share of the KoLeo term)."""
         keep = self.config.model.token_keep_ratio
         keep_ratios = [keep if views[0] < 2 else 1.0 for _, views in groups]
