@@ -245,14 +245,18 @@ class EndoFMBackbone(nn.Module):
         cls = (self.cls_token + cls_pos).view(1, 1, 1, self.embed_dim).expand(frames, batch, 1, self.embed_dim)
         return torch.cat((cls, patches), dim=2), (grid_h, grid_w)
 
-    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_blocks(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """The blocks on ``x [T, B, 1 + S, D]``; with ``cls_only`` the last block computes its CLS output alone
+        (:meth:`DividedSpaceTimeBlock.forward_cls`) and ``[B, D]`` comes back."""
         # A compiled graph fixes its attention kernel, and compile accepts no such context_fn.
         options = {} if torch.compiler.is_compiling() else {"context_fn": _recompute_with_current_sdpa_backends}
+        last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
+            run = block.forward_cls if cls_only and index == last else block
             if index < self.checkpointed_blocks and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False, **options)
+                x = checkpoint(run, x, use_reentrant=False, **options)
             else:
-                x = block(x)
+                x = run(x)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,6 +294,7 @@ class EndoFMBackbone(nn.Module):
     def forward(self, x: torch.Tensor, keep_ratio: float = 1.0) -> torch.Tensor:
         """The clip embedding: the CLS token after the final norm, ``[B, D]``.
 
+        The last block computes its CLS output alone: its patch outputs would be read by nothing.
         ``keep_ratio < 1`` keeps a random subset of that share of the spatial positions of each clip (the
         same positions in every frame, so temporal attention is unchanged) and drops the others before the
         blocks: the token-drop speed variant of pretraining. Draws from the global torch generator.
@@ -297,7 +302,7 @@ class EndoFMBackbone(nn.Module):
         tokens = self._embed(x)[0]
         if keep_ratio < 1.0:
             tokens = self._keep_random_positions(tokens, keep_ratio)
-        return self.norm(self._run_blocks(tokens)[0, :, 0])
+        return self.norm(self._run_blocks(tokens, cls_only=True))
 
     @staticmethod
     def _keep_random_positions(tokens: torch.Tensor, keep_ratio: float) -> torch.Tensor:

@@ -201,6 +201,19 @@ class Attention(nn.Module):
             return _MathAttention.apply(qkv, self.scale), None
         return _attend_math(qkv, self.scale)[0], None
 
+    def attend_first(self, qkv: torch.Tensor) -> torch.Tensor:
+        """:meth:`attend` for the first query of every sequence alone (over all keys and values):
+        ``out [batch, 1, heads * head_dim]``."""
+        q, k, v = qkv.unbind(0)
+        q = q[:, :, :1]
+        dropout = self.attn_drop if self.training else 0.0
+        if self.impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            out = F.dropout(weights, dropout, self.training) @ v
+        return out.transpose(1, 2).reshape(q.shape[0], 1, -1)
+
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -287,6 +300,22 @@ class DividedSpaceTimeBlock(nn.Module):
         if dropping:
             return x + self.drop_path(mlp(self.norm2(flat), self.mlp).view(x.shape), dim=1)
         return mlp(self.norm2(flat), self.mlp, residual=flat).view(x.shape)
+
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's CLS output alone, ``forward(x)[0, :, 0]`` as ``[B, D]``, for a last block whose patch
+        outputs nothing reads (the clip embedding is the CLS token).
+
+        The temporal branch and the spatial keys and values are computed for every token as in :meth:`forward`;
+        the spatial attention only for the CLS queries, the projection and the MLP only for the CLS. Stochastic
+        depth draws the same random numbers as :meth:`forward`, so training gets the same gradients.
+        """
+        frames, batch, _, dim = x.shape
+        x = self._temporal(x)
+        res = self.drop_path(linear(self.attn.attend_first(self._spatial_qkv(x)), self.attn.proj))
+        cls = (x[:, :, 0] + res.view(frames, batch, dim)).mean(dim=0)
+        if self.training and self.drop_path.drop_prob > 0:
+            return cls + self.drop_path(mlp(self.norm2(cls), self.mlp))
+        return mlp(self.norm2(cls), self.mlp, residual=cls)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax maps of this block's spatial attention, ``[T * B, heads, 1 + S, 1 + S]``."""

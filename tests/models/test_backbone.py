@@ -93,6 +93,30 @@ def test_three_views_of_the_output_agree():
     torch.testing.assert_close(tokens[:, 1:].reshape(2, 3, 5, 3, 96).permute(0, 3, 1, 2, 4), patches)
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+def test_forward_computes_the_last_blocks_cls_alone_with_the_whole_blocks_values_and_gradients(impl):
+    # float64: in float32 either way differs from exact arithmetic by up to 1e-3 of a gradient's norm here
+    model = build_model("endofm_vit_micro", drop_path_rate=0.3).set_attention_impl(impl).double().train()
+    video = torch.randn(2, 3, 3, 32, 48, dtype=torch.float64)
+    results = []
+    for embed in (model, lambda v: model.forward_tokens(v)[0]):  # the CLS of every token's computation
+        model.zero_grad()
+        torch.manual_seed(0)  # stochastic depth draws the same masks
+        out = embed(video)
+        out.square().sum().backward()
+        results.append((out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (cls_only, cls_grads), (whole, whole_grads) = results
+    torch.testing.assert_close(cls_only, whole, rtol=1e-10, atol=1e-10)
+    assert torch.count_nonzero(whole_grads["blocks.1.mlp.fc1.weight"]) > 0
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(cls_grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    rows = []
+    model.blocks[-1].mlp.fc1.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1].numel()))
+    with torch.inference_mode():
+        model.eval()(video)
+    assert rows == [2]  # the last MLP ran on the 2 CLS tokens, not on 3 frames x 7 patches of each clip
+
+
 @torch.no_grad()
 def test_temporal_attention_mixes_frames_and_spatial_attention_mixes_positions():
     model = _random_model()
@@ -157,9 +181,9 @@ def test_gradient_checkpointing_of_the_first_blocks_only(monkeypatch):
 
     checkpointed = []
 
-    def counting_checkpoint(block, *args, **kwargs):
-        checkpointed.append(block)
-        return torch.utils.checkpoint.checkpoint(block, *args, **kwargs)
+    def counting_checkpoint(run, *args, **kwargs):
+        checkpointed.append(getattr(run, "__self__", run))  # a block, or the block of its forward_cls
+        return torch.utils.checkpoint.checkpoint(run, *args, **kwargs)
 
     monkeypatch.setattr(backbone_module, "checkpoint", counting_checkpoint)
     model = build_model("endofm_vit_micro").train()
