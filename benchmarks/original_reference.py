@@ -6,7 +6,9 @@ way of computing, so that timing it measures the original's overheads at equal w
 - tokens live as ``[B, 1 + h*w*T, D]`` and every attention re-arranges them with ``permute`` + copy;
 - attention is explicit ``softmax(q k^T * scale) v`` with dropout modules;
 - the CLS token is ``repeat``-ed for every frame, concatenated, and its results averaged over frames;
-- LayerNorm, GELU, dropout and stochastic depth are modules.
+- LayerNorm, GELU, dropout and stochastic depth are modules;
+- the last block computes every token, though the clip embedding reads its CLS alone (ours computes the CLS
+  alone there, with the same result: the speed-ups include that work skipped).
 
 State-dict keys equal :class:`endofm.models.EndoFMBackbone`'s, so the same weights load into both.
 """
