@@ -156,6 +156,47 @@ class _MathAttention(torch.autograd.Function):
         return grad_qkv.view(ctx.heads_shape), None
 
 
+class _FlashAttentionCPU(torch.autograd.Function):
+    """SDPA's CPU flash kernel on stacked heads ``qkv [3, batch, heads, L, head_dim]`` (any strides), with a
+    backward that writes the q, k and v gradients into one buffer laid out as ``qkv``.
+
+    Autograd's own backward of ``F.scaled_dot_product_attention(*qkv.unbind(0))`` stacks the three gradients
+    (a copy) and then copies the stack back into the layout of the ``qkv`` linear's output (a second copy);
+    here each gradient is copied once, straight into place.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor) -> torch.Tensor:
+        out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*qkv.unbind(0))
+        ctx.save_for_backward(qkv, out, logsumexp)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        qkv, out, logsumexp = ctx.saved_tensors
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad, *qkv.unbind(0), out, logsumexp, 0.0, False)
+        grad_qkv = torch.empty_like(qkv)  # keeps qkv's strides: the linear's output layout
+        for slot, part in zip(grad_qkv.unbind(0), grads, strict=True):
+            slot.copy_(part)
+        return grad_qkv
+
+
+def _fused_cpu_backward(qkv: torch.Tensor, dropout: float) -> bool:
+    """Whether :meth:`Attention.attend` runs :class:`_FlashAttentionCPU`: CPU training without attention
+    dropout or autocast, in float32, with the flash kernel enabled (the kernel ``sdpa`` picks there too)."""
+    return (
+        torch.is_grad_enabled()
+        and torch.backends.cuda.flash_sdp_enabled()
+        and qkv.requires_grad
+        and dropout == 0.0
+        and qkv.device.type == "cpu"
+        and qkv.dtype == torch.float32
+        and not (torch.compiler.is_compiling() or torch.jit.is_scripting())
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with the original's ``qkv`` and ``proj`` layers.
 
@@ -190,7 +231,10 @@ class Attention(nn.Module):
         _, batch, _, length, _ = qkv.shape
         dropout = self.attn_drop if self.training else 0.0
         if self.impl == "sdpa" and not need_weights:
-            out = F.scaled_dot_product_attention(*qkv.unbind(0), dropout_p=dropout)
+            if _fused_cpu_backward(qkv, dropout):
+                out = _FlashAttentionCPU.apply(qkv)
+            else:
+                out = F.scaled_dot_product_attention(*qkv.unbind(0), dropout_p=dropout)
             return out.transpose(1, 2).reshape(batch, length, -1), None
         if need_weights or dropout:
             q, k, v = qkv.unbind(0)

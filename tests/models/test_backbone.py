@@ -117,6 +117,24 @@ def test_forward_computes_the_last_blocks_cls_alone_with_the_whole_blocks_values
     assert rows == [2]  # the last MLP ran on the 2 CLS tokens, not on 3 frames x 7 patches of each clip
 
 
+def test_cpu_attention_backward_writes_the_qkv_gradient_without_stacking():
+    from endofm.models.layers import Attention
+
+    attention = Attention(32, num_heads=4).train()
+    x = torch.randn(3, 7, 32)
+    grads, ops = [], []
+    for backends in ([SDPBackend.FLASH_ATTENTION], [SDPBackend.MATH]):  # ours, then autograd's own
+        attention.zero_grad()
+        inputs = x.clone().requires_grad_()
+        with sdpa_kernel(backends), torch.profiler.profile() as profile:
+            attention(inputs).square().sum().backward()
+        grads.append([inputs.grad, *(p.grad for p in attention.parameters())])
+        ops.append({event.key for event in profile.key_averages()})
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops[0] and "aten::stack" not in ops[0]
+    for ours, reference in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
 @torch.no_grad()
 def test_temporal_attention_mixes_frames_and_spatial_attention_mixes_positions():
     model = _random_model()
