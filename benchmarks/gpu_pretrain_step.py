@@ -42,6 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_speed import rss_kib  # noqa: E402
 from original_reference import OriginalVisionTransformer  # noqa: E402
 
 from endofm.engine.optim import adamw, decay_groups  # noqa: E402
@@ -82,13 +83,6 @@ def make_views(batch: int, global_size: int, local_size: int,
             group_views.append([index])
     return [torch.cat(group) for group in groups], group_views
 
-
-def cpu_rss_kib(field: str) -> int:
-    """``VmRSS`` or ``VmHWM`` (peak) of this process, in KiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -243,11 +237,12 @@ def main() -> None:
     events = profiler.key_averages()
     attention_ops = sorted({e.key for e in events if "attention" in e.key})
     top_ops, busy_s = top_device_ops(events, 25) if args.profile else ([], 0.0)
+    rss_before_kib = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     elif Path("/proc/self/clear_refs").exists():
         Path("/proc/self/clear_refs").write_text("5")
-        rss_before_kib = cpu_rss_kib("VmRSS")
+        rss_before_kib = rss_kib("VmRSS")
     times = []
     for _ in range(args.steps):
         sync()
@@ -259,7 +254,7 @@ def main() -> None:
     if device.type == "cuda":
         peak_gib = torch.cuda.max_memory_allocated() / 2**30
     else:
-        peak_gib = (cpu_rss_kib("VmHWM") - rss_before_kib) / 2**20 if Path("/proc/self/clear_refs").exists() else None
+        peak_gib = None if rss_before_kib is None else (rss_kib("VmHWM") - rss_before_kib) / 2**20
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

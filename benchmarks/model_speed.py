@@ -268,7 +268,8 @@ def op_shares(fn: Callable[[], None], iterations: int = 1) -> dict:
     }
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak) of this process, in KiB (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field):
             return int(line.split()[1])
@@ -284,9 +285,9 @@ def child_peak_memory(name: str, variant: str, kind: str) -> None:
     train_step_fn(model, [clips(cfg, 1, 1, 32)], optimizer)()  # a tiny step allocates the AdamW state
     step = train_step_fn(model, inputs, optimizer, per_group=variant == "pergroup")
     Path("/proc/self/clear_refs").write_text("5")
-    base = _rss_kib("VmRSS")
+    base = rss_kib("VmRSS")
     step()
-    print(json.dumps({"peak_mib": (_rss_kib("VmHWM") - base) / 1024}))
+    print(json.dumps({"peak_mib": (rss_kib("VmHWM") - base) / 1024}))
 
 
 def peak_memory(name: str, variant: str, kind: str) -> float | None:

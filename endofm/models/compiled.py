@@ -2,9 +2,9 @@
 
 With frozen weights inductor folds them as constants, packs them for the CPU's GEMM ahead of time and fuses
 bias, GELU, residual adds and norms around the matrix products. On 2 CPU cores the compiled backbone ran
-1.16x the original's inference speed on ``cpu_small`` and 1.10x on the released ViT-B, against 1.10x and
-1.04x for the eager one in the same runs (``benchmarks/model_speed.py --compile``). Compiling took 34 s and
-61 s per input shape.
+1.32x the original's inference speed on ``cpu_small`` against 1.28x for the eager one in the same run, and
+1.10x on the released ViT-B against 1.04x (an earlier build; ``benchmarks/model_speed.py --compile``).
+Compiling took 34 s and 61 s per input shape.
 """
 
 from __future__ import annotations

@@ -30,17 +30,26 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0) -
     return x * mask.div_(keep)
 
 
+def _eager_cpu_float32_autograd(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a float32 CPU tensor in eager autograd without autocast: where this module's own
+    autograd functions replace torch's (compilers and other devices keep torch's)."""
+    return (
+        torch.is_grad_enabled()
+        and not (torch.compiler.is_compiling() or torch.jit.is_scripting())
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 def _recomputes_gelu(x: torch.Tensor, module: Mlp) -> bool:
     """Whether :func:`mlp` runs :class:`_MlpRecomputingGelu`: float32 training of plain linears on CPU."""
     return (
-        torch.is_grad_enabled()
+        _eager_cpu_float32_autograd(x)
         and (x.requires_grad or module.fc1.weight.requires_grad)
-        and not (torch.compiler.is_compiling() or torch.jit.is_scripting())
         and type(module.fc1) is nn.Linear
         and type(module.fc2) is nn.Linear
-        and x.device.type == "cpu"
-        and x.dtype == module.fc1.weight.dtype == module.fc2.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
+        and module.fc1.weight.dtype == module.fc2.weight.dtype == torch.float32
     )
 
 
@@ -186,14 +195,10 @@ def _fused_cpu_backward(qkv: torch.Tensor, dropout: float) -> bool:
     """Whether :meth:`Attention.attend` runs :class:`_FlashAttentionCPU`: CPU training without attention
     dropout or autocast, in float32, with the flash kernel enabled (the kernel ``sdpa`` picks there too)."""
     return (
-        torch.is_grad_enabled()
-        and torch.backends.cuda.flash_sdp_enabled()
+        _eager_cpu_float32_autograd(qkv)
         and qkv.requires_grad
         and dropout == 0.0
-        and qkv.device.type == "cpu"
-        and qkv.dtype == torch.float32
-        and not (torch.compiler.is_compiling() or torch.jit.is_scripting())
-        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.cuda.flash_sdp_enabled()
     )
 
 
@@ -237,9 +242,7 @@ class Attention(nn.Module):
                 out = F.scaled_dot_product_attention(*qkv.unbind(0), dropout_p=dropout)
             return out.transpose(1, 2).reshape(batch, length, -1), None
         if need_weights or dropout:
-            q, k, v = qkv.unbind(0)
-            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            out = F.dropout(weights, dropout, self.training) @ v
+            out, weights = self._attend_explicit(*qkv.unbind(0), dropout)
             return out.transpose(1, 2).reshape(batch, length, -1), weights
         if torch.is_grad_enabled() and qkv.requires_grad:
             return _MathAttention.apply(qkv, self.scale), None
@@ -254,9 +257,15 @@ class Attention(nn.Module):
         if self.impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
-            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            out = F.dropout(weights, dropout, self.training) @ v
+            out, _ = self._attend_explicit(q, k, v, dropout)
         return out.transpose(1, 2).reshape(q.shape[0], 1, -1)
+
+    def _attend_explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(softmax(q k^T * scale) v, the softmax maps)`` written out, with attention dropout on the maps."""
+        weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return F.dropout(weights, dropout, self.training) @ v, weights
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
