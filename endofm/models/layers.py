@@ -30,34 +30,84 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0) -
     return x * mask.div_(keep)
 
 
-def _eager_cpu_float32_autograd(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a float32 CPU tensor in eager autograd without autocast: where this module's own
-    autograd functions replace torch's (compilers and other devices keep torch's)."""
+def _eager_cpu_float32(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a float32 CPU tensor in eager mode without autocast: where this module's own CPU code
+    replaces torch's (compilers, other devices and autocast keep torch's)."""
     return (
-        torch.is_grad_enabled()
-        and not (torch.compiler.is_compiling() or torch.jit.is_scripting())
+        not (torch.compiler.is_compiling() or torch.jit.is_scripting())
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
     )
 
 
-def _recomputes_gelu(x: torch.Tensor, module: Mlp) -> bool:
-    """Whether :func:`mlp` runs :class:`_MlpRecomputingGelu`: float32 training of plain linears on CPU."""
+def _eager_cpu_float32_autograd(x: torch.Tensor) -> bool:
+    """:func:`_eager_cpu_float32` with autograd on: where this module's own autograd functions replace torch's."""
+    return torch.is_grad_enabled() and _eager_cpu_float32(x)
+
+
+MLP_CHUNK_BYTES = 16 << 20
+"""Largest GELU activation the CPU MLP makes at once. glibc maps blocks over 32 MiB (the largest heap block
+it can be told to keep, :mod:`endofm.engine.cpu`) afresh from the kernel, zero-filled page by page as they are
+first written: at ViT-B 8 x 224 a GELU output of 38 MiB took 15 ms to make against 3.5 ms in place. So the
+MLP runs in row chunks whose temporaries stay below that and are reused from the heap."""
+
+
+def _plain_cpu_float32_mlp(x: torch.Tensor, module: Mlp) -> bool:
+    """Whether :func:`mlp` runs this module's own row-chunked CPU code: :func:`_eager_cpu_float32` and plain
+    float32 linears (quantised layers keep their modules)."""
     return (
-        _eager_cpu_float32_autograd(x)
-        and (x.requires_grad or module.fc1.weight.requires_grad)
+        _eager_cpu_float32(x)
         and type(module.fc1) is nn.Linear
         and type(module.fc2) is nn.Linear
         and module.fc1.weight.dtype == module.fc2.weight.dtype == torch.float32
     )
 
 
+def _row_chunks(rows: int, width: int) -> list[slice]:
+    """Equal row slices of a ``[rows, width]`` float32 activation, each at most :data:`MLP_CHUNK_BYTES`."""
+    count = -(-rows * width * 4 // MLP_CHUNK_BYTES)
+    step = -(-rows // max(count, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)] or [slice(0, 0)]
+
+
+def _fc2_output(
+    rows: int, w2: torch.Tensor, b2: torch.Tensor | None, residual: torch.Tensor | None, like: torch.Tensor
+) -> torch.Tensor:
+    """The tensor ``fc2`` accumulates into: ``residual + b2`` (so the bias and the residual cost one pass, not
+    a bias copy and an add), ``b2`` alone, or zeros."""
+    if residual is not None:
+        residual = residual.reshape(rows, w2.shape[0])
+        return residual + b2 if b2 is not None else residual.clone()
+    if b2 is not None:
+        return b2.expand(rows, w2.shape[0]).clone()
+    return like.new_zeros(rows, w2.shape[0])
+
+
+def _mlp_rows(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    """``fc2(gelu(fc1(x))) (+ residual)`` without autograd, ``fc1``'s output made in row chunks (GELU in
+    place, ``fc2`` accumulated into the output)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    out = _fc2_output(x2d.shape[0], w2, b2, residual, x2d)
+    for rows in _row_chunks(x2d.shape[0], w1.shape[0]):
+        hidden = torch.ops.aten.gelu_(F.linear(x2d[rows], w1, b1))
+        out[rows].addmm_(hidden, w2.t())
+    return out.view(*x.shape[:-1], w2.shape[0])
+
+
 class _MlpRecomputingGelu(torch.autograd.Function):
     """``fc2(gelu(fc1(x))) (+ residual)`` keeping only ``x`` and ``fc1``'s output for backward.
 
     The GELU output (4 x the width of a token) is recomputed in backward instead of stored: a third less
-    activation memory for the MLP at the cost of one elementwise pass.
+    activation memory for the MLP at the cost of one elementwise pass. Both passes run the GELU and what
+    follows it in row chunks (:data:`MLP_CHUNK_BYTES`), so no temporary of that width is made whole.
     """
 
     @staticmethod
@@ -70,32 +120,44 @@ class _MlpRecomputingGelu(torch.autograd.Function):
         b2: torch.Tensor | None,
         residual: torch.Tensor | None,
     ) -> torch.Tensor:
-        hidden = F.linear(x, w1, b1)
+        x2d = x.reshape(-1, x.shape[-1])
+        hidden = F.linear(x2d, w1, b1)
         ctx.save_for_backward(x, hidden, w1, w2)
         ctx.has_bias = b1 is not None, b2 is not None
-        out = F.linear(F.gelu(hidden), w2, b2)
-        return out if residual is None else out.add_(residual)
+        out = _fc2_output(x2d.shape[0], w2, b2, residual, x2d)
+        for rows in _row_chunks(*hidden.shape):
+            out[rows].addmm_(F.gelu(hidden[rows]), w2.t())
+        return out.view(*x.shape[:-1], w2.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, hidden, w1, w2 = ctx.saved_tensors
         grad2d = grad.reshape(-1, grad.shape[-1])
-        hidden2d = hidden.view(-1, hidden.shape[-1])
-        grad_w2 = grad2d.t().mm(F.gelu(hidden2d))
-        grad_hidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden2d)
-        grad_w1 = grad_hidden.t().mm(x.reshape(-1, x.shape[-1]))
-        grad_x = grad_hidden.mm(w1).view(x.shape)
-        grad_b1 = grad_hidden.sum(0) if ctx.has_bias[0] else None
+        x2d = x.reshape(-1, x.shape[-1])
+        grad_x = x2d.new_empty(x2d.shape)
+        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        grad_b1 = w1.new_zeros(w1.shape[0]) if ctx.has_bias[0] else None
+        for rows in _row_chunks(*hidden.shape):
+            grad_w2.addmm_(grad2d[rows].t(), F.gelu(hidden[rows]))
+            grad_hidden = grad2d[rows].mm(w2)
+            torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden[rows], grad_input=grad_hidden)
+            grad_w1.addmm_(grad_hidden.t(), x2d[rows])
+            torch.mm(grad_hidden, w1, out=grad_x[rows])
+            if grad_b1 is not None:
+                grad_b1 += grad_hidden.sum(0)
         grad_b2 = grad2d.sum(0) if ctx.has_bias[1] else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad if ctx.needs_input_grad[5] else None
+        return grad_x.view(x.shape), grad_w1, grad_b1, grad_w2, grad_b2, grad if ctx.needs_input_grad[5] else None
 
 
 def mlp(x: torch.Tensor, module: Mlp, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``module(x) (+ residual)``; in float32 training on CPU through :class:`_MlpRecomputingGelu` (less memory)."""
-    if _recomputes_gelu(x, module):
-        return _MlpRecomputingGelu.apply(x, module.fc1.weight, module.fc1.bias, module.fc2.weight,
-                                         module.fc2.bias, residual)
-    return linear(linear(x, module.fc1, gelu=True), module.fc2, residual=residual)
+    """``module(x) (+ residual)``. On CPU in float32 in row chunks (:data:`MLP_CHUNK_BYTES`), and in training
+    through :class:`_MlpRecomputingGelu` (a third less activation memory)."""
+    if not _plain_cpu_float32_mlp(x, module):
+        return linear(linear(x, module.fc1, gelu=True), module.fc2, residual=residual)
+    params = (module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *params)):
+        return _MlpRecomputingGelu.apply(x, *params, residual)
+    return _mlp_rows(x, *params, residual)
 
 
 def linear(
