@@ -134,17 +134,17 @@ class _MlpRecomputingGelu(torch.autograd.Function):
         x, hidden, w1, w2 = ctx.saved_tensors
         grad2d = grad.reshape(-1, grad.shape[-1])
         x2d = x.reshape(-1, x.shape[-1])
-        grad_x = x2d.new_empty(x2d.shape)
-        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        grad_b1 = w1.new_zeros(w1.shape[0]) if ctx.has_bias[0] else None
-        for rows in _row_chunks(*hidden.shape):
-            grad_w2.addmm_(grad2d[rows].t(), F.gelu(hidden[rows]))
+        grad_x, grad_w1, grad_w2 = torch.empty_like(x2d), torch.empty_like(w1), torch.empty_like(w2)
+        grad_b1 = None
+        for index, rows in enumerate(_row_chunks(*hidden.shape)):
+            accumulate = 1.0 if index else 0.0  # beta 0: the empty tensor's values are ignored
+            grad_w2.addmm_(grad2d[rows].t(), F.gelu(hidden[rows]), beta=accumulate)
             grad_hidden = grad2d[rows].mm(w2)
             torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden[rows], grad_input=grad_hidden)
-            grad_w1.addmm_(grad_hidden.t(), x2d[rows])
+            grad_w1.addmm_(grad_hidden.t(), x2d[rows], beta=accumulate)
             torch.mm(grad_hidden, w1, out=grad_x[rows])
-            if grad_b1 is not None:
-                grad_b1 += grad_hidden.sum(0)
+            if ctx.has_bias[0]:
+                grad_b1 = grad_hidden.sum(0) if grad_b1 is None else grad_b1.add_(grad_hidden.sum(0))
         grad_b2 = grad2d.sum(0) if ctx.has_bias[1] else None
         return grad_x.view(x.shape), grad_w1, grad_b1, grad_w2, grad_b2, grad if ctx.needs_input_grad[5] else None
 
