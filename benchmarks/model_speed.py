@@ -16,11 +16,11 @@ speed-ups are medians of the ratios within rounds.
 
 Measured per config: inference clips/s, training step (forward + backward + AdamW step) on a batch of
 clips and on the pretraining multi-view batch (2 global + 8 local views, each group forwarded separately),
-peak memory of a training step (process peak RSS above the resident model and optimiser state, in a fresh
-subprocess after a tiny warm-up step), and the share of profiled CPU self time outside matmul kernels
-(``aten::mm/addmm/bmm/baddbmm``, oneDNN ``mkldnn::_linear_pointwise``, the convolution); the fused CPU
-attention kernel is reported apart (``attention_kernel_share``) and counted as non-matmul in
-``non_matmul_share``. Every timing also counts the page faults per call (minor faults: the kernel
+peak memory of an inference forward and of a training step (process peak RSS above the resident model and
+optimiser state, in a fresh subprocess after a tiny warm-up call), and the share of profiled CPU self time
+outside matmul kernels (``aten::mm/addmm/bmm/baddbmm``, oneDNN ``mkldnn::_linear_pointwise``, the
+convolution); the fused CPU attention kernel is reported apart (``attention_kernel_share``) and counted as
+non-matmul in ``non_matmul_share``. Every timing also counts the page faults per call (minor faults: the kernel
 zero-filling freshly mapped memory).
 
 In one process the variants share glibc's heap, and one variant's frees decide whether the next one's
@@ -277,13 +277,18 @@ def rss_kib(field: str) -> int:
 
 
 def child_peak_memory(name: str, variant: str, kind: str) -> None:
-    """(Subprocess.) Print the peak RSS of one training step above the resident model and AdamW state, in MiB."""
+    """(Subprocess.) Print the peak RSS of one inference forward (``kind`` ``inference``) or training step
+    (``clips``, ``multiview``) above the resident model and AdamW state, in MiB."""
     cfg = CONFIGS[name]
     model = make_models(name, [variant])[variant]
     inputs = multiview_batch(cfg) if kind == "multiview" else [clips(cfg, cfg.batch, cfg.frames, cfg.size)]
-    optimizer = make_optimizer(model)
-    train_step_fn(model, [clips(cfg, 1, 1, 32)], optimizer)()  # a tiny step allocates the AdamW state
-    step = train_step_fn(model, inputs, optimizer, per_group=variant == "pergroup")
+    if kind == "inference":
+        infer_fn(model, clips(cfg, 1, 1, 32))()
+        step = infer_fn(model, inputs[0])
+    else:
+        optimizer = make_optimizer(model)
+        train_step_fn(model, [clips(cfg, 1, 1, 32)], optimizer)()  # a tiny step allocates the AdamW state
+        step = train_step_fn(model, inputs, optimizer, per_group=variant == "pergroup")
     Path("/proc/self/clear_refs").write_text("5")
     base = rss_kib("VmRSS")
     step()
@@ -291,7 +296,8 @@ def child_peak_memory(name: str, variant: str, kind: str) -> None:
 
 
 def peak_memory(name: str, variant: str, kind: str) -> float | None:
-    """Peak training-step memory of one variant measured in a fresh process (None where unsupported)."""
+    """Peak inference or training-step memory of one variant, measured in a fresh process (None where
+    unsupported)."""
     if not Path("/proc/self/clear_refs").exists():
         return None
     cmd = [sys.executable, __file__, "--child", name, variant, kind]
@@ -338,12 +344,13 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
         for v in ("original", "sdpa", "math", "compile")
         if v in models and not (args.quick and v == "math")
     }
-    if not (args.no_memory or args.inference_only):
-        kinds = ["clips"] + ([] if args.no_multiview else ["multiview"])
-        result["peak_train_mib"] = {
+    if not args.no_memory:
+        kinds = ["inference"] + ([] if args.inference_only else ["clips"])
+        kinds += [] if args.no_multiview or args.inference_only else ["multiview"]
+        result["peak_mib"] = {
             f"{kind}/{v}": peak_memory(name, v, kind)
             for kind in kinds for v in ("original", "sdpa", "ckpt", "pergroup")
-            if v in models and (kind == "multiview" or v != "pergroup")
+            if v in models and (kind == "multiview" or v != "pergroup") and (kind != "inference" or v != "ckpt")
         }
     result["ratios"] = ratios(result)
     return result
@@ -370,9 +377,9 @@ def ratios(result: dict) -> dict:
     if "int8" in result["inference"]:
         out["inference"]["int8_speedup_vs_sdpa"] = (
             result["inference"]["sdpa"]["best_s"] / result["inference"]["int8"]["best_s"])
-    mem = result.get("peak_train_mib")
+    mem = result.get("peak_mib")
     if mem:
-        for kind in ("clips", "multiview"):
+        for kind in ("inference", "clips", "multiview"):
             if mem.get(f"{kind}/original"):
                 out[f"peak_mem_{kind}"] = {"sdpa_vs_original": mem[f"{kind}/sdpa"] / mem[f"{kind}/original"]}
                 for v in ("ckpt", "pergroup"):
@@ -385,15 +392,16 @@ def ratios(result: dict) -> dict:
 def print_table(name: str, result: dict) -> None:
     """Human-readable summary of one config."""
     print(f"\n== {name}: input {result['input']}")
-    print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} {'peak MiB':>10s} "
-          f"{'mv peak MiB':>12s} {'faults/call (infer, train)':>27s}")
-    mem = result.get("peak_train_mib", {})
+    print(f"{'variant':10s} {'infer clips/s':>14s} {'train step s':>13s} {'multiview s':>12s} "
+          f"{'infer MiB':>10s} {'peak MiB':>10s} {'mv peak MiB':>12s} {'faults/call (infer, train)':>27s}")
+    mem = result.get("peak_mib", {})
     multiview, train = result.get("multiview_step", {}), result.get("train_step", {})
     for v in VARIANTS:
         cells = [
             f"{result['inference'][v]['clips_per_s']:14.2f}" if v in result["inference"] else f"{'-':>14s}",
             f"{train[v]['best_s']:13.3f}" if v in train else f"{'-':>13s}",
             f"{multiview[v]['best_s']:12.3f}" if v in multiview else f"{'-':>12s}",
+            f"{mem[f'inference/{v}']:10.0f}" if mem.get(f"inference/{v}") else f"{'-':>10s}",
             f"{mem[f'clips/{v}']:10.0f}" if mem.get(f"clips/{v}") else f"{'-':>10s}",
             f"{mem[f'multiview/{v}']:12.0f}" if mem.get(f"multiview/{v}") else f"{'-':>12s}",
         ]
@@ -419,7 +427,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-multiview", action="store_true", help="skip the multi-view pretraining batch")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler op shares")
-    parser.add_argument("--inference-only", action="store_true", help="time inference alone (no training, memory)")
+    parser.add_argument("--inference-only", action="store_true",
+                        help="time and measure inference alone (no training step)")
     parser.add_argument("--isolated", action="store_true",
                         help="time every variant in fresh processes (round-robin), not side by side in one")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process with --isolated")
