@@ -66,9 +66,10 @@ def _plain_cpu_float32_mlp(x: torch.Tensor, module: Mlp) -> bool:
 
 
 def _row_chunks(rows: int, width: int) -> list[slice]:
-    """Equal row slices of a ``[rows, width]`` float32 activation, each at most :data:`MLP_CHUNK_BYTES`."""
+    """Equal row slices of a ``[rows, width]`` float32 activation, each at most :data:`MLP_CHUNK_BYTES`; one
+    empty slice for no rows (so backward still writes zero gradients)."""
     count = -(-rows * width * 4 // MLP_CHUNK_BYTES)
-    step = -(-rows // max(count, 1))
+    step = max(1, -(-rows // max(count, 1)))
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)] or [slice(0, 0)]
 
 
@@ -86,20 +87,18 @@ def _fc2_output(
 
 
 def _mlp_rows(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor | None,
-    w2: torch.Tensor,
-    b2: torch.Tensor | None,
-    residual: torch.Tensor | None,
+    x: torch.Tensor, params: tuple[torch.Tensor | None, ...], residual: torch.Tensor | None,
+    hidden: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``fc2(gelu(fc1(x))) (+ residual)`` without autograd, ``fc1``'s output made in row chunks (GELU in
-    place, ``fc2`` accumulated into the output)."""
+    """``fc2(gelu(fc1(x))) (+ residual)`` without autograd, in the shape of ``x``, by row chunks: the GELU of
+    each chunk of ``hidden`` (``fc1``'s whole output, where backward keeps it) or of the chunk's ``fc1`` output
+    made there (GELU in place), accumulated by ``fc2`` into the output. ``params``: ``w1, b1, w2, b2``."""
+    w1, b1, w2, b2 = params
     x2d = x.reshape(-1, x.shape[-1])
     out = _fc2_output(x2d.shape[0], w2, b2, residual, x2d)
     for rows in _row_chunks(x2d.shape[0], w1.shape[0]):
-        hidden = torch.ops.aten.gelu_(F.linear(x2d[rows], w1, b1))
-        out[rows].addmm_(hidden, w2.t())
+        act = F.gelu(hidden[rows]) if hidden is not None else torch.ops.aten.gelu_(F.linear(x2d[rows], w1, b1))
+        out[rows].addmm_(act, w2.t())
     return out.view(*x.shape[:-1], w2.shape[0])
 
 
@@ -121,14 +120,10 @@ class _MlpRecomputingGelu(torch.autograd.Function):
         b2: torch.Tensor | None,
         residual: torch.Tensor | None,
     ) -> torch.Tensor:
-        x2d = x.reshape(-1, x.shape[-1])
-        hidden = F.linear(x2d, w1, b1)
+        hidden = F.linear(x.reshape(-1, x.shape[-1]), w1, b1)
         ctx.save_for_backward(x, hidden, w1, w2)
         ctx.has_bias = b1 is not None, b2 is not None
-        out = _fc2_output(x2d.shape[0], w2, b2, residual, x2d)
-        for rows in _row_chunks(*hidden.shape):
-            out[rows].addmm_(F.gelu(hidden[rows]), w2.t())
-        return out.view(*x.shape[:-1], w2.shape[0])
+        return _mlp_rows(x, (w1, b1, w2, b2), residual, hidden)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -158,7 +153,7 @@ def mlp(x: torch.Tensor, module: Mlp, residual: torch.Tensor | None = None) -> t
     params = (module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *params)):
         return _MlpRecomputingGelu.apply(x, *params, residual)
-    return _mlp_rows(x, *params, residual)
+    return _mlp_rows(x, params, residual)
 
 
 def linear(

@@ -45,3 +45,16 @@ def test_cpu_mlp_runs_in_row_chunks_with_torchs_values_and_gradients(monkeypatch
     reference = [t.grad for t in inputs64] + [p.grad for p in module64.parameters()]
     for got, want in zip(ours, reference, strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_mlp_of_no_rows_gives_zero_gradients():
+    module = Mlp(16, 64)
+    x = torch.randn(0, 5, 16, requires_grad=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # fills uninitialised memory with NaN: an unwritten gradient shows
+    try:
+        mlp(x, module, torch.randn(0, 5, 16)).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for name, param in module.named_parameters():
+        assert torch.equal(param.grad, torch.zeros_like(param)), name
