@@ -180,10 +180,20 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+def _merge_heads(out: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
+    """Attention output ``[batch, heads, L, head_dim]`` as ``[batch, L, heads * head_dim]`` or, not
+    ``batch_first``, ``[L, batch, heads * head_dim]``: a view where ``out`` is laid out so (the CPU flash kernel
+    lays its output out as the query), else a copy."""
+    batch, heads, length, head_dim = out.shape
+    if batch_first:
+        return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
+    return out.permute(2, 0, 1, 3).reshape(length, batch, heads * head_dim)
+
+
 def _attend_math(qkv: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``softmax(q k^T * scale) v`` of stacked heads ``qkv [3, batch, heads, L, head_dim]`` (any strides).
 
-    Returns ``(out [batch, L, heads * head_dim], qkv as contiguous [3, batch * heads, L, head_dim], weights)``:
+    Returns ``(out [batch, heads, L, head_dim], qkv as contiguous [3, batch * heads, L, head_dim], weights)``:
     one copy brings q, k and v into batched-matmul layout and the scale rides in the GEMM (``alpha``).
     """
     _, batch, heads, length, head_dim = qkv.shape
@@ -191,8 +201,7 @@ def _attend_math(qkv: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.T
     q, k, v = packed.unbind(0)
     scores = torch.baddbmm(q.new_empty(batch * heads, length, length), q, k.transpose(1, 2), beta=0, alpha=scale)
     weights = scores.softmax(dim=-1)
-    out = torch.bmm(weights, v).view(batch, heads, length, head_dim).transpose(1, 2)
-    return out.reshape(batch, length, heads * head_dim), packed, weights
+    return torch.bmm(weights, v).view(batch, heads, length, head_dim), packed, weights
 
 
 class _MathAttention(torch.autograd.Function):
@@ -214,7 +223,7 @@ class _MathAttention(torch.autograd.Function):
         packed, weights = ctx.saved_tensors
         _, batch, heads, length, head_dim = ctx.heads_shape
         q, k, v = packed.unbind(0)
-        grad_out = grad.view(batch, length, heads, head_dim).transpose(1, 2).reshape(batch * heads, length, head_dim)
+        grad_out = grad.reshape(batch * heads, length, head_dim)
         grad_qkv = torch.empty_like(packed)
         grad_qkv[2].baddbmm_(weights.transpose(1, 2), grad_out, beta=0)
         grad_scores = torch._softmax_backward_data(grad_out.bmm(v.transpose(1, 2)), weights, -1, weights.dtype)
@@ -289,22 +298,25 @@ class Attention(nn.Module):
         heads = qkv.view(first, second, 3, self.num_heads, self.head_dim)
         return heads.permute(2, 0, 3, 1, 4) if batch_first else heads.permute(2, 1, 3, 0, 4)
 
-    def attend(self, qkv: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(out [batch, L, heads * head_dim], weights [batch, heads, L, L] or None)`` of stacked heads."""
-        _, batch, _, length, _ = qkv.shape
+    def attend(
+        self, qkv: torch.Tensor, need_weights: bool = False, batch_first: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out [batch, L, heads * head_dim], weights [batch, heads, L, L] or None)`` of stacked heads; not
+        ``batch_first``, ``out`` is ``[L, batch, heads * head_dim]`` (:func:`_merge_heads`)."""
         dropout = self.attn_drop if self.training else 0.0
+        weights = None
         if self.impl == "sdpa" and not need_weights:
             if _fused_cpu_backward(qkv, dropout):
                 out = _FlashAttentionCPU.apply(qkv)
             else:
                 out = F.scaled_dot_product_attention(*qkv.unbind(0), dropout_p=dropout)
-            return out.transpose(1, 2).reshape(batch, length, -1), None
-        if need_weights or dropout:
+        elif need_weights or dropout:
             out, weights = self._attend_explicit(*qkv.unbind(0), dropout)
-            return out.transpose(1, 2).reshape(batch, length, -1), weights
-        if torch.is_grad_enabled() and qkv.requires_grad:
-            return _MathAttention.apply(qkv, self.scale), None
-        return _attend_math(qkv, self.scale)[0], None
+        elif torch.is_grad_enabled() and qkv.requires_grad:
+            out = _MathAttention.apply(qkv, self.scale)
+        else:
+            out = _attend_math(qkv, self.scale)[0]
+        return _merge_heads(out, batch_first), weights
 
     def attend_first(self, qkv: torch.Tensor) -> torch.Tensor:
         """:meth:`attend` for the first query of every sequence alone (over all keys and values):
@@ -316,7 +328,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
             out, _ = self._attend_explicit(q, k, v, dropout)
-        return out.transpose(1, 2).reshape(q.shape[0], 1, -1)
+        return _merge_heads(out)
 
     def _attend_explicit(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float
@@ -351,7 +363,8 @@ class DividedSpaceTimeBlock(nn.Module):
 
     Tokens are ``x [T, B, 1 + S, D]``: for every frame ``t`` and clip ``b``, slot 0 holds the clip's CLS token
     (the same in every frame) and slots ``1..S`` the frame's patches in row-major order. In this layout both
-    attentions read their heads straight out of the ``qkv`` output, the spatial sequence ``[CLS, patches of
+    attentions read their heads straight out of the ``qkv`` output, the temporal attention's output comes back
+    in the token layout (the CPU flash kernel lays it out as its query), the spatial sequence ``[CLS, patches of
     frame t]`` is stored as it is, and no token is re-arranged, repeated or concatenated:
 
     - temporal: each spatial position attends over its ``T`` frames; the result passes ``temporal_fc``
@@ -383,10 +396,12 @@ class DividedSpaceTimeBlock(nn.Module):
 
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         frames, batch, tokens, dim = x.shape
-        qkv = linear(self.temporal_norm1(x.view(frames, batch * tokens, dim)), self.temporal_attn.qkv)
-        out, _ = self.temporal_attn.attend(self.temporal_attn.split_heads(qkv, batch_first=False))
-        res = linear(self.drop_path(linear(out, self.temporal_attn.proj)), self.temporal_fc)
-        out = x + res.view(batch, tokens, frames, dim).permute(2, 0, 1, 3)
+        flat = x.view(frames, batch * tokens, dim)
+        qkv = linear(self.temporal_norm1(flat), self.temporal_attn.qkv)
+        heads = self.temporal_attn.split_heads(qkv, batch_first=False)
+        out, _ = self.temporal_attn.attend(heads, batch_first=False)
+        out = linear(self.drop_path(linear(out, self.temporal_attn.proj), dim=1), self.temporal_fc, residual=flat)
+        out = out.view(x.shape)
         out[:, :, 0] = x[:, :, 0]
         return out
 

@@ -1,4 +1,4 @@
-"""The CPU MLP's own code against torch's modules."""
+"""The CPU MLP's own code against torch's modules; the temporal branch's layout and stochastic depth."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from endofm.models import layers
-from endofm.models.layers import Mlp, mlp
+from endofm.models.layers import DividedSpaceTimeBlock, Mlp, mlp
 
 
 def _largest_allocation(fn) -> int:
@@ -58,3 +58,29 @@ def test_cpu_mlp_of_no_rows_gives_zero_gradients():
         torch.use_deterministic_algorithms(previous)
     for name, param in module.named_parameters():
         assert torch.equal(param.grad, torch.zeros_like(param)), name
+
+
+def test_temporal_branch_drops_whole_position_sequences():
+    """Stochastic depth of the temporal branch is per sample of its batch, a (clip, spatial position) sequence
+    over all frames, as in the original; the CLS slots pass through unchanged."""
+    torch.manual_seed(0)
+    block = DividedSpaceTimeBlock(32, 4, drop_path_rate=0.5).train()
+    torch.nn.init.zeros_(block.temporal_fc.bias)  # drop path acts before temporal_fc: a dropped sample gets its bias
+    x = torch.randn(6, 3, 1 + 40, 32)
+    with torch.no_grad():
+        change = block._temporal(x) - x
+    dropped = change.abs().amax(dim=(0, 3)) == 0  # [clips, tokens]
+    assert torch.equal(change[:, :, 0], torch.zeros_like(change[:, :, 0]))
+    patches = change[:, :, 1:].abs().amax(dim=3) == 0  # [frames, clips, patches]
+    assert torch.equal(patches, dropped[None, :, 1:].expand_as(patches))
+    assert 0 < int(dropped[:, 1:].sum()) < dropped[:, 1:].numel()
+
+
+def test_temporal_branch_writes_its_attention_output_in_the_token_layout_without_a_copy():
+    """The CPU flash kernel lays out its output as the query ``[frames, clips * tokens, heads, head_dim]``, the
+    token layout: the temporal branch reads it as it is (a view), no re-arranging copy."""
+    block = DividedSpaceTimeBlock(32, 4).eval()
+    x = torch.randn(6, 3, 1 + 40, 32)
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        block._temporal(x)
+    assert not [event.name for event in prof.events() if event.name in ("aten::clone", "aten::contiguous")]
