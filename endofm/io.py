@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
+def _temporary_beside(path: Path, suffix: str) -> Path:
+    """A new empty file in ``path``'s folder, with the permissions a plain ``open(path, "w")`` would leave:
+    those of ``path`` where it exists, else ``0o666`` less the umask (``tempfile.mkstemp`` makes ``0o600``,
+    which would leave outputs unreadable to the user's group)."""
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    if path.exists():
+        os.chmod(temp, stat.S_IMODE(path.stat().st_mode))
+    return temp
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (named with ``suffix``, for writers that
+    go by the extension), then rename it onto ``path``.
 
     A crash or error midway leaves any previous ``path`` untouched and removes the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_beside(path, suffix)
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

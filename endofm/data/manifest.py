@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -43,6 +42,7 @@ from endofm.data.video import (
     random_access_options,
 )
 from endofm.errors import DatasetError, EndoFMError, InputError
+from endofm.io import atomic_write
 
 TRANSCODE_CRF = 18
 """x264 quality of :func:`transcode_videos` (lower is better; 18 is close to visually lossless)."""
@@ -195,11 +195,9 @@ def _line_clean(text: str) -> str:
 
 def write_manifest(rows: list[ManifestRow], out_csv: str | os.PathLike) -> Path:
     """Write manifest rows (one CSV row per clip, one per error) atomically."""
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as f:
+
+    def write(temp: str) -> None:
+        with open(temp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             for row in rows:
@@ -209,11 +207,8 @@ def write_manifest(rows: list[ManifestRow], out_csv: str | os.PathLike) -> Path:
                     writer.writerow([str(row.path), _line_clean(row.status), "", "", *common, *tail])
                 for start, length in row.clips:
                     writer.writerow([str(row.path), "ok", start, length, *common, *tail])
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return out
+
+    return atomic_write(out_csv, write)
 
 
 def load_manifest_rows(csv_path: str | os.PathLike) -> list[ManifestRow]:
@@ -429,10 +424,8 @@ def _transcode_one(source: Path, target: Path, short_side: int, codec: str) -> N
         height, width = info.height, info.width
     height, width = height + height % 2, width + width % 2
     rate = Fraction(info.fps).limit_denominator(1001)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".mp4", dir=target.parent)
-    os.close(handle)
-    try:
+
+    def encode(temp: str) -> None:
         with av.open(str(source)) as inp, av.open(temp, "w", format="mp4") as outp:
             in_stream = inp.streams.video[0]
             in_stream.thread_type = "AUTO"
@@ -448,7 +441,5 @@ def _transcode_one(source: Path, target: Path, short_side: int, codec: str) -> N
                     outp.mux(packet)
             for packet in out_stream.encode():
                 outp.mux(packet)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, encode, suffix=".mp4")
