@@ -144,6 +144,10 @@ def test_truncated_missing_and_foreign_files(tmp_path, nets):
         load_checkpoint(truncated)
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "absent.pth")
+    for name, content in {"notes.pth": b'{"lr": 0.1}', "clip.pth": b"\x00\x00\x00\x18ftypmp42"}.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{name}: not a PyTorch checkpoint"):
+            load_checkpoint(tmp_path / name)
     foreign = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}, foreign)
     with pytest.raises(CheckpointError, match="not an Endo-FM checkpoint"):
