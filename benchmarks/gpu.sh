@@ -9,7 +9,7 @@
 #   original  the original module structure in fp16 with a gradient scaler
 #   compile   torch.compile'd backbones (compilation takes minutes: give it a call of its own)
 #   compile_ckpt6  the same with checkpointing of the first 6 blocks (fewer launches may make recompute cheap)
-#   engine    `endofm pretrain` with configs/pretrain/endofm_vit_base.yaml on a synthetic corpus
+#   engine    `endofm pretrain` with the endofm_vit_base recipe on a synthetic corpus
 #   demo      `endofm demo --quick --device cuda` (every task end to end)
 # Results land in $OUT (or ./gpu_results): step*.json, pretrain_log.jsonl, demo_report.md, summary.json, gpu.log.
 # Usage: bash benchmarks/gpu.sh; RUNS="compile" bash benchmarks/gpu.sh (repository root; PYTHON picks the
@@ -44,7 +44,7 @@ for run in $RUNS; do
       --checkpoint-blocks 6 --out "$OUTDIR/step_compile_ckpt6.json" ;;
     engine)
       timeout 90 "$PYTHON" -m endofm data synth "$WORK/corpus" --videos 64
-      timeout 150 "$PYTHON" -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml \
+      timeout 150 "$PYTHON" -m endofm pretrain --config endofm_vit_base \
         data.manifest="$WORK/corpus/pretrain" run.out_dir="$WORK/pretrain" run.batch_size=8 run.max_steps=30 \
         run.num_workers=12 run.checkpoint_every=0
       cp "$WORK/pretrain/log.jsonl" "$OUTDIR/pretrain_log.jsonl" ;;

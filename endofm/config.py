@@ -22,15 +22,20 @@ import os
 import types
 import typing
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from endofm.errors import ConfigError
 from endofm.io import atomic_write_text
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 T = TypeVar("T")
+RECIPE_KINDS = ("pretrain", "finetune")
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -146,13 +151,44 @@ def _build(cls: type[T], values: dict, prefix: str = "") -> T:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {error}") from error
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build ``cls`` from its defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
+def list_recipes(kind: str | None = None) -> list[str]:
+    """Names of the recipes shipped inside the package (``pretrain/``, ``finetune/``), e.g. ``cpu_micro``."""
+    kinds = (kind,) if kind else RECIPE_KINDS
+    root = resources.files("endofm") / "configs"
+    return sorted(entry.name[: -len(".yaml")] for k in kinds for entry in (root / k).iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def find_recipe(name: str, kind: str | None = None) -> Traversable:
+    """The shipped recipe called ``name`` (``cpu_micro``, ``pretrain/cpu_micro`` or ``cpu_micro.yaml``)."""
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    folder, _, stem = stem.rpartition("/")
+    kinds = (folder,) if folder else ((kind,) if kind else RECIPE_KINDS)
+    root = resources.files("endofm") / "configs"
+    for k in kinds:
+        if k in RECIPE_KINDS and (root / k / f"{stem}.yaml").is_file():
+            return root / k / f"{stem}.yaml"
+    known = ", ".join(list_recipes(kind)) or "none"
+    raise ConfigError(f"config {name!r}: no such file, and no shipped recipe of that name (shipped: {known})")
+
+
+def resolve_recipe(path: str | os.PathLike, kind: str | None = None) -> Path | Traversable:
+    """A recipe argument as a file: an existing path as it is, otherwise a shipped recipe's name."""
+    if Path(path).is_file():
+        return Path(path)
+    return find_recipe(str(path), kind)
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                kind: str | None = None) -> T:
+    """Build ``cls`` from its defaults, then a recipe, then ``key=value`` overrides.
+
+    ``path`` is a YAML file or the name of a shipped recipe (``cpu_micro``; ``kind`` narrows the search to
+    ``pretrain`` or ``finetune``).
+    """
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_recipe(path, kind)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:

@@ -1,11 +1,11 @@
 """The main job on the embedded synthetic endoscopy corpus, from pretraining to a report.
 
 Stages: write a synthetic corpus (unlabelled pretraining videos and the PolypDiag, CVC-ClinicDB and KUMC
-layouts); pretrain the micro backbone (``configs/pretrain/cpu_micro.yaml``) for a step budget; compare the
+layouts); pretrain the micro backbone (the ``cpu_micro`` recipe) for a step budget; compare the
 frozen features of the pretrained teacher with three random backbones of the same architecture (k-NN and
 linear probe, of the CLS token and of the max-pooled patch tokens, on a separate held-out PolypDiag-layout
 set); fine-tune classification (on that set: 60 test videos rather than the 20 of the corpus's PolypDiag
-layout), segmentation and detection from the teacher (``configs/finetune/*_cpu.yaml``); run ``predict`` with
+layout), segmentation and detection from the teacher (the ``*_cpu`` recipes); run ``predict`` with
 the segmenter on one video; draw the teacher's attention on one clip; and write ``report.md`` and
 ``report.html`` (see :mod:`endofm.report.report`). Everything lands in one run folder.
 """
@@ -45,8 +45,7 @@ from endofm.tasks.predict import predict_detect, predict_video
 from endofm.tasks.probe import evaluate_frozen_pools
 from endofm.tasks.segment import SegmentConfig, finetune_segment
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRETRAIN_RECIPE = CONFIGS / "pretrain" / "cpu_micro.yaml"
+PRETRAIN_RECIPE = "cpu_micro"
 RANDOM_BASELINES = 3
 """Random initialisations the pretrained teacher's frozen features are compared with (they spread by several
 points of accuracy, so one is not a baseline)."""
@@ -89,7 +88,7 @@ def _finetune(task: str, config: DemoConfig, teacher: Path, data: Path, out: Pat
     cls, run, epochs = {"classify": (ClassifyConfig, finetune_classify, config.classify_epochs),
                         "segment": (SegmentConfig, finetune_segment, config.segment_epochs),
                         "detect": (DetectConfig, finetune_detect, config.detect_epochs)}[task]
-    recipe = load_config(cls, CONFIGS / "finetune" / f"{task}_cpu.yaml", [
+    recipe = load_config(cls, f"{task}_cpu", kind="finetune", overrides=[
         f"model.init={teacher}", f"data.root={data}", f"run.out_dir={out}", f"run.epochs={epochs}",
         f"run.seed={config.seed}", f"run.device={config.device}", f"run.progress={str(config.progress).lower()}"])
     run(recipe)
@@ -189,7 +188,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     pre_dir = out / "pretrain"
     with stage("pretrain", f"pretraining the micro backbone ({config.pretrain_steps} steps)"):
-        recipe = load_config(PretrainConfig, PRETRAIN_RECIPE, [
+        recipe = load_config(PretrainConfig, PRETRAIN_RECIPE, kind="pretrain", overrides=[
             f"data.manifest={data / 'pretrain'}", f"run.out_dir={pre_dir}", f"run.max_steps={config.pretrain_steps}",
             f"run.seed={config.seed}", f"run.device={config.device}", f"run.num_workers={PRETRAIN_WORKERS}",
             f"run.progress={str(config.progress).lower()}"])
@@ -245,8 +244,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         }
         results = {
             "settings": {**asdict(config), "backbone": arch,
-                         "pretrain recipe": str(PRETRAIN_RECIPE.relative_to(CONFIGS.parent)),
-                         "fine-tune recipes": "configs/finetune/*_cpu.yaml"},
+                         "pretrain recipe": PRETRAIN_RECIPE,
+                         "fine-tune recipes": "classify_cpu, segment_cpu, detect_cpu"},
             "pretrain": _pretrain_summary(pre_dir, recipe), "frozen": frozen,
             "finetune": finetune, "predict": predict, "attention": attention, "figures": figures, "timings": timings,
         }

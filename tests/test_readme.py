@@ -45,13 +45,13 @@ TINY: dict[str, list[str]] = {
     "endofm embed my_videos/ --checkpoint models/endo_fm --out feats.npz --window 32 --stride 16 --device cuda:0":
         [*SMALL_CLIP, "--quiet"],
     "endofm data scan my_videos/ --out manifest.csv": [],
-    "endofm pretrain --config configs/pretrain/cpu_tiny.yaml data.manifest=manifest.csv run.out_dir=runs/tiny":
+    "endofm pretrain --config cpu_tiny data.manifest=manifest.csv run.out_dir=runs/tiny":
         PRETRAIN,
-    "endofm pretrain --config configs/pretrain/endofm_vit_base.yaml data.manifest=manifest.csv "
+    "endofm pretrain --config endofm_vit_base data.manifest=manifest.csv "
     "model.init=endo_fm.pth run.batch_size=24": [*SMALL_VIEWS, *PRETRAIN, "run.out_dir=runs/base"],
-    "torchrun --nproc_per_node 8 -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml "
+    "torchrun --nproc_per_node 8 -m endofm pretrain --config endofm_vit_base "
     "data.manifest=manifest.csv": [*SMALL_VIEWS, *PRETRAIN, "run.out_dir=runs/ddp"],
-    "endofm pretrain --config configs/pretrain/cpu_tiny.yaml run.out_dir=runs/tiny --resume": ["run.max_steps=3"],
+    "endofm pretrain --config cpu_tiny run.out_dir=runs/tiny --resume": ["run.max_steps=3"],
     "endofm evaluate knn --data polypdiag/ --checkpoint runs/tiny/teacher": [*SMALL_CLIP, "--quiet"],
     "endofm evaluate knn --data polypdiag/ --model endofm_vit_mini": [*SMALL_CLIP, "--quiet"],
     "endofm finetune classify --data PolypDiag/ --init endo_fm.pth --out runs/polypdiag":
@@ -67,8 +67,8 @@ TINY: dict[str, list[str]] = {
 # What each command must leave behind (beyond exiting with 0).
 OUTPUTS = {
     "endofm convert": "models/endo_fm/config.json", "endofm embed": "feats.npz", "endofm data scan": "manifest.csv",
-    "endofm pretrain --config configs/pretrain/cpu_tiny.yaml data": "runs/tiny/teacher/config.json",
-    "endofm pretrain --config configs/pretrain/endofm_vit_base": "runs/base/teacher/config.json",
+    "endofm pretrain --config cpu_tiny data": "runs/tiny/teacher/config.json",
+    "endofm pretrain --config endofm_vit_base": "runs/base/teacher/config.json",
     "torchrun": "runs/ddp/teacher/config.json", "endofm finetune classify": "runs/polypdiag/metrics.json",
     "endofm finetune segment": "runs/cvc/metrics.json", "endofm finetune detect": "runs/kumc/metrics.json",
     "endofm evaluate classify": "metrics.json", "endofm predict": "predictions/annotated.mp4",
@@ -111,7 +111,6 @@ def workspace(tmp_path, monkeypatch):
     write_cvc(tmp_path / "CVC-ClinicDB", 4, length_range=(3, 4), size=64)
     write_kumc(tmp_path / "KUMC", 3, num_frames=4, size=64)
     write_video(tmp_path / "case.mp4", render_video(0, 8, 64, polyp=True).frames)
-    (tmp_path / "configs").symlink_to(REPO / "configs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -29,7 +29,7 @@ def _finetune(args: argparse.Namespace) -> int:
         overrides.append(f"run.out_dir={args.out}")
     if args.select_on_test:
         overrides.append("selection.select_on_test=true")
-    config = load_config(config_cls, args.config, overrides)
+    config = load_config(config_cls, args.config, overrides, kind="finetune")
     try:
         summary = run(config, resume=args.resume)
     finally:
@@ -53,13 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for task, help_text in TASK_HELP.items():
         sub = tasks.add_parser(
             task, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
-            description=f"{help_text}.\nDefaults are the original hyper-parameters (configs/finetune/{task}.yaml); "
-                        f"configs/finetune/{task}_cpu.yaml is a tiny CPU recipe. The best epoch is chosen on a "
+            description=f"{help_text}.\nDefaults are the original hyper-parameters (the shipped recipe {task}); "
+                        f"--config {task}_cpu is a tiny CPU recipe. The best epoch is chosen on a "
                         "validation split kept apart from the test split; the run folder gets config.yaml, "
                         "log.jsonl, checkpoints/, plots/, metrics.json and model/ (for endofm predict).")
         sub.add_argument("--data", default=None, help="dataset root in the original layout (data.root)")
         sub.add_argument("--init", default=None, help="initial weights: any Endo-FM checkpoint (model.init)")
-        sub.add_argument("--config", default=None, help="YAML recipe (default: built-in original hyper-parameters)")
+        sub.add_argument("--config", default=None, help="a YAML file or the name of a shipped recipe (e.g. classify_cpu; default: built-in defaults)")
         sub.add_argument("--out", default=None, help="run folder (run.out_dir)")
         sub.add_argument("--select-on-test", action="store_true",
                          help="the original protocol: choose the best epoch on the TEST split (optimistic numbers; "

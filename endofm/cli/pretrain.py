@@ -11,7 +11,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from endofm.engine.distributed import shutdown
     from endofm.pretrain import PretrainConfig, pretrain
 
-    config = load_config(PretrainConfig, args.config, args.overrides)
+    config = load_config(PretrainConfig, args.config, args.overrides, kind="pretrain")
     saved = Path(config.run.out_dir) / "config.yaml"
     if args.resume and saved.is_file():
         config = load_config(PretrainConfig, saved, args.overrides)
@@ -31,13 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pretrain", help="self-supervised pretraining (Endo-FM recipe); torchrun for several GPUs/nodes",
         description="Pretrain a backbone on your videos. Examples:\n"
-                    "  endofm pretrain --config configs/pretrain/cpu_tiny.yaml data.manifest=videos/\n"
-                    "  torchrun --nproc_per_node 4 -m endofm pretrain --config configs/pretrain/endofm_vit_base.yaml "
+                    "  endofm pretrain --config cpu_tiny data.manifest=videos/\n"
+                    "  torchrun --nproc_per_node 4 -m endofm pretrain --config endofm_vit_base "
                     "data.manifest=manifest.csv\n"
                     "The run folder (run.out_dir) gets config.yaml, log.jsonl, checkpoints/, plots/ and the teacher "
                     "in the endofm format (teacher/) and the original layout (teacher_endo_fm.pth).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML recipe (default: the built-in defaults, ViT-B)")
+    parser.add_argument("--config", default=None, help="a YAML file or the name of a shipped recipe: "
+                        "cpu_micro, cpu_tiny, endofm_vit_base (default: the built-in defaults, ViT-B)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in run.out_dir from its last.pt, with the run's saved config.yaml "
                              "(from the beginning if it stopped before its first checkpoint)")

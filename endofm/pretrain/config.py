@@ -122,7 +122,7 @@ class LossConfig:
 
 @dataclass
 class PretrainConfig:
-    """Everything a pretraining run needs; loaded from ``configs/pretrain/*.yaml``."""
+    """Everything a pretraining run needs; loaded from a recipe (``endofm/configs/pretrain/*.yaml``, by name)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -129,7 +129,7 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[lis
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in test.items() if isinstance(v, float) or v is None)
         rows.append([task, shown, _fmt(metrics.get("best_epoch")), metrics.get("protocol", "")])
     sections.append(("Fine-tuned tasks (test split)", " ".join([
-        "Fine-tuned from the pretrained teacher with the small configs/finetune/*_cpu.yaml recipes for a few epochs "
+        "Fine-tuned from the pretrained teacher with the small shipped *_cpu recipes for a few epochs "
         "on tiny synthetic sets; the numbers show the pipeline runs end to end, not the model's real-world accuracy.",
         *finetune_caveats(results["finetune"])]), ["task", "test metrics", "best epoch", "protocol"], rows))
     pred = results.get("predict", {})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from endofm.config import load_config, save_config
+from endofm.config import list_recipes, load_config, save_config
 from endofm.engine.sampler import ShardedBatchSampler
 from endofm.errors import ConfigError, InputError
 from endofm.pretrain import PretrainConfig
@@ -14,7 +14,7 @@ from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
 from endofm.tasks.segment import SegmentConfig
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "endofm" / "configs"
 
 
 def test_processes_together_see_the_single_process_batches():
@@ -44,25 +44,39 @@ def test_batch_larger_than_dataset_is_refused():
 
 
 def test_recipe_files_load_and_round_trip(tmp_path):
-    config = load_config(PretrainConfig, "configs/pretrain/endofm_vit_base.yaml")
+    config = load_config(PretrainConfig, "endofm_vit_base")
     assert config.data.views.local_frames == (2, 2, 4, 4, 8, 8, 16, 16) and config.model.head_out_dim == 65536
-    tiny = load_config(PretrainConfig, "configs/pretrain/cpu_tiny.yaml", ["run.epochs=3", "optim.lr=1e-3"])
+    tiny = load_config(PretrainConfig, "cpu_tiny", ["run.epochs=3", "optim.lr=1e-3"])
     assert tiny.run.epochs == 3 and tiny.optim.lr == 1e-3 and tiny.model.arch == "endofm_vit_mini"
     save_config(tiny, tmp_path / "config.yaml")
     assert load_config(PretrainConfig, tmp_path / "config.yaml") == tiny
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (CONFIGS / "pretrain").glob("*.yaml")))
+def test_every_shipped_recipe_is_listed():
+    for kind in ("pretrain", "finetune"):
+        files = sorted(p.stem for p in (CONFIGS / kind).glob("*.yaml"))
+        assert files and list_recipes(kind) == files
+
+
+@pytest.mark.parametrize("recipe", list_recipes("pretrain"))
 def test_every_pretraining_recipe_loads(recipe):
-    config = load_config(PretrainConfig, CONFIGS / "pretrain" / recipe)
+    config = load_config(PretrainConfig, recipe, kind="pretrain")
     assert config.model.arch and config.data.views.global_size % 8 == 0
+    assert load_config(PretrainConfig, CONFIGS / "pretrain" / f"{recipe}.yaml") == config, "a path still works"
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (CONFIGS / "finetune").glob("*.yaml")))
+@pytest.mark.parametrize("recipe", list_recipes("finetune"))
 def test_every_finetuning_recipe_loads(recipe):
-    task = recipe.removesuffix(".yaml").split("_")[0]
+    task = recipe.split("_")[0]
     config_class = {"classify": ClassifyConfig, "segment": SegmentConfig, "detect": DetectConfig}[task]
-    assert load_config(config_class, CONFIGS / "finetune" / recipe).run.epochs > 0
+    assert load_config(config_class, f"finetune/{recipe}").run.epochs > 0
+
+
+def test_an_unknown_recipe_name_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"'cpu_mikro'.*cpu_micro"):
+        load_config(PretrainConfig, "cpu_mikro", kind="pretrain")
+    with pytest.raises(ConfigError, match="no shipped recipe"):
+        load_config(PretrainConfig, tmp_path / "missing.yaml")
 
 
 @pytest.mark.parametrize(

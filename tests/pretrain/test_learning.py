@@ -16,7 +16,7 @@ from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
 from endofm.tasks.probe import evaluate_frozen
 
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "cpu_micro.yaml"
+RECIPE = "cpu_micro"
 CLIPS, STEPS, PROBE_VIDEOS = 1000, 620, 400
 
 
@@ -35,7 +35,7 @@ def test_a_short_run_lifts_knn_accuracy_above_random_weights(tmp_path: Path) -> 
         for job in jobs:
             job.result()
     run = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "endofm", "pretrain", "--config", str(RECIPE), f"data.manifest={clips}",
+    subprocess.run([sys.executable, "-m", "endofm", "pretrain", "--config", RECIPE, f"data.manifest={clips}",
                     f"run.out_dir={run}", f"run.max_steps={STEPS}", "run.epochs=10", "run.progress=false"],
                    check=True)
     options = {"num_frames": 16, "size": 64, "pool": "max"}

@@ -15,14 +15,13 @@ from endofm.cli.main import main
 from endofm.errors import CheckpointError
 from endofm.models.checkpoint import load_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 TINY = ["model.arch=endofm_vit_micro", "run.progress=false", "run.num_workers=0"]
 
 
 def finetune(task: str, root: Path, out: Path, *extra: str) -> int:
     flags = [e for e in extra if e.startswith("--")]
     overrides = [e for e in extra if not e.startswith("--")]
-    return main(["finetune", task, "--data", str(root), "--config", str(CONFIGS / f"{task}_cpu.yaml"),
+    return main(["finetune", task, "--data", str(root), "--config", f"{task}_cpu",
                  "--out", str(out), *flags, *TINY, *overrides])
 
 
