@@ -12,6 +12,7 @@ The public API, in a few lines::
     pooled = model.forward_pooled(clips, "max")            # or "mean": over the patch tokens -> [B, 768]
     ckpt = endofm.load_checkpoint("runs/x/checkpoints/last.pt")  # a pretraining run's teacher at that step
     endofm.save_pretrained("my-model", ckpt.backbone)      # safetensors + config.json
+    seg = endofm.load_finetuned("cvc.pth", num_heads=12)   # any fine-tuned model: .task, .model, .input
 
 Errors a user can cause are :class:`EndoFMError` subclasses with messages that name the file or key.
 """
@@ -29,6 +30,7 @@ from endofm.models import (
     save_pretrained,
 )
 from endofm.tasks.embed import VideoEmbedding, embed_video
+from endofm.tasks.finetuned import InputSpec, LoadedFinetuned, load_finetuned
 
 __version__ = "0.1.0"
 
@@ -41,7 +43,9 @@ __all__ = [
     "EndoFMBackbone",
     "EndoFMError",
     "InputError",
+    "InputSpec",
     "LinearClassifier",
+    "LoadedFinetuned",
     "VideoEmbedding",
     "VideoError",
     "build_model",
@@ -49,5 +53,6 @@ __all__ = [
     "export_original",
     "list_models",
     "load_checkpoint",
+    "load_finetuned",
     "save_pretrained",
 ]

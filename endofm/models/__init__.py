@@ -11,6 +11,7 @@ from endofm.models.checkpoint import (
 )
 from endofm.models.heads import DINOHead, LinearClassifier
 from endofm.models.registry import MODEL_CONFIGS, build_model, list_models
+from endofm.models.transunet import TransUNet, TransUNetConfig
 
 __all__ = [
     "MODEL_CONFIGS",
@@ -20,6 +21,8 @@ __all__ = [
     "EndoFMBackbone",
     "LinearClassifier",
     "LoadedCheckpoint",
+    "TransUNet",
+    "TransUNetConfig",
     "build_model",
     "export_original",
     "infer_backbone_config",
