@@ -32,7 +32,12 @@ def _describe(ckpt) -> dict:
 
 def _convert(args: argparse.Namespace) -> int:
     from endofm.models.checkpoint import load_checkpoint, save_pretrained
+    from endofm.tasks.finetuned import convert_released
 
+    released = convert_released(args.checkpoint, args.out_dir, num_heads=args.num_heads)
+    if released is not None:
+        print(f"converted {args.checkpoint} ({released.layout}, a {released.task} model) -> {args.out_dir}")
+        return 0
     ckpt = load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which)
     metadata = {"converted_from": str(args.checkpoint), "layout": ckpt.info.layout, "which": ckpt.info.which}
     out = save_pretrained(args.out_dir, ckpt.backbone, ckpt.dino_head, ckpt.classifier, metadata=metadata)
@@ -46,11 +51,14 @@ def _convert(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from endofm.io import sha256_of
     from endofm.models.checkpoint import WEIGHTS_FILE, load_checkpoint
+    from endofm.tasks.finetuned import describe_finetuned
 
-    ckpt = load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which)
     weights = Path(args.checkpoint)
     weights = weights / WEIGHTS_FILE if weights.is_dir() else weights
-    print(json.dumps({"file": str(weights), "sha256": sha256_of(weights), **_describe(ckpt)}, indent=2))
+    described = describe_finetuned(args.checkpoint, num_heads=args.num_heads)
+    if described is None:
+        described = _describe(load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which))
+    print(json.dumps({"file": str(weights), "sha256": sha256_of(weights), **described}, indent=2))
     return 0
 
 
@@ -122,7 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``convert``, ``info`` and ``embed``."""
     convert = subparsers.add_parser(
         "convert", help="convert an original Endo-FM checkpoint to the endofm format (safetensors + config.json)")
-    convert.add_argument("checkpoint", help="original .pth (pretraining, endo_fm.pth, PolypDiag fine-tuned)")
+    convert.add_argument("checkpoint", help="original .pth (pretraining, endo_fm.pth, PolypDiag fine-tuned, CVC "
+                                            "TransUNet)")
     convert.add_argument("out_dir", help="output folder")
     _add_checkpoint_args(convert)
     convert.set_defaults(func=_convert)

@@ -145,11 +145,14 @@ class LoadedFinetuned:
 @dataclass(frozen=True)
 class ReleasedLayout:
     """A released checkpoint layout: ``matches(state)`` recognises the file's top-level dict and
-    ``load(state, path, num_heads)`` builds the model from it."""
+    ``load(state, path, num_heads)`` builds the model from it; ``save(loaded, directory)`` writes it as a
+    package folder that :func:`load_finetuned` reads back (None: ``endofm convert`` handles it as an Endo-FM
+    checkpoint, as the PolypDiag classifier)."""
 
     name: str
     matches: Callable[[Mapping[str, Any]], bool]
     load: Callable[[dict[str, Any], Path, int | None], LoadedFinetuned]
+    save: Callable[[LoadedFinetuned, Path], Path] | None = None
 
 
 def _load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
@@ -188,7 +191,9 @@ def _load_transunet(state: dict[str, Any], path: Path, num_heads: int | None) ->
 RELEASED_LAYOUTS: list[ReleasedLayout] = [
     ReleasedLayout("polypdiag", lambda state: "backbone_state_dict" in state, _load_polypdiag),
     ReleasedLayout("transunet", lambda state: "transformer.encoder.cls_token" in _transunet_state(state),
-                   _load_transunet),
+                   _load_transunet,
+                   lambda loaded, directory: save_transunet_folder(directory, loaded.model, loaded.input,
+                                                                   {"converted_from": loaded.path})),
 ]
 """Released layouts :func:`load_finetuned` recognises, tried in order."""
 
@@ -243,6 +248,50 @@ def _from_read_finetuned(path: Path) -> LoadedFinetuned:
         spec = preset_input(data["normalization"], (int(data["short_side"]), int(data["max_size"])),
                             len(data["ref_offsets"]) + 1, resize="short_side")
     return LoadedFinetuned(found.task, model.eval(), spec, str(path), "endofm", found.metadata)
+
+
+def released_layout(path: str | os.PathLike) -> tuple[ReleasedLayout, dict[str, Any]] | None:
+    """The released layout of a checkpoint file and its contents, or None (a folder, or no known layout)."""
+    if Path(path).is_dir():
+        return None
+    state = read_state(path)
+    for layout in RELEASED_LAYOUTS:
+        if layout.matches(state):
+            return layout, state
+    return None
+
+
+def convert_released(path: str | os.PathLike, directory: str | os.PathLike,
+                     num_heads: int | None = None) -> LoadedFinetuned | None:
+    """Write a released fine-tuned model that is not an Endo-FM backbone with heads (the TransUNet) as a
+    package folder; None when ``path`` is not such a file (``endofm convert`` then reads it as a checkpoint)."""
+    found = released_layout(path)
+    if found is None or found[0].save is None:
+        return None
+    layout, state = found
+    loaded = layout.load(state, Path(path), num_heads)
+    layout.save(loaded, Path(directory))
+    return loaded
+
+
+def describe_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> dict[str, Any] | None:
+    """What ``endofm info`` prints of a TransUNet (released file or folder); None for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            is_transunet = json.loads((path / CONFIG_FILE).read_text()).get("model") == MODEL_NAME
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+    else:
+        found = released_layout(path)
+        is_transunet = found is not None and found[0].name == "transunet"
+    if not is_transunet:
+        return None
+    loaded = load_finetuned(path, num_heads=num_heads)
+    return {"layout": loaded.layout, "task": loaded.task, "model": MODEL_NAME,
+            "transunet": loaded.model.config.to_dict(),  # type: ignore[union-attr]
+            "parameters_millions": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 3),
+            "input": loaded.input.to_dict()}
 
 
 def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> LoadedFinetuned:

@@ -111,3 +111,15 @@ def test_input_spec_normalises_as_the_original():
     rgb = video.float()
     expected = (rgb - rgb[0].min()) / (rgb[0].max() - rgb[0].min()) * 2 - 1
     assert torch.allclose(x[:, 0], expected[0].flip(0), atol=1e-6)  # BGR
+
+
+def test_convert_and_info_commands(tmp_path, tiny, capsys):
+    from endofm.cli.main import main
+
+    torch.save(tiny.state_dict(), tmp_path / "cvc.pth")
+    assert main(["convert", str(tmp_path / "cvc.pth"), str(tmp_path / "out"), "--num-heads", "2"]) == 0
+    assert main(["info", str(tmp_path / "out")]) == 0
+    assert '"model": "transunet"' in capsys.readouterr().out
+    clip = torch.randn(1, 3, 1, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(endofm.load_finetuned(tmp_path / "out").model(clip), tiny(clip))
