@@ -2,9 +2,9 @@
 
 The commands are read from the README's ``bash`` blocks and run with their own arguments plus the tiny-scale
 additions of :data:`TINY` (fewer steps, smaller frames, the CPU), in a folder holding small stand-ins for the
-files they name (``endo_fm.pth`` is the mini backbone in the original's flat layout; the datasets are
-synthetic, in the original layouts). A README command this test does not know fails it, so the README cannot
-drift away from what runs. The Python block runs too, on the mini model.
+files they name (``endo_fm.pth`` and ``kinetics400_vitb_ssl.pth`` are the mini backbone in the original's flat
+layout; the datasets are synthetic, in the original layouts). A README command this test does not know fails
+it, so the README cannot drift away from what runs. The Python block runs too, on the mini model.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ def workspace(tmp_path, monkeypatch):
     """A folder with small stand-ins for every file the README names."""
     backbone = build_model("endofm_vit_mini")
     export_original(tmp_path / "endo_fm.pth", backbone, DINOHead(backbone.embed_dim, 64, 32, 16))
+    export_original(tmp_path / "kinetics400_vitb_ssl.pth", backbone, DINOHead(backbone.embed_dim, 64, 32, 16))
     write_pretrain(tmp_path / "my_videos", 2, num_frames=12, size=64)
     for name in ("polypdiag", "PolypDiag"):
         write_polypdiag(tmp_path / name, 6, num_frames=8, size=64)

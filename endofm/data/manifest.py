@@ -363,6 +363,41 @@ def read_original_list(
     return entries
 
 
+def is_manifest(path: str | os.PathLike) -> bool:
+    """Whether a file is a manifest CSV (its header names ``path`` and ``status``), not an original list."""
+    try:
+        with Path(path).open(newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read: {error}") from error
+    return {"path", "status"} <= {name.strip() for name in header}
+
+
+def read_pretrain_clips(path: str | os.PathLike) -> list[ClipRef]:
+    """The clips of a pretraining list as given: a manifest CSV, or one of the original's lists as they are,
+    ``train.csv`` (``path,-1``: whole clip files) or ``<dir> <start> <len> -1`` (frame-folder clips).
+
+    A relative path in an original list is read as the original reads it, from the working folder, and,
+    when nothing is there, from the list's folder. Listed files that exist nowhere are one error naming them.
+    """
+    path = Path(path)
+    if is_manifest(path):
+        return read_manifest(path)
+    clips, missing = [], []
+    for entry in read_original_list(path):
+        found = entry.path
+        if not found.is_absolute() and not found.exists() and (path.parent / found).exists():
+            found = path.parent / found
+        if not found.exists():
+            missing.append(str(entry.path))
+        start, length = (entry.start, entry.length) if isinstance(entry, ClipRef) else (0, None)
+        clips.append(ClipRef(found, start, length))
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} listed clips exist neither from the working folder nor from "
+                           f"{path.parent}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return clips
+
+
 def _join(base: Path | None, name: str) -> Path:
     path = Path(name)
     return base / path if base is not None and not path.is_absolute() else path

@@ -17,11 +17,18 @@ class ModelConfig:
 
     arch: str = "endofm_vit_base"
     drop_path_rate: float = 0.1
+    teacher_drop_path: float | None = None
+    """Stochastic depth of the teacher (``None``: ``drop_path_rate``, as the original, which builds the teacher
+    like the student and never puts it in eval mode, so drop path is active in every teacher forward).
+    ``0`` gives a deterministic teacher (not the original)."""
     init: str | None = None
-    """Initial weights: an original checkpoint (``endo_fm.pth``, SVT's Kinetics weights, a full training
-    checkpoint) or an endofm model folder. Its architecture must match ``arch``."""
+    """Initial weights of the student and the teacher, DINO head included when the file has one (as the
+    original, which loads SVT's ``kinetics400_vitb_ssl.pth`` into both): an original checkpoint
+    (``endo_fm.pth``, SVT's Kinetics weights, a full training checkpoint), a run's training checkpoint or an
+    endofm model folder. Its architecture must match ``arch`` and its head the ``head_*`` sizes. ``null``
+    (or ``none``) starts from random weights."""
     num_heads: int | None = None
-    """Heads of the ``init`` checkpoint when they cannot be inferred (embed dim not a multiple of 64)."""
+    """Heads of the ``init`` checkpoint (default: those of ``arch``; shapes do not tell them)."""
     grad_checkpointing: bool = False
     checkpoint_blocks: int | None = None
     """With ``grad_checkpointing``: recompute only the first this many blocks (default all); fewer blocks save
@@ -42,6 +49,8 @@ class ModelConfig:
     norm_last_layer: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.init, str) and self.init.strip().lower() in ("", "none", "null"):
+            self.init = None
         if self.arch not in MODEL_CONFIGS:
             raise ConfigError(f"model.arch {self.arch!r} is not one of {sorted(MODEL_CONFIGS)}")
         depth = MODEL_CONFIGS[self.arch].depth
@@ -50,6 +59,8 @@ class ModelConfig:
                               f"got {self.checkpoint_blocks}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.teacher_drop_path is not None and not 0.0 <= self.teacher_drop_path < 1.0:
+            raise ConfigError(f"model.teacher_drop_path must be in [0, 1), got {self.teacher_drop_path}")
         if not 0.0 < self.token_keep_ratio <= 1.0:
             raise ConfigError(f"model.token_keep_ratio must be in (0, 1], got {self.token_keep_ratio}")
 
@@ -59,7 +70,9 @@ class DataConfig:
     """Where the clips come from and how they become views."""
 
     manifest: str = ""
-    """A manifest CSV from ``endofm data scan``, or a folder of videos (scanned into the run folder)."""
+    """A manifest CSV from ``endofm data scan``; the original's ``train.csv`` (``path,-1``) or list file
+    (``<dir> <start> <len> -1``) as they are; a folder holding ``train.csv`` (the original's ``--data_path``);
+    or a folder of videos (scanned into the run folder)."""
     clip_seconds: float = 5.0
     """Clip length when ``manifest`` is a folder that is scanned."""
     views: MultiViewConfig = field(default_factory=MultiViewConfig)

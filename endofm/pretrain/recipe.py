@@ -13,14 +13,14 @@ from torch import nn
 
 from endofm.config import config_to_dict, save_config
 from endofm.data.datasets.pretrain import PretrainClips, collate_views
-from endofm.data.manifest import read_manifest, scan_videos
+from endofm.data.manifest import read_pretrain_clips, scan_videos
 from endofm.data.views import MultiViewSampler
 from endofm.engine.distributed import DistributedContext, barrier, init_distributed
 from endofm.engine.optim import adamw, decay_groups
 from endofm.engine.trainer import LossPart, Recipe, Trainer
 from endofm.errors import ConfigError, DatasetError, TrainingError
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import export_original, load_checkpoint, save_pretrained
+from endofm.models.checkpoint import LoadedCheckpoint, export_original, load_checkpoint, save_pretrained
 from endofm.models.heads import DINOHead
 from endofm.models.registry import MODEL_CONFIGS, build_model
 from endofm.pretrain.config import ModelConfig, PretrainConfig
@@ -53,20 +53,63 @@ class MultiViewNetwork(nn.Module):
         return (outputs, embeddings) if return_embeddings else outputs
 
 
-def build_backbone(model: ModelConfig, drop_path_rate: float) -> EndoFMBackbone:
-    """The configured backbone, with the ``init`` weights when given (their architecture must match)."""
+KINETICS_WEIGHTS = "kinetics400_vitb_ssl.pth"
+KINETICS_URL = "https://github.com/kahnchana/svt/releases/download/v1.0/kinetics400_vitb_ssl.pth"
+"""SVT's Kinetics-400 weights, the original pretraining's initialisation (flat ``backbone.*`` + ``head.*``);
+the original README downloads them from :data:`KINETICS_URL`."""
+HEAD_FIELDS = ("in_dim", "out_dim", "hidden_dim", "bottleneck_dim", "num_layers", "use_bn")
+
+
+def load_init(model: ModelConfig) -> LoadedCheckpoint | None:
+    """The ``model.init`` checkpoint (``None`` without one), its backbone checked against ``model.arch``.
+
+    The head count comes from ``model.num_heads`` or the named architecture (shapes do not tell it).
+    """
     if model.init is None:
-        return build_model(model.arch, drop_path_rate=drop_path_rate)
-    source = load_checkpoint(model.init, num_heads=model.num_heads).backbone
+        return None
+    path = Path(model.init)
+    if not path.exists():
+        where = (f" The original pretraining starts from SVT's Kinetics-400 weights; the original README downloads "
+                 f"them from {KINETICS_URL} (README section 'Use the original Endo-FM weights')."
+                 if path.name == KINETICS_WEIGHTS else "")
+        raise ConfigError(f"model.init {path} does not exist.{where} Give the file's path as model.init=PATH, or "
+                          "model.init=null to start from random weights.")
+    source = load_checkpoint(path, num_heads=model.num_heads or MODEL_CONFIGS[model.arch].num_heads)
     wanted = MODEL_CONFIGS[model.arch]
-    different = [f"{name} {getattr(source.config, name)} vs {getattr(wanted, name)}" for name in ARCHITECTURE_FIELDS
-                 if getattr(source.config, name) != getattr(wanted, name)]
+    different = [f"{name} {getattr(source.backbone.config, name)} vs {getattr(wanted, name)}"
+                 for name in ARCHITECTURE_FIELDS if getattr(source.backbone.config, name) != getattr(wanted, name)]
     if different:
         raise ConfigError(f"model.init {model.init} does not fit model.arch={model.arch}: " + ", ".join(different))
-    backbone = build_model(model.arch, drop_path_rate=drop_path_rate, img_size=source.config.img_size,
-                           num_frames=source.config.num_frames)
-    backbone.load_state_dict(source.state_dict())
+    return source
+
+
+def build_backbone(model: ModelConfig, drop_path_rate: float, source: LoadedCheckpoint | None) -> EndoFMBackbone:
+    """The configured backbone, with the ``source`` backbone's weights when given."""
+    if source is None:
+        return build_model(model.arch, drop_path_rate=drop_path_rate)
+    config = source.backbone.config
+    backbone = build_model(model.arch, drop_path_rate=drop_path_rate, img_size=config.img_size,
+                           num_frames=config.num_frames)
+    backbone.load_state_dict(source.backbone.state_dict())
     return backbone
+
+
+def build_head(model: ModelConfig, embed_dim: int, source: LoadedCheckpoint | None) -> DINOHead:
+    """The configured DINO head, with the ``source`` head's weights when the file has a head; a file whose
+    head has other sizes than ``model.head_*`` is refused, naming both."""
+    head = DINOHead(embed_dim, model.head_out_dim, model.head_hidden_dim, model.head_bottleneck_dim,
+                    norm_last_layer=model.norm_last_layer)
+    if source is None or source.dino_head is None:
+        return head
+    found, wanted = source.dino_head.config, head.config
+    if any(found[name] != wanted[name] for name in HEAD_FIELDS):
+        sizes = ", ".join(f"{name} {found[name]} vs {wanted[name]}" for name in HEAD_FIELDS)
+        raise ConfigError(
+            f"model.init {model.init}: its DINO head does not fit the recipe's (file vs recipe: {sizes}); set "
+            f"model.head_out_dim={found['out_dim']} model.head_hidden_dim={found['hidden_dim']} "
+            f"model.head_bottleneck_dim={found['bottleneck_dim']} to start from it")
+    head.load_state_dict(source.dino_head.state_dict())
+    return head
 
 
 def teacher_groups(groups: list[torch.Tensor], group_views: list[list[int]], num_global: int,
@@ -97,15 +140,19 @@ class DINORecipe(Recipe):
         self.config = config
         self.device = context.device
         model = config.model
-        student_backbone = build_backbone(model, model.drop_path_rate).set_grad_checkpointing(
+        source = load_init(model)
+        student_backbone = build_backbone(model, model.drop_path_rate, source).set_grad_checkpointing(
             model.grad_checkpointing, blocks=model.checkpoint_blocks)
-        head = DINOHead(student_backbone.embed_dim, model.head_out_dim, model.head_hidden_dim,
-                        model.head_bottleneck_dim, norm_last_layer=model.norm_last_layer)
+        head = build_head(model, student_backbone.embed_dim, source)
         self.network = MultiViewNetwork(student_backbone, head).to(self.device)
-        teacher_backbone = EndoFMBackbone(dataclasses.replace(student_backbone.config, drop_path_rate=0.0))
+        teacher_drop = model.drop_path_rate if model.teacher_drop_path is None else model.teacher_drop_path
+        teacher_backbone = EndoFMBackbone(dataclasses.replace(student_backbone.config, drop_path_rate=teacher_drop))
         self.teacher = MultiViewNetwork(teacher_backbone, copy.deepcopy(head)).to(self.device)
         self.teacher.load_state_dict(self.network.state_dict())
-        self.teacher.requires_grad_(False).eval()
+        # Train mode, as the original's teacher (never put in eval mode): its stochastic depth is active in
+        # every forward. Dropout and attention dropout are 0 and the head has no batch norm, so drop path is
+        # the only thing the mode changes; with teacher_drop_path=0 the teacher is deterministic.
+        self.teacher.requires_grad_(False).train()
         if model.compile:  # in place, so state-dict keys and exports stay as they are
             student_backbone.compile(dynamic=False)
             teacher_backbone.compile(dynamic=False)
@@ -208,13 +255,15 @@ def _clips(config: PretrainConfig, out_dir: Path, context: DistributedContext) -
         raise ConfigError("data.manifest is not set: give a manifest CSV (endofm data scan) or a folder of videos")
     if not source.exists():
         raise ConfigError(f"data.manifest {source} does not exist")
+    if source.is_dir() and (source / "train.csv").is_file():  # the original's --data_path: reads its train.csv
+        source = source / "train.csv"
     if source.is_dir():
         manifest = out_dir / "manifest.csv"
         if context.is_main:
             scan_videos(source, manifest, clip_seconds=config.data.clip_seconds, progress=config.run.progress)
         barrier()
         source = manifest
-    clips = read_manifest(source)
+    clips = read_pretrain_clips(source)
     if not clips:
         raise DatasetError(f"{source}: no readable clips (every file failed or the manifest is empty)")
     return clips
