@@ -4,6 +4,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
+DEMO_ARGS ?=
+
 .PHONY: demo test lint setup setup-dev clean
 
 $(PY):
@@ -22,7 +24,7 @@ setup: $(STAMP)
 setup-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/endofm demo
+	$(VENV)/bin/endofm demo $(DEMO_ARGS)
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q
@@ -31,4 +33,4 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check endofm tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build dist *.egg-info

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "log.jsonl, checkpoints/, plots/, metrics.json and model/ (for endofm predict).")
         sub.add_argument("--data", default=None, help="dataset root in the original layout (data.root)")
         sub.add_argument("--init", default=None, help="initial weights: any Endo-FM checkpoint (model.init)")
-        sub.add_argument("--config", default=None, help="a YAML file or the name of a shipped recipe (e.g. classify_cpu; default: built-in defaults)")
+        sub.add_argument("--config", default=None, help="a YAML file or the name of a shipped recipe "
+                                                         "(e.g. classify_cpu; default: built-in defaults)")
         sub.add_argument("--out", default=None, help="run folder (run.out_dir)")
         sub.add_argument("--select-on-test", action="store_true",
                          help="the original protocol: choose the best epoch on the TEST split (optimistic numbers; "
