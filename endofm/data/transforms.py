@@ -9,7 +9,11 @@ preset and returns it as float ``[C, T, H, W]``; masks come back as long ``[T, H
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -23,7 +27,7 @@ _BOX_CLEANUP = v2.Compose([v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min
 class VideoTransform:
     """Geometric transform shared by a video, its masks and boxes, followed by normalisation."""
 
-    def __init__(self, geometric: v2.Transform, normalization: str = "imagenet"):
+    def __init__(self, geometric: Callable[[dict], dict], normalization: str = "imagenet"):
         if normalization not in NORMALIZATION:
             raise InputError(f"unknown normalisation preset {normalization!r}; choose from {sorted(NORMALIZATION)}")
         self.geometric = geometric
@@ -107,3 +111,55 @@ def eval_transform(
     if size is not None:
         steps.append(v2.CenterCrop(size))
     return VideoTransform(v2.Compose(steps), normalization)
+
+
+class ShortSideScaleCrop:
+    """The original PolypDiag view (SlowFast's ``spatial_sampling`` in ``datasets/data_utils.py``), for a video
+    alone: resize so the short side is an integer drawn uniformly from ``short_side`` (bilinear, no
+    antialiasing, the long side floored), then crop ``size`` x ``size``, at random (``crop="random"``, then a
+    horizontal flip with probability ``hflip``) or the first crop (``crop="first"``: the left one of a
+    landscape frame, the top one of a portrait frame: spatial index 0, which the original's test set uses).
+    Resized frames come back as floats in [0, 1] (:func:`~endofm.data.video.normalize` takes both)."""
+
+    def __init__(self, size: int, short_side: tuple[int, int], crop: str = "random", hflip: float = 0.5) -> None:
+        if crop not in ("random", "first"):
+            raise InputError(f"crop must be random or first, got {crop!r}")
+        if not 0 < short_side[0] <= short_side[1] or short_side[0] < size:
+            raise InputError(f"short_side {short_side} must be an increasing pair of sizes of at least {size}")
+        self.size, self.short_side, self.crop, self.hflip = size, short_side, crop, hflip
+
+    def __repr__(self) -> str:
+        return f"ShortSideScaleCrop(size={self.size}, short_side={self.short_side}, crop={self.crop!r})"
+
+    def __call__(self, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if set(sample) != {"video"}:
+            raise InputError("the original PolypDiag view transforms a video alone (no masks or boxes)")
+        video = sample["video"].as_subclass(torch.Tensor)
+        low, high = self.short_side
+        side = round(low + (high - low) * float(torch.rand(()))) if high > low else low
+        height, width = video.shape[-2:]
+        if min(height, width) != side:
+            if width < height:
+                height, width = math.floor(height / width * side), side
+            else:
+                height, width = side, math.floor(width / height * side)
+            video = F.interpolate(video.float() / 255.0, size=(height, width), mode="bilinear", align_corners=False)
+        top = left = 0
+        if self.crop == "random":  # offsets below height - size, as the original's np.random.randint
+            top = int(torch.randint(0, height - self.size, ())) if height > self.size else 0
+            left = int(torch.randint(0, width - self.size, ())) if width > self.size else 0
+        video = video[..., top: top + self.size, left: left + self.size]
+        if self.crop == "random" and float(torch.rand(())) < self.hflip:
+            video = video.flip(-1)
+        return {"video": tv_tensors.Video(video)}
+
+
+def original_view(size: int = 224, train: bool = True, normalization: str = "polypdiag") -> VideoTransform:
+    """The original PolypDiag fine-tuning's view (:class:`ShortSideScaleCrop`): in training the short side is
+    drawn from ``size * 8/7`` to ``size * 10/7`` (``DATA.TRAIN_JITTER_SCALES`` 256-320 at 224), a random crop and
+    a flip; at test time the short side is ``size`` (``DATA.TEST_CROP_SIZE``) and the first crop is taken."""
+    if train:
+        geometric = ShortSideScaleCrop(size, (round(size * 8 / 7), round(size * 10 / 7)), "random", 0.5)
+    else:
+        geometric = ShortSideScaleCrop(size, (size, size), "first")
+    return VideoTransform(geometric, normalization)

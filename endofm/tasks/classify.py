@@ -11,6 +11,7 @@ in the original layout (``train.txt`` and ``val.txt`` only, ``val.txt`` being wh
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from endofm.data.datasets.polypdiag import PolypDiagDataset
+from endofm.data.datasets.polypdiag import SAMPLINGS, PolypDiagDataset
 from endofm.data.datasets.splits import split_by_case
-from endofm.data.transforms import eval_transform, train_transform
+from endofm.data.transforms import eval_transform, original_view, train_transform
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError
 from endofm.metrics.classification import classification_metrics
@@ -40,19 +41,45 @@ from endofm.tasks.common import (
     run_finetune,
 )
 
-CLASSIFY_DEFAULT_DATA = {"num_frames": 8, "size": 224, "normalization": "polypdiag"}
+CLASSIFY_DEFAULT_DATA = {"num_frames": 8, "size": 224, "normalization": "polypdiag", "sampling": "original",
+                         "sampling_rate": 32, "target_fps": 30.0, "view": "original"}
 """Preprocessing of the original PolypDiag fine-tuning (used for the original's fine-tuned checkpoints)."""
+VIEWS = ("original", "center")
 
 
 @dataclass
 class ClassifyDataConfig:
-    """Where the PolypDiag-layout data is and how clips are made."""
+    """Where the PolypDiag-layout data is and how clips are made (defaults: the original's)."""
 
     root: str = ""
     num_frames: int = 8
+    """``DATA.NUM_FRAMES`` of the original's TimeSformer config."""
     size: int = 224
+    """``DATA.TRAIN_CROP_SIZE`` / ``TEST_CROP_SIZE``."""
     normalization: str = "polypdiag"
+    sampling: str = "original"
+    """``original``: ``num_frames`` frames over a window of ``sampling_rate * num_frames`` frames at
+    ``target_fps`` (scaled by the video's frame rate), starting at random in training and at the first frame
+    at test time, the last frame repeated for a short video; ``spread``: evenly over the whole video."""
+    sampling_rate: int = 32
+    """``DATA.SAMPLING_RATE`` of the original's config (frames at ``target_fps`` between two sampled frames)."""
+    target_fps: float = 30.0
+    """``DATA.TARGET_FPS``."""
+    view: str = "original"
+    """``original``: training resizes the short side to 256-320 (at 224; bilinear, no antialiasing), crops at
+    random and flips; test resizes it to ``size`` and takes the first crop (left, or top), as the original's
+    test set (``TEST.NUM_SPATIAL_CROPS`` is 3 when it reads, so spatial index 0). ``center``: antialiased
+    resizes, at test time the short side to ``size * 8/7`` and the centre crop."""
     splits: SplitsConfig = field(default_factory=SplitsConfig)
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.view not in VIEWS:
+            raise ConfigError(f"data.view must be one of {', '.join(VIEWS)}, got {self.view!r}")
+        if self.sampling_rate < 1 or self.target_fps <= 0:
+            raise ConfigError(f"data.sampling_rate and data.target_fps must be positive, got {self.sampling_rate} "
+                              f"and {self.target_fps}")
 
 
 @dataclass
@@ -101,6 +128,22 @@ class ClassifierNetwork(nn.Module):
         return self.head(features)
 
 
+def polypdiag_dataset(root: str | Path, split: str, data: Mapping[str, Any], train: bool = False) -> PolypDiagDataset:
+    """One split with the preprocessing ``data`` names (a :class:`ClassifyDataConfig` as a dict, or a model
+    folder's record; a record without ``sampling``/``view`` is of a model trained with ``spread``/``center``);
+    ``train`` gives the training view and window."""
+    size, normalization = int(data["size"]), data["normalization"]
+    if data.get("view", "center") == "original":
+        transform = original_view(size, train, normalization)
+    else:
+        transform = (train_transform(size, normalization=normalization) if train
+                     else eval_transform(size, normalization=normalization))
+    return PolypDiagDataset(root, split, num_frames=int(data["num_frames"]), transform=transform,
+                            sampling=data.get("sampling", "spread"), random_start=train,
+                            sampling_rate=int(data.get("sampling_rate", 32)),
+                            target_fps=float(data.get("target_fps", 30.0)))
+
+
 def classify_datasets(data: ClassifyDataConfig, select_on_test: bool = False,
                       seed: int = 0) -> tuple[PolypDiagDataset, PolypDiagDataset, PolypDiagDataset, dict[str, str]]:
     """Train, validation and test datasets, and the names of their splits (see the module docstring)."""
@@ -108,30 +151,29 @@ def classify_datasets(data: ClassifyDataConfig, select_on_test: bool = False,
     if not data.root:
         raise ConfigError("data.root is not set: give the PolypDiag folder (--data ROOT)")
     splits = data.splits
-    train_tf = train_transform(data.size, normalization=data.normalization)
-    eval_tf = eval_transform(data.size, normalization=data.normalization)
+    record = dataclasses.asdict(data)
     has_test = (root / "splits" / "test.txt").exists()
     test_name = splits.test if splits.test != "auto" else ("test" if has_test else "val")
 
-    def make(split: str, transform: Any) -> PolypDiagDataset:
-        return PolypDiagDataset(root, split, num_frames=data.num_frames, transform=transform)
+    def make(split: str, train: bool = False) -> PolypDiagDataset:
+        return polypdiag_dataset(root, split, record, train)
 
-    train = make(splits.train, train_tf)
-    test = make(test_name, eval_tf)
+    train = make(splits.train, train=True)
+    test = make(test_name)
     if select_on_test:
         return train, test, test, {"train": splits.train, "val": test_name, "test": test_name}
     val_name = splits.val
     if val_name == "auto":
         val_name = "val" if test_name != "val" and (root / "splits" / "val.txt").exists() else ""
     if val_name:
-        return train, make(val_name, eval_tf), test, {"train": splits.train, "val": val_name, "test": test_name}
+        return train, make(val_name), test, {"train": splits.train, "val": val_name, "test": test_name}
     parts = split_by_case(train.items, lambda item: str(item[0]),
                           {"train": 1 - splits.val_fraction, "val": splits.val_fraction}, seed=seed,
                           stratify=lambda item: item[1])
     if not parts["train"] or not parts["val"]:
         raise DatasetError(f"{root / 'splits' / (splits.train + '.txt')}: too few videos to hold out a validation "
                            "split; add splits/test.txt or give data.splits.val")
-    val = make(splits.train, eval_tf)
+    val = make(splits.train)
     train.items, val.items = parts["train"], parts["val"]
     held_out = f"{splits.val_fraction:g} of {splits.train} (held out, stratified)"
     return train, val, test, {"train": f"{splits.train} (rest)", "val": held_out, "test": test_name}
@@ -188,7 +230,8 @@ class ClassifyRecipe(FinetuneRecipe):
     def data_config(self) -> dict[str, Any]:
         data = self.config.data
         return {"num_frames": data.num_frames, "size": data.size, "normalization": data.normalization,
-                "classes": list(PolypDiagDataset.classes)}
+                "sampling": data.sampling, "sampling_rate": data.sampling_rate, "target_fps": data.target_fps,
+                "view": data.view, "classes": list(PolypDiagDataset.classes)}
 
 
 def finetune_classify(config: ClassifyConfig, resume: bool = False) -> dict[str, Any]:

@@ -90,15 +90,17 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
-    """``cosine`` (to ``min_lr``), ``poly`` (power 0.9, as TransUNet) or ``constant``."""
+    """``cosine`` (per step, to ``min_lr``), ``cosine_epoch`` (one value per epoch, to ``min_lr``: torch's
+    ``CosineAnnealingLR`` stepped at epoch ends, as the original PolypDiag fine-tuning), ``poly`` (power 0.9,
+    as TransUNet) or ``constant``."""
     warmup_epochs: int = 0
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adamw"):
             raise ConfigError(f"optim.name must be sgd or adamw, got {self.name!r}")
-        if self.schedule not in ("cosine", "poly", "constant"):
-            raise ConfigError(f"optim.schedule must be cosine, poly or constant, got {self.schedule!r}")
+        if self.schedule not in ("cosine", "cosine_epoch", "poly", "constant"):
+            raise ConfigError(f"optim.schedule must be cosine, cosine_epoch, poly or constant, got {self.schedule!r}")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.lr}")
 
@@ -119,6 +121,9 @@ def lr_schedule(optim: OptimConfig, batch_size: int, epochs: int, steps_per_epoc
     total = max(epochs * steps_per_epoch, 1)
     if optim.schedule == "cosine":
         return cosine_schedule(peak, optim.min_lr, epochs, steps_per_epoch, optim.warmup_epochs)
+    if optim.schedule == "cosine_epoch":
+        per_epoch = optim.min_lr + (peak - optim.min_lr) * (1 + np.cos(np.pi * np.arange(epochs) / epochs)) / 2
+        return np.repeat(per_epoch, max(steps_per_epoch, 1))
     warmup = min(optim.warmup_epochs * steps_per_epoch, total)
     steps = np.arange(total)
     values = peak * (1 - steps / total) ** 0.9 if optim.schedule == "poly" else np.full(total, peak)

@@ -23,16 +23,13 @@ def evaluate_model(model: FinetunedModel, root: str, split: str = "test", device
     preprocessing the model was trained with."""
     from endofm.data.datasets.cvc import CVCDataset
     from endofm.data.datasets.kumc import KUMCDataset
-    from endofm.data.datasets.polypdiag import PolypDiagDataset
-    from endofm.data.transforms import eval_transform
-    from endofm.tasks.classify import evaluate_classifier
+    from endofm.tasks.classify import evaluate_classifier, polypdiag_dataset
     from endofm.tasks.detect import DetectDataConfig, detect_transforms, evaluate_detector
     from endofm.tasks.segment import SegmentDataConfig, evaluate_segmenter, segment_transforms
 
     data = model.data
     if model.task == "classify":
-        dataset = PolypDiagDataset(root, split, num_frames=int(data["num_frames"]),
-                                   transform=eval_transform(int(data["size"]), normalization=data["normalization"]))
+        dataset = polypdiag_dataset(root, split, data)
         network = ClassifierNetwork(model.backbone, model.head).to(device)
         return evaluate_classifier(network, dataset, batch_size, device)
     if model.task == "segment":

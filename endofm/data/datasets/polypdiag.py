@@ -2,11 +2,19 @@
 
 Split files hold ``<path>,<label>`` lines; paths are relative to ``videos/`` and labels are 0 (no polyp)
 or 1 (polyp). A sample is ``{"video": float [C, T, H, W], "label": int, "meta": {"path",
-"frame_indices"}}`` with ``T`` frames (8 by default) evenly spaced over the whole video.
+"frame_indices"}}`` with ``T`` frames (8 by default), sampled as ``sampling`` says:
+
+- ``original`` (the original's ``datasets/ucf101.py`` + ``datasets/decoder.py`` with ``DATA.SAMPLING_RATE``
+  32 and ``DATA.TARGET_FPS`` 30): ``T`` frames evenly over a window of ``sampling_rate * T`` frames at
+  ``target_fps``, i.e. ``sampling_rate * T / target_fps * fps`` frames of the video; in training the window
+  starts at a random point of the video, at test time at its first frame; indices past the video's end
+  repeat its last frame (a short video);
+- ``spread``: ``T`` frames evenly over the whole video.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +35,32 @@ def evenly_spaced(num_available: int, num_frames: int) -> list[int]:
     return torch.linspace(0, num_available - 1, num_frames).round().long().tolist()
 
 
+SAMPLINGS = ("original", "spread")
+
+
+def original_window(num_available: int, fps: float, num_frames: int = 8, sampling_rate: int = 32,
+                    target_fps: float = 30.0, start: float = 0.0) -> list[int]:
+    """The original's frame indices of a window starting at frame ``start`` (a float, as its decoder draws it).
+
+    The window spans ``sampling_rate * num_frames / target_fps * fps`` frames; the decoder reads from the first
+    frame at or after ``start`` and takes ``num_frames`` offsets evenly over the window, truncated to integers;
+    indices past the end repeat the last frame.
+    """
+    if num_available < 1:
+        raise InputError("cannot sample frames from an empty video")
+    span = sampling_rate * num_frames / target_fps * fps
+    first = math.ceil(start)
+    offsets = torch.linspace(0, span - 1, num_frames).long()
+    return (first + offsets).clamp(max=num_available - 1).tolist()
+
+
+def original_start(num_available: int, fps: float, num_frames: int = 8, sampling_rate: int = 32,
+                   target_fps: float = 30.0) -> float:
+    """A random window start as the original's training draws it: uniform over the frames the window leaves."""
+    span = sampling_rate * num_frames / target_fps * fps
+    return float(torch.rand(()).item()) * max(num_available - span, 0.0)
+
+
 class PolypDiagDataset(Dataset):
     """Videos and labels of one split (``train``, ``val`` or any ``splits/<name>.txt``) of PolypDiag."""
 
@@ -39,9 +73,21 @@ class PolypDiagDataset(Dataset):
         *,
         num_frames: int = 8,
         transform: Callable[..., dict[str, torch.Tensor]] | None = None,
+        sampling: str = "spread",
+        random_start: bool = False,
+        sampling_rate: int = 32,
+        target_fps: float = 30.0,
     ):
+        """``sampling`` as the module docstring says; ``random_start`` (training) draws the ``original``
+        window's start, else it starts at the first frame."""
+        if sampling not in SAMPLINGS:
+            raise InputError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        if sampling_rate < 1 or target_fps <= 0:
+            raise InputError(f"sampling_rate and target_fps must be positive, got {sampling_rate} and {target_fps}")
         self.root = Path(root)
         self.num_frames = num_frames
+        self.sampling, self.random_start = sampling, random_start
+        self.sampling_rate, self.target_fps = sampling_rate, target_fps
         self.transform = transform or eval_transform(224, normalization="polypdiag")
         videos, split_file = self.root / "videos", self.root / "splits" / f"{split}.txt"
         for needed in (videos, split_file):
@@ -70,7 +116,7 @@ class PolypDiagDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.items[index]
         with VideoReader(path) as reader:
-            indices = evenly_spaced(len(reader), self.num_frames)
+            indices = self.frame_indices(len(reader), reader.info.fps)
             frames = reader.read(indices)
         out = self.transform(frames)
         return {
@@ -78,3 +124,11 @@ class PolypDiagDataset(Dataset):
             "label": label,
             "meta": {"path": str(path), "frame_indices": torch.tensor(indices)},
         }
+
+    def frame_indices(self, num_available: int, fps: float) -> list[int]:
+        """The frames a sample of a video of ``num_available`` frames at ``fps`` reads."""
+        if self.sampling == "spread":
+            return evenly_spaced(num_available, self.num_frames)
+        window = (self.num_frames, self.sampling_rate, self.target_fps)
+        start = original_start(num_available, fps, *window) if self.random_start else 0.0
+        return original_window(num_available, fps, *window, start=start)
