@@ -11,9 +11,10 @@ original replaced by the Endo-FM ViT) and ``STFTFCOSHead``; state-dict keys are 
   stride-2 3x3 convolutions on P5 and ReLU(P6).
 - ``rpn.head``: FCOS towers and predictors shared over levels, run on the key frame and its references
   (stacked on the batch axis); the SFT branches align each frame's tower features to the key frame's
-  predicted boxes with a deformable convolution (``torchvision.ops.deform_conv2d``: the original's CUDA
-  kernel's layout and semantics, on any device), and a channel-wise attention over the references adds
-  them to the key frame's features before the STFT predictors.
+  predicted boxes with a deformable convolution (the original's CUDA kernel's layout and semantics on any
+  device: ``torchvision.ops.deform_conv2d``, on the CPU ``grid_sample`` and a matrix product), and a
+  channel-wise attention over the references adds them to the key frame's features before the STFT
+  predictors.
 
 At test time the original runs every frame through the ViT alone (a one-frame clip); in training the key
 frame and its references go through it together as one clip. Post-processing is in
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, deform_conv2d
 
 from endofm.errors import CheckpointError, InputError
 from endofm.models.backbone import BackboneConfig, EndoFMBackbone
@@ -154,6 +155,39 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """Deformable convolution (stride 1, no bias) with the original CUDA kernel's semantics: tap ``(i, j)`` of
+    output ``(y, x)`` samples ``(y - pad + i + dy, x - pad + j + dx)`` bilinearly, zero outside the map;
+    ``offset [N, groups * 2 * kh * kw, H, W]``, per group the taps row-major, each ``(dy, dx)``.
+
+    On the CPU in float32 the samples come from ``grid_sample`` (``align_corners=True``, zero padding: the same
+    bilinear weights and border rule) and one matrix product per frame, 2-5x faster than
+    ``torchvision.ops.deform_conv2d``'s CPU kernel; elsewhere (and for maps one pixel wide) it is that op."""
+    n, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    taps = kh * kw
+    own = x.device.type == "cpu" and x.dtype == torch.float32 and min(height, width) >= 2
+    if not own or offset.shape[-2:] != (height, width):
+        return deform_conv2d(x, offset, weight, padding=(padding, padding))
+    groups = offset.shape[1] // (2 * taps)
+    tap_y, tap_x = torch.meshgrid(torch.arange(kh, dtype=x.dtype), torch.arange(kw, dtype=x.dtype), indexing="ij")
+    pos_y, pos_x = torch.meshgrid(torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype),
+                                  indexing="ij")
+    base_y = (pos_y - padding).view(1, 1, height, width) + tap_y.reshape(1, taps, 1, 1)
+    base_x = (pos_x - padding).view(1, 1, height, width) + tap_x.reshape(1, taps, 1, 1)
+    columns = weight.reshape(out_channels, channels * taps)
+    outputs = []
+    for frame in range(n):
+        shift = offset[frame].view(groups, taps, 2, height, width)
+        grid = torch.stack(((base_x + shift[:, :, 1]) * (2 / (width - 1)) - 1,
+                            (base_y + shift[:, :, 0]) * (2 / (height - 1)) - 1), dim=-1)
+        sampled = F.grid_sample(x[frame].view(groups, channels // groups, height, width),
+                                grid.view(groups, taps * height, width, 2), mode="bilinear", padding_mode="zeros",
+                                align_corners=True)
+        outputs.append(columns @ sampled.reshape(channels * taps, height * width))
+    return torch.stack(outputs).view(n, out_channels, height, width)
+
+
 class SFTBranch(nn.Module):
     """Aligns a tower's features to predicted boxes: offsets from the boxes' (l, t, r, b) distances (a 1x1
     convolution, no gradient, as the original), then a deformable 3x3 convolution and ReLU."""
@@ -174,7 +208,7 @@ class SFTBranch(nn.Module):
         n, _, height, width = feature.shape
         with torch.no_grad():
             offset = self.conv_offset(ltrb.permute(0, 2, 1).reshape(n, 4, height, width))
-        return F.relu(self.conv_adaption(feature, offset))
+        return F.relu(deform_conv(feature, offset, self.conv_adaption.weight, self.conv_adaption.padding[0]))
 
 
 def channel_attention(features: torch.Tensor) -> torch.Tensor:
@@ -244,22 +278,31 @@ class STFTFCOSHead(nn.Module):
         nn.init.constant_(self.cls_logits.bias, prior)
         nn.init.constant_(self.dcn_cls_score.bias, prior)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        """Per level: ``cls_logits``, ``bbox_reg`` (l, t, r, b in input pixels), ``centerness``,
-        ``stft_cls_logits``, ``stft_bbox_reg`` (deltas), ``pre_bbox [1, h*w, 4]`` and ``locations``."""
-        out: dict[str, list[torch.Tensor]] = {name: [] for name in (*HEAD_OUTPUTS, "pre_bbox", "locations")}
+    def frame_parts(self, features: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """What the head computes of each frame alone, per level: ``cls_tower``, ``bbox_tower`` and ``bbox_reg``
+        (l, t, r, b in input pixels), each ``[N, ...]``. Video inference keeps these per frame."""
+        parts = []
         for level, feature in enumerate(features):
-            stride = self.strides[level]
-            frames, _, height, width = feature.shape
             cls_tower, box_tower = self.cls_tower(feature), self.bbox_tower(feature)
-            key_cls, key_box = cls_tower[:1], box_tower[:1]
-            reg = F.relu(self.scales[level](self.bbox_pred(box_tower))) * stride
-            locations = level_locations(height, width, stride, feature.device)
+            reg = F.relu(self.scales[level](self.bbox_pred(box_tower))) * self.strides[level]
+            parts.append({"cls_tower": cls_tower, "bbox_tower": box_tower, "bbox_reg": reg})
+        return parts
+
+    def fuse(self, parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+        """The key frame's outputs from :meth:`frame_parts` of ``[key, references...]``, per level:
+        ``cls_logits``, ``bbox_reg``, ``centerness``, ``stft_cls_logits``, ``stft_bbox_reg`` (deltas),
+        ``pre_bbox [1, h*w, 4]`` and ``locations [h*w, 2]``."""
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in (*HEAD_OUTPUTS, "pre_bbox", "locations")}
+        for level, part in enumerate(parts):
+            stride = self.strides[level]
+            cls_tower, box_tower, reg = part["cls_tower"], part["bbox_tower"], part["bbox_reg"]
+            frames, _, height, width = reg.shape
+            locations = level_locations(height, width, stride, reg.device)
             with torch.no_grad():
                 boxes = boxes_from_ltrb(locations, reg.detach().permute(0, 2, 3, 1).reshape(frames, -1, 4))
                 ltrb = self._aligned_ltrb(boxes, locations, stride, height, width)
-            out["cls_logits"].append(self.cls_logits(key_cls))
-            out["centerness"].append(self.centerness(key_box))
+            out["cls_logits"].append(self.cls_logits(cls_tower[:1]))
+            out["centerness"].append(self.centerness(box_tower[:1]))
             out["bbox_reg"].append(reg[:1])
             out["pre_bbox"].append(boxes[:1])
             out["locations"].append(locations)
@@ -268,6 +311,10 @@ class STFTFCOSHead(nn.Module):
             reg_feats = channel_attention(self.dcn_bbox_subnet(box_tower, ltrb))
             out["stft_bbox_reg"].append(self.dcn_bbox_pred(reg_feats))
         return out
+
+    def forward(self, features: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        """Per-level features ``[1 + R, C, h, w]`` (key frame first) -> the key frame's outputs (:meth:`fuse`)."""
+        return self.fuse(self.frame_parts(features))
 
     @staticmethod
     def _aligned_ltrb(boxes: torch.Tensor, locations: torch.Tensor, stride: int, height: int,
@@ -342,7 +389,12 @@ class STFTDetector(nn.Module):
 
     def detect(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> dict[str, Any]:
         """Head outputs of the key frame and its detections from per-level features ``[1 + R, C, h, w]``."""
-        out: dict[str, Any] = self.head(features)
+        return self.detect_parts(self.head.frame_parts(features), image_size)
+
+    def detect_parts(self, parts: Sequence[dict[str, torch.Tensor]], image_size: tuple[int, int]) -> dict[str, Any]:
+        """:meth:`detect` from the head's per-frame parts (:meth:`STFTFCOSHead.frame_parts`) of the key frame and
+        its references: what video inference calls, each frame's parts computed once."""
+        out: dict[str, Any] = self.head.fuse(parts)
         out["detections"] = postprocess(out, image_size, self.postprocess_config)
         return out
 
@@ -463,20 +515,25 @@ def load_stft(path: str | os.PathLike, num_heads: int | None = None) -> tuple[ST
     return model, info
 
 
-def to_input(frames: torch.Tensor | np.ndarray, size: int | tuple[int, int] = 640) -> torch.Tensor:
-    """Frames as the original feeds them: uint8 RGB ``[N, H, W, 3]`` (or ``[N, 3, H, W]``) -> PIL bilinear
-    resize to ``size`` (a square by default, aspect ratio not kept), channels reversed to BGR, 0-255, minus
-    :data:`CAFFE_MEAN_BGR`: float32 ``[N, 3, size, size]``."""
+def resize_frames(frames: torch.Tensor | np.ndarray, size: int | tuple[int, int] = 640) -> torch.Tensor:
+    """uint8 RGB frames ``[N, H, W, 3]`` or ``[N, 3, H, W]`` -> uint8 ``[N, 3, h, w]`` at ``size`` (a square by
+    default, aspect ratio not kept), PIL bilinear as the original's ``Resize``."""
     array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.ndim != 4 or array.dtype != np.uint8 or 3 not in (array.shape[1], array.shape[-1]):
         raise InputError(f"expected uint8 RGB frames [N, H, W, 3], got {array.dtype} {array.shape}")
     if array.shape[-1] != 3:
         array = array.transpose(0, 2, 3, 1)
     height, width = (size, size) if isinstance(size, int) else size
-    resized = [np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR)) if frame.shape[:2] !=
-               (height, width) else frame for frame in array]
-    bgr = torch.from_numpy(np.stack(resized)[..., ::-1].copy()).permute(0, 3, 1, 2).float()
-    return bgr - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    resized = [np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
+               if frame.shape[:2] != (height, width) else frame for frame in array]
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_input(frames: torch.Tensor | np.ndarray, size: int | tuple[int, int] = 640) -> torch.Tensor:
+    """Frames as the original feeds them: :func:`resize_frames`, then ``[0, 1]``, channels reversed to BGR,
+    times 255, minus :data:`CAFFE_MEAN_BGR`: float32 ``[N, 3, h, w]``."""
+    x = resize_frames(frames, size).float() / 255.0
+    return x.flip(1) * 255.0 - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
 
 
 def input_spec() -> dict[str, Any]:

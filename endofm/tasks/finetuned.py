@@ -10,6 +10,8 @@ in order on the file's top-level dict; a new layout is one more entry (:func:`re
 - ``polypdiag``: the PolypDiag classifier (``backbone_state_dict`` + ``state_dict`` with ``linear.*``);
 - ``transunet``: the CVC-12k TransUNet (a plain state dict with ``transformer.encoder.cls_token``, as
   ``TransUNet/trainer.py`` saves it; a DataParallel ``module.`` prefix is stripped).
+- ``stft``: the KUMC STFT detector (``{"model", "optimizer", "scheduler", "iteration"}`` as the original's
+  checkpointer saves it; only ``model`` is read; :mod:`endofm.tasks.detect_stft`).
 
 Folders: a TransUNet folder (``config.json`` with ``model: transunet``) or a fine-tuned model folder of
 ``endofm finetune`` (:func:`~endofm.tasks.common.read_finetuned`).
@@ -188,12 +190,24 @@ def _load_transunet(state: dict[str, Any], path: Path, num_heads: int | None) ->
                            {"source": "original CVC-12k TransUNet", "num_heads": model.config.num_heads})
 
 
+def _stft(name: str) -> Callable[..., Any]:
+    """A function of :mod:`endofm.tasks.detect_stft` (the KUMC STFT detector), imported when first called."""
+
+    def call(*args: Any) -> Any:
+        from endofm.tasks import detect_stft
+
+        return getattr(detect_stft, name)(*args)
+
+    return call
+
+
 RELEASED_LAYOUTS: list[ReleasedLayout] = [
     ReleasedLayout("polypdiag", lambda state: "backbone_state_dict" in state, _load_polypdiag),
     ReleasedLayout("transunet", lambda state: "transformer.encoder.cls_token" in _transunet_state(state),
                    _load_transunet,
                    lambda loaded, directory: save_transunet_folder(directory, loaded.model, loaded.input,
                                                                    {"converted_from": loaded.path})),
+    ReleasedLayout("stft", _stft("matches_released"), _stft("load_released"), _stft("save_released")),
 ]
 """Released layouts :func:`load_finetuned` recognises, tried in order."""
 
@@ -275,21 +289,22 @@ def convert_released(path: str | os.PathLike, directory: str | os.PathLike,
 
 
 def describe_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> dict[str, Any] | None:
-    """What ``endofm info`` prints of a TransUNet (released file or folder); None for anything else."""
+    """What ``endofm info`` prints of a TransUNet or an STFT detector (released file or folder); None for
+    anything else."""
     path = Path(path)
     if path.is_dir():
         try:
-            is_transunet = json.loads((path / CONFIG_FILE).read_text()).get("model") == MODEL_NAME
+            name = json.loads((path / CONFIG_FILE).read_text()).get("model")
         except (OSError, json.JSONDecodeError, AttributeError):
             return None
     else:
         found = released_layout(path)
-        is_transunet = found is not None and found[0].name == "transunet"
-    if not is_transunet:
+        name = found[0].name if found is not None else None
+    if name not in (MODEL_NAME, "stft"):
         return None
     loaded = load_finetuned(path, num_heads=num_heads)
-    return {"layout": loaded.layout, "task": loaded.task, "model": MODEL_NAME,
-            "transunet": loaded.model.config.to_dict(),  # type: ignore[union-attr]
+    return {"layout": loaded.layout, "task": loaded.task, "model": name,
+            name: loaded.model.config.to_dict(),  # type: ignore[union-attr]
             "parameters_millions": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 3),
             "input": loaded.input.to_dict()}
 
@@ -321,6 +336,8 @@ def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> Loa
             raise CheckpointError(f"{path}: format version {config['version']} is newer than this endofm")
         if config.get("model") == MODEL_NAME:
             return _load_transunet_folder(path, config)
+        if config.get("model") == "stft":
+            return _stft("load_folder")(path, config)
         return _from_read_finetuned(path)
     state = read_state(path)
     for layout in RELEASED_LAYOUTS:

@@ -12,7 +12,9 @@ classifier is a classifier). Outputs in ``out_dir``:
 Classification: each frame gets the mean polyp probability of the sliding windows covering it (``num_frames``
 frames spread over ``4 * num_frames`` consecutive frames, half-overlapping), and the video gets one
 prediction from ``num_frames`` frames spread over all of it (as in training). Segmentation: windows of
-``clip_length`` consecutive frames covering the video. Detection: every frame with its reference frames.
+``clip_length`` consecutive frames covering the video. Detection: every frame with its reference frames
+(the original STFT detector: its test-time queue of 19 frames and 10 seeded references,
+:mod:`endofm.tasks.detect_stft`).
 Boxes are given in the pixel coordinates of the input video.
 """
 
@@ -206,10 +208,16 @@ def _csv_rows(task: str, frames: list[dict[str, Any]]) -> tuple[list[str], list[
 
 
 def predict_video(video: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                  device: str = "auto", score_threshold: float = 0.5, progress: bool = False) -> dict[str, str]:
-    """Apply a fine-tuned model to a video; returns the paths written (see the module docstring)."""
+                  device: str = "auto", score_threshold: float = 0.5, progress: bool = False,
+                  num_heads: int | None = None, reference_seed: int = 0) -> dict[str, str]:
+    """Apply a fine-tuned model to a video; returns the paths written (see the module docstring).
+    ``num_heads`` is for released checkpoints (not stored in them); ``reference_seed`` seeds the STFT
+    detector's reference draws."""
+    from endofm.tasks.detect_stft import find_stft, predict_stft
+
     out = Path(out_dir)
-    model = read_finetuned(checkpoint)
+    stft = find_stft(checkpoint, num_heads)
+    model = read_finetuned(checkpoint) if stft is None else stft
     torch_device = resolve_device(device)
     with VideoReader(video) as reader:
         masks = None
@@ -217,6 +225,8 @@ def predict_video(video: str | os.PathLike, checkpoint: str | os.PathLike, out_d
             result = predict_classify(model, reader, torch_device, progress)
         elif model.task == "segment":
             result, masks = predict_segment(model, reader, torch_device, progress)
+        elif stft is not None:
+            result = predict_stft(stft, reader, torch_device, score_threshold, reference_seed, progress)
         else:
             result = predict_detect(model, reader, torch_device, score_threshold, progress)
         (out / "predictions.json").unlink(missing_ok=True)

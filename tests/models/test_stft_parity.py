@@ -11,7 +11,7 @@ from scipy.optimize import linear_sum_assignment
 
 from endofm.errors import CheckpointError, InputError
 from endofm.models.backbone import BackboneConfig
-from endofm.models.stft import HEAD_OUTPUTS, STFTConfig, STFTDetector, load_stft, to_input
+from endofm.models.stft import HEAD_OUTPUTS, STFTConfig, STFTDetector, deform_conv, load_stft, to_input
 
 STFT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official_downstream" / "stft"
 TINY = STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=64, num_frames=4), out_channels=32,
@@ -155,3 +155,21 @@ def test_bad_frames_are_refused_before_work(tmp_path):
     resized = to_input(np.full((2, 30, 50, 3), (10, 20, 30), dtype=np.uint8), size=64)
     assert resized.shape == (2, 3, 64, 64)
     assert torch.allclose(resized[:, :, 5, 5], torch.tensor([30 - 102.9801, 20 - 115.9465, 10 - 122.7717]))
+
+
+@pytest.mark.parametrize("size", [(5, 7), (12, 12)])
+def test_cpu_deformable_convolution_is_torchvision_s(size):
+    """The CPU path (grid_sample + matmul) against torchvision's kernel, offsets reaching outside the map."""
+    from torchvision.ops import deform_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, *size, requires_grad=True)
+    weight = (torch.randn(6, 8, 3, 3) / 10).requires_grad_()
+    offset = torch.randn(3, 4 * 18, *size) * 4
+    got = deform_conv(x, offset, weight, padding=1)
+    expected = deform_conv2d(x, offset, weight, padding=(1, 1))
+    assert _close(got, expected) < 1e-5
+    grads = torch.autograd.grad((got * expected.detach()).sum(), (x, weight))
+    reference = torch.autograd.grad((expected * expected.detach()).sum(), (x, weight))
+    for a, b in zip(grads, reference, strict=True):
+        assert _close(a, b) < 1e-4
