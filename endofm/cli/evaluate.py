@@ -51,10 +51,19 @@ def _task(args: argparse.Namespace) -> int:
     from endofm.tasks.common import json_safe, print_table, read_finetuned
     from endofm.tasks.registry import evaluate_model
 
-    model = read_finetuned(args.checkpoint)
+    if args.evaluate_command == "segment":
+        from endofm.tasks.finetuned import load_finetuned
+        from endofm.tasks.segment import evaluate_segment_model
+
+        model = load_finetuned(args.checkpoint, num_heads=args.num_heads)
+    else:
+        model = read_finetuned(args.checkpoint)
     if model.task != args.evaluate_command:
         raise InputError(f"{args.checkpoint} is a {model.task} model, not a {args.evaluate_command} model")
-    metrics = evaluate_model(model, args.data, args.split, args.device, args.batch_size)
+    if args.evaluate_command == "segment":
+        metrics = evaluate_segment_model(model, args.data, args.split, args.device, args.batch_size, args.empty_rule)
+    else:
+        metrics = evaluate_model(model, args.data, args.split, args.device, args.batch_size)
     print_table(f"{model.task} metrics of {args.checkpoint} on {args.data} ({args.split}):", metrics)
     if args.out:
         report = {"task": model.task, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
@@ -90,10 +99,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.set_defaults(func=_frozen)
     for name, layout in (("classify", "PolypDiag"), ("segment", "CVC-ClinicDB"), ("detect", "KUMC/PolypsSet")):
         sub = commands.add_parser(name, help=f"metrics of a fine-tuned {name} model on a {layout}-layout split")
-        sub.add_argument("--checkpoint", required=True, help="fine-tuned model folder (a run's model/)")
+        sub.add_argument("--checkpoint", required=True, help="fine-tuned model folder (a run's model/) or a released "
+                                                             "fine-tuned model (segment: cvc.pth)")
         sub.add_argument("--data", required=True, help=f"dataset root ({layout} layout)")
         sub.add_argument("--split", default="test", help="split evaluated (default: test)")
         sub.add_argument("--batch-size", type=int, default=2, help="samples per forward pass")
         sub.add_argument("--device", default="cpu", help="torch device")
         sub.add_argument("--out", default=None, help="write the metrics as JSON here")
+        if name == "segment":
+            sub.add_argument("--num-heads", type=int, default=None,
+                             help="attention heads of a released TransUNet (default: hidden size / 64)")
+            sub.add_argument("--empty-rule", choices=("standard", "original"), default=None,
+                             help="Dice of empty masks (default: the model's training rule, else standard)")
         sub.set_defaults(func=_task)

@@ -2,7 +2,8 @@
 
 Masks are boolean (or 0/1) arrays. Conventions for empty masks (stated because papers differ):
 
-- Dice: both empty -> 1.0 (nothing to find, nothing found); one empty -> 0.0.
+- Dice: both empty -> 1.0 (nothing to find, nothing found); one empty -> 0.0. The original's rule is an
+  option (:data:`EMPTY_RULES`).
 - HD95 (pixels): both empty -> 0.0; exactly one empty -> the frame's diagonal, the largest distance
   possible in the frame (a finite worst case, so averages stay defined).
 
@@ -33,9 +34,21 @@ def _pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return p, t
 
 
-def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice coefficient ``2 |P & T| / (|P| + |T|)`` of two masks of any shape (1.0 when both are empty)."""
+EMPTY_RULES = ("standard", "original")
+"""Dice of empty masks: ``standard`` (both empty 1.0, one empty 0.0) or ``original`` (the original
+``trainer.py``'s rule: nothing predicted 0.0, even where nothing is to find; something predicted where the
+target is empty 1.0)."""
+
+
+def dice(pred: np.ndarray, target: np.ndarray, empty_rule: str = "standard") -> float:
+    """Dice coefficient ``2 |P & T| / (|P| + |T|)`` of two masks of any shape; empty masks by ``empty_rule``
+    (:data:`EMPTY_RULES`)."""
+    if empty_rule not in EMPTY_RULES:
+        raise InputError(f"empty_rule must be one of {EMPTY_RULES}, got {empty_rule!r}")
     p, t = _pair(pred, target)
+    has_p, has_t = bool(p.any()), bool(t.any())
+    if empty_rule == "original" and not (has_p and has_t):
+        return 1.0 if has_p else 0.0
     total = int(p.sum()) + int(t.sum())
     return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
 
@@ -68,19 +81,21 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float:
     return float(max(np.percentile(to_target, 95), np.percentile(to_pred, 95)))
 
 
-def sequence_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Dice over the whole ``[T, H, W]`` sequence and the mean per-frame HD95."""
+def sequence_metrics(pred: np.ndarray, target: np.ndarray, empty_rule: str = "standard") -> dict[str, float]:
+    """Dice over the whole ``[T, H, W]`` sequence (empty masks by ``empty_rule``) and the mean per-frame HD95."""
     p, t = _pair(pred, target)
     if p.ndim != 3:
         raise InputError(f"sequence masks must be [T, H, W], got shape {p.shape}")
-    return {"dice": dice(p, t), "hd95": float(np.mean([hd95(a, b) for a, b in zip(p, t, strict=True)]))}
+    return {"dice": dice(p, t, empty_rule),
+            "hd95": float(np.mean([hd95(a, b) for a, b in zip(p, t, strict=True)]))}
 
 
-def segmentation_metrics(sequences: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, object]:
+def segmentation_metrics(sequences: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                         empty_rule: str = "standard") -> dict[str, object]:
     """Per-sequence Dice and HD95 of ``{name: (pred [T, H, W], target [T, H, W])}``, and their means."""
     if not sequences:
         raise InputError("no sequences to evaluate")
-    per_sequence = {name: sequence_metrics(p, t) for name, (p, t) in sequences.items()}
+    per_sequence = {name: sequence_metrics(p, t, empty_rule) for name, (p, t) in sequences.items()}
     return {
         "dice": float(np.mean([m["dice"] for m in per_sequence.values()])),
         "hd95": float(np.mean([m["hd95"] for m in per_sequence.values()])),

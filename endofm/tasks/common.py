@@ -95,6 +95,9 @@ class OptimConfig:
     as TransUNet) or ``constant``."""
     warmup_epochs: int = 0
     min_lr: float = 0.0
+    decay_all: bool = False
+    """Weight decay on every parameter, biases and norms included (the original TransUNet's AdamW); by
+    default biases and other 1-D parameters have none."""
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adamw"):
@@ -109,7 +112,10 @@ def build_optimizer(
     named_parameters: Iterable[tuple[str, nn.Parameter]], optim: OptimConfig
 ) -> torch.optim.Optimizer:
     """The configured optimiser over the trainable parameters (no weight decay on biases and 1-D ones)."""
-    groups = decay_groups(named_parameters)
+    if optim.decay_all:
+        groups = [{"params": [param for _, param in named_parameters if param.requires_grad]}]
+    else:
+        groups = decay_groups(named_parameters)
     if optim.name == "sgd":
         return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     return adamw(groups, lr=optim.lr, weight_decay=optim.weight_decay)
@@ -308,6 +314,11 @@ class FinetuneRecipe(Recipe):
     def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
         """The backbone and the head of the network."""
 
+    def save_model(self, directory: Path, extra: dict[str, Any]) -> Path:
+        """Write the selected network as a fine-tuned model folder (``extra`` joins its metadata)."""
+        backbone, head = self.parts()
+        return save_finetuned(directory, self.task, backbone, head, self.head_config(), self.data_config(), extra)
+
     def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
         self.lr = lr_schedule(self.config.optim, self.config.run.batch_size, epochs, steps_per_epoch)
         return build_optimizer(self.network.named_parameters(), self.config.optim)
@@ -353,10 +364,8 @@ class FinetuneRecipe(Recipe):
         test_metrics = self.evaluate(self.test_set)
         protocol = SELECT_ON_TEST_NOTE if self.config.selection.select_on_test else (
             f"best epoch chosen on the validation split ({self.split_names['val']}), kept apart from the test split")
-        backbone, head = self.parts()
-        model_dir = save_finetuned(out_dir / "model", self.task, backbone, head, self.head_config(), self.data_config(),
-                                   {"selection": {"metric": self.metric, "best_epoch": self.best_epoch + 1,
-                                                  "protocol": protocol}})
+        model_dir = self.save_model(out_dir / "model", {"selection": {
+            "metric": self.metric, "best_epoch": self.best_epoch + 1, "protocol": protocol}})
         report = {"task": self.task, "protocol": protocol, "select_on_test": self.config.selection.select_on_test,
                   "splits": self.split_names, "selection_metric": self.metric, "best_epoch": self.best_epoch + 1,
                   "best_val": self.best_score, "test": test_metrics, "val_history": self.history,

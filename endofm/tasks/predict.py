@@ -11,8 +11,9 @@ classifier is a classifier). Outputs in ``out_dir``:
 
 Classification: each frame gets the mean polyp probability of the sliding windows covering it (``num_frames``
 frames spread over ``4 * num_frames`` consecutive frames, half-overlapping), and the video gets one
-prediction from ``num_frames`` frames spread over all of it (as in training). Segmentation: windows of
-``clip_length`` consecutive frames covering the video. Detection: every frame with its reference frames
+prediction from ``num_frames`` frames spread over all of it (as in training). Segmentation: windows of the
+model's clip length covering the video (:func:`endofm.tasks.segment.predict_segment`; the original's TransUNet,
+released or converted, takes windows of 25 frames). Detection: every frame with its reference frames
 (the original STFT detector: its test-time queue of 19 frames and 10 seeded references,
 :mod:`endofm.tasks.detect_stft`).
 Boxes are given in the pixel coordinates of the input video.
@@ -34,7 +35,6 @@ from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from endofm.data.datasets.cvc import _windows
 from endofm.data.datasets.polypdiag import evenly_spaced
 from endofm.data.transforms import VideoTransform, eval_transform
 from endofm.data.video import VideoReader, encode_mp4
@@ -89,35 +89,6 @@ def predict_classify(model: FinetunedModel, reader: VideoReader, device: torch.d
         "frames": [{"frame": i, "time": i / reader.info.fps, "polyp_probability": float(p),
                     "label": classes[int(p >= 0.5)]} for i, p in enumerate(per_frame)],
     }
-
-
-def predict_segment(model: FinetunedModel, reader: VideoReader, device: torch.device,
-                    progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
-    """Per-frame masks (at the network's resolution) and their area and box."""
-    from endofm.tasks.segment import SegmentationNetwork
-
-    data = model.data
-    size = int(data["size"])
-    transform = VideoTransform(v2.Resize([size, size], antialias=True), data["normalization"])
-    network = SegmentationNetwork(model.backbone, model.head).to(device).eval()
-    count = len(reader)
-    masks: np.ndarray | None = None
-    for window in tqdm(_windows(list(range(count)), int(data["clip_length"])), desc="windows", unit="window",
-                       disable=not progress):
-        video = transform(reader.read(window))["video"].unsqueeze(0).to(device)
-        with torch.inference_mode():
-            pred = network(video).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        if masks is None:
-            masks = np.zeros((count, *pred.shape[-2:]), dtype=np.uint8)
-        masks[window] = pred
-    height, width = reader.info.height, reader.info.width
-    sy, sx = height / masks.shape[1], width / masks.shape[2]
-    frames = []
-    for i, mask in enumerate(masks):
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        box = ([cols[0] * sx, rows[0] * sy, (cols[-1] + 1) * sx, (rows[-1] + 1) * sy] if rows.size else None)
-        frames.append({"frame": i, "time": i / reader.info.fps, "polyp_fraction": float(mask.mean()), "box": box})
-    return {"mask_size": list(masks.shape[1:]), "frames": frames}, masks
 
 
 def predict_detect(model: FinetunedModel, reader: VideoReader, device: torch.device, score_threshold: float = 0.5,
@@ -214,10 +185,12 @@ def predict_video(video: str | os.PathLike, checkpoint: str | os.PathLike, out_d
     ``num_heads`` is for released checkpoints (not stored in them); ``reference_seed`` seeds the STFT
     detector's reference draws."""
     from endofm.tasks.detect_stft import find_stft, predict_stft
+    from endofm.tasks.segment import find_segmenter, predict_segment
 
     out = Path(out_dir)
-    stft = find_stft(checkpoint, num_heads)
-    model = read_finetuned(checkpoint) if stft is None else stft
+    segmenter = find_segmenter(checkpoint, num_heads)
+    stft = find_stft(checkpoint, num_heads) if segmenter is None else None
+    model = segmenter or stft or read_finetuned(checkpoint)
     torch_device = resolve_device(device)
     with VideoReader(video) as reader:
         masks = None

@@ -8,7 +8,7 @@ from typing import Any
 from endofm.tasks.classify import ClassifierNetwork, ClassifyConfig, finetune_classify
 from endofm.tasks.common import FinetunedModel
 from endofm.tasks.detect import DetectConfig, finetune_detect
-from endofm.tasks.segment import SegmentationNetwork, SegmentConfig, finetune_segment
+from endofm.tasks.segment import SegmentConfig, finetune_segment
 
 TASK_API: dict[str, tuple[type, Callable[..., dict[str, Any]]]] = {
     "classify": (ClassifyConfig, finetune_classify),
@@ -21,11 +21,11 @@ def evaluate_model(model: FinetunedModel, root: str, split: str = "test", device
                    batch_size: int = 2) -> dict[str, Any]:
     """Metrics of a fine-tuned model on one split of a dataset in its task's original layout, with the
     preprocessing the model was trained with."""
-    from endofm.data.datasets.cvc import CVCDataset
     from endofm.data.datasets.kumc import KUMCDataset
     from endofm.tasks.classify import evaluate_classifier, polypdiag_dataset
     from endofm.tasks.detect import DetectDataConfig, detect_transforms, evaluate_detector
-    from endofm.tasks.segment import SegmentDataConfig, evaluate_segmenter, segment_transforms
+    from endofm.tasks.finetuned import load_finetuned
+    from endofm.tasks.segment import evaluate_segment_model
 
     data = model.data
     if model.task == "classify":
@@ -33,11 +33,7 @@ def evaluate_model(model: FinetunedModel, root: str, split: str = "test", device
         network = ClassifierNetwork(model.backbone, model.head).to(device)
         return evaluate_classifier(network, dataset, batch_size, device)
     if model.task == "segment":
-        config = SegmentDataConfig(root=root, clip_length=int(data["clip_length"]), size=int(data["size"]),
-                                   normalization=data["normalization"])
-        dataset = CVCDataset(root, split, clip_length=config.clip_length, transform=segment_transforms(config)[1])
-        return evaluate_segmenter(SegmentationNetwork(model.backbone, model.head).to(device), dataset, batch_size,
-                                  device)
+        return evaluate_segment_model(load_finetuned(model.path), root, split, device, batch_size)
     config = DetectDataConfig(root=root, ref_offsets=tuple(data["ref_offsets"]), short_side=int(data["short_side"]),
                               max_size=int(data["max_size"]), normalization=data["normalization"])
     dataset = KUMCDataset(root, split, ref_offsets=config.ref_offsets, transform=detect_transforms(config)[1])

@@ -1,17 +1,23 @@
-"""CVC-12k segmentation: a progressive-upsampling decoder on the backbone's patch tokens, per frame.
+"""CVC-12k segmentation: the original TransUNet on Endo-FM, or a lighter decoder on the backbone's patch tokens.
 
-:class:`SegmentationDecoder` turns every frame's patch-token grid (stride = patch size) into per-pixel logits
-with ``log2(patch)`` stages of (x2 bilinear upsampling, 3x3 conv, GroupNorm, ReLU); with ``stem`` a light
-convolutional stem on the frame gives skip features at strides 4 and 2 for sharper edges. The loss is
-0.5 cross-entropy + 0.5 soft Dice (classes averaged, as the original's TransUNet-style code). Metrics are
-Dice and HD95 per sequence, averaged (:mod:`endofm.metrics.segmentation`), at the network's resolution.
+``segmenter: transunet`` (the default) trains the original's model (:mod:`endofm.models.transunet`): Endo-FM's
+blocks, final norm and CLS token from ``model.init`` inside an R50-ViT hybrid with a U-Net decoder.
+``segmenter: decoder`` is the cheaper alternative: :class:`SegmentationDecoder` turns every frame's
+patch-token grid (stride = patch size) into per-pixel logits with ``log2(patch)`` stages of (x2 bilinear
+upsampling, 3x3 conv, GroupNorm, ReLU); with ``stem`` a light convolutional stem on the frame gives skip
+features at strides 4 and 2 for sharper edges. The loss is 0.5 cross-entropy + 0.5 soft Dice (classes
+averaged; squared denominators as the original's, or plain sums). Metrics are Dice and HD95 per sequence,
+averaged (:mod:`endofm.metrics.segmentation`), at the network's resolution.
 Splits: ``splits/train.txt`` trains, ``splits/test.txt`` tests, and the validation split is
-``splits/val.txt`` when present, else ``val_fraction`` of the training sequences (whole sequences).
+``splits/val.txt`` when present, else ``val_fraction`` of the training sequences (whole sequences); the split
+names ``original_train`` / ``original_test`` are the original's lists, which ship with the package.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
-from torchvision.transforms import v2
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
 
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
-from endofm.data.transforms import VideoTransform
+from endofm.data.video import VideoReader
 from endofm.engine.trainer import RunConfig
-from endofm.errors import ConfigError, DatasetError
-from endofm.metrics.segmentation import segmentation_metrics
+from endofm.errors import ConfigError, DatasetError, InputError
+from endofm.metrics.segmentation import EMPTY_RULES, segmentation_metrics
 from endofm.models.backbone import EndoFMBackbone
+from endofm.models.checkpoint import CONFIG_FILE
+from endofm.models.transunet import TransUNet
 from endofm.tasks.common import (
     FinetuneModelConfig,
     FinetuneRecipe,
@@ -39,6 +48,16 @@ from endofm.tasks.common import (
     build_backbone,
     run_finetune,
 )
+from endofm.tasks.finetuned import (
+    InputSpec,
+    LoadedFinetuned,
+    load_finetuned,
+    preset_input,
+    released_layout,
+    save_transunet_folder,
+)
+
+SEGMENTERS = ("transunet", "decoder")
 
 
 @dataclass
@@ -46,17 +65,54 @@ class SegmentDataConfig:
     """Where the CVC-ClinicDB-layout data is and how clips are made."""
 
     root: str = ""
-    clip_length: int = 8
-    """Consecutive frames per sample (sequences are cut into windows covering them)."""
+    clip_length: int | None = None
+    """Consecutive frames per sample (sequences are cut into windows covering them); null: every sequence
+    whole, as one clip (the original; needs ``run.batch_size`` 1)."""
     size: int = 224
-    normalization: str = "half"
+    resize: int = 256
+    """Training: frames are resized to ``resize`` square, then a random ``size`` crop is taken (the original's
+    256 -> 224); 0: resized to ``size`` directly."""
     hflip: float = 0.5
+    rotation: float = 5.0
+    """Training: a random rotation within +- this many degrees (0: none)."""
+    per_frame_augment: bool = True
+    """Draw the random crop, flip and rotation for every frame on its own (the original transforms frames one
+    by one); false: one draw for the whole clip."""
+    channel_order: str = "BGR"
+    """The original reads frames with OpenCV and feeds them in BGR order."""
+    minmax: bool = True
+    """Scale every frame to [0, 1] by its own minimum and maximum (the original) instead of dividing by 255."""
+    normalization: str = "half"
     splits: SplitsConfig = field(default_factory=lambda: SplitsConfig(test="test"))
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"data.channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if self.clip_length is not None and self.clip_length < 1:
+            raise ConfigError(f"data.clip_length must be positive or null, got {self.clip_length}")
+        if self.resize and self.resize < self.size:
+            raise ConfigError(f"data.resize {self.resize} is smaller than the crop data.size {self.size}")
+
+    def input_spec(self) -> InputSpec:
+        """The model input these settings make."""
+        return preset_input(self.normalization, (self.size, self.size), self.clip_length,
+                            channel_order=self.channel_order, minmax=self.minmax)
+
+
+@dataclass
+class TransUNetSizes:
+    """The TransUNet's own parts (its transformer is the backbone's); the defaults are the original's."""
+
+    resnet_width: int = 64
+    resnet_units: tuple[int, int, int] = (3, 4, 9)
+    decoder_channels: tuple[int, int, int, int] = (256, 128, 64, 16)
+    n_skip: int = 3
+    dropout: float = 0.1
 
 
 @dataclass
 class DecoderConfig:
-    """The segmentation decoder."""
+    """The lighter decoder (``segmenter: decoder``)."""
 
     channels: tuple[int, ...] = (256, 128, 64, 32)
     stem: bool = False
@@ -65,17 +121,39 @@ class DecoderConfig:
 
 @dataclass
 class SegmentConfig:
-    """A segmentation fine-tuning run; defaults are the original's hyper-parameters (AdamW 1e-4, wd 0.05,
-    poly decay, 150 epochs, 224 input)."""
+    """A segmentation fine-tuning run; defaults are the original's model and hyper-parameters (TransUNet,
+    whole sequences at batch 1, AdamW 1e-4 with weight decay 0.05 on every parameter, poly decay, 150
+    epochs, 224 input), with selection on a validation split."""
 
+    segmenter: str = "transunet"
+    """``transunet`` (the original's model) or ``decoder`` (the lighter decoder on the patch tokens)."""
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    transunet: TransUNetSizes = field(default_factory=TransUNetSizes)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     data: SegmentDataConfig = field(default_factory=SegmentDataConfig)
+    dice_denominator: str = "squared"
+    """Soft Dice denominators: ``squared`` (sum p^2 + sum t^2, the original) or ``linear`` (sum p + sum t)."""
+    empty_rule: str = "standard"
+    """Dice of empty masks (:data:`~endofm.metrics.segmentation.EMPTY_RULES`; ``original``: the original's)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05,
-                                                                   schedule="poly"))
+                                                                   schedule="poly", decay_all=True))
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/finetune-segment", epochs=150,
-                                                             batch_size=4))
+                                                             batch_size=1))
+
+    def __post_init__(self) -> None:
+        if self.segmenter not in SEGMENTERS:
+            raise ConfigError(f"segmenter must be one of {SEGMENTERS}, got {self.segmenter!r}")
+        if self.dice_denominator not in ("squared", "linear"):
+            raise ConfigError(f"dice_denominator must be squared or linear, got {self.dice_denominator!r}")
+        if self.empty_rule not in EMPTY_RULES:
+            raise ConfigError(f"empty_rule must be one of {EMPTY_RULES}, got {self.empty_rule!r}")
+        if self.data.clip_length is None and self.run.batch_size != 1:
+            raise ConfigError("data.clip_length null (whole sequences of different lengths) needs run.batch_size 1, "
+                              f"got {self.run.batch_size}")
+        if self.segmenter == "transunet" and (self.model.grad_checkpointing or self.data.size != 224):
+            raise ConfigError("segmenter transunet takes data.size 224 (its 14x14 token grid) and no "
+                              f"model.grad_checkpointing; got size {self.data.size}")
 
 
 def _block(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -148,29 +226,69 @@ class SegmentationNetwork(nn.Module):
         return logits.view(b, t, *logits.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """1 - soft Dice per class (softmax probabilities vs one-hot), averaged over classes."""
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, squared: bool = True) -> torch.Tensor:
+    """1 - soft Dice per class (softmax probabilities vs one-hot over the whole batch), averaged over classes;
+    ``squared``: the denominator sums squares (the original TransUNet's ``DiceLoss``), else plain sums."""
     probs = logits.softmax(dim=1)
     one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
     dims = tuple(d for d in range(probs.ndim) if d != 1)
     intersect = (probs * one_hot).sum(dims)
-    total = probs.sum(dims) + one_hot.sum(dims)
+    total = (probs * probs).sum(dims) + one_hot.sum(dims) if squared else probs.sum(dims) + one_hot.sum(dims)
     return (1 - (2 * intersect + smooth) / (total + smooth)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, squared: bool = True) -> torch.Tensor:
     """0.5 cross-entropy + 0.5 Dice; logits ``[B, K, T, H, W]``, target ``[B, T, H, W]`` (cropped to fit)."""
     target = target[..., : logits.shape[-2], : logits.shape[-1]]
     logits = logits.float()
-    return 0.5 * F.cross_entropy(logits, target) + 0.5 * dice_loss(logits, target)
+    return 0.5 * F.cross_entropy(logits, target) + 0.5 * dice_loss(logits, target, squared=squared)
 
 
-def segment_transforms(data: SegmentDataConfig) -> tuple[VideoTransform, VideoTransform]:
-    """Train (resize + flip) and eval (resize) transforms to ``size x size``."""
+def _minmax_uint8(video: torch.Tensor) -> torch.Tensor:
+    """Every frame scaled by its own minimum and maximum to 0..255 and truncated to uint8, as the original's
+    reader does before its transforms."""
+    x = video.float()
+    low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x - low) / (high - low).clamp_min(1e-12) * 255).to(torch.uint8)
+
+
+class SegmentTransform:
+    """Geometric steps on frames and masks together (one draw per frame or per clip), then the model's input
+    normalisation (:class:`~endofm.tasks.finetuned.InputSpec`): uint8 ``[T, 3, H, W]`` + mask ``[T, H, W]`` ->
+    ``{"video": [3, T, h, w], "mask": long [T, h, w]}``."""
+
+    def __init__(self, geometric: v2.Transform, spec: InputSpec, per_frame: bool = False) -> None:
+        self.geometric, self.spec, self.per_frame = geometric, spec, per_frame
+
+    def __call__(self, video: torch.Tensor, *, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if video.ndim != 4 or video.shape[1] != 3 or video.dtype != torch.uint8:
+            raise InputError(f"expected a uint8 [T, 3, H, W] video, got {video.dtype} {tuple(video.shape)}")
+        if self.spec.minmax:
+            video = _minmax_uint8(video)
+        masks = torch.zeros(video.shape[0], *video.shape[2:], dtype=torch.uint8) if mask is None else mask
+        pairs = ([(video[t : t + 1], masks[t : t + 1]) for t in range(len(video))] if self.per_frame
+                 else [(video, masks)])
+        outs = [self.geometric({"video": tv_tensors.Video(v), "mask": tv_tensors.Mask(m.to(torch.uint8))})
+                for v, m in pairs]
+        frames = torch.cat([out["video"].as_subclass(torch.Tensor) for out in outs])
+        result = {"video": self.spec.normalize(frames)}
+        if mask is not None:
+            result["mask"] = torch.cat([out["mask"].as_subclass(torch.Tensor) for out in outs]).long()
+        return result
+
+
+def segment_transforms(data: SegmentDataConfig) -> tuple[SegmentTransform, SegmentTransform]:
+    """Train (resize to ``resize``, random crop to ``size``, flip, rotation) and eval (resize to ``size``)
+    transforms, with the input normalisation of ``data``."""
     size = [data.size, data.size]
-    train = VideoTransform(v2.Compose([v2.Resize(size, antialias=True), v2.RandomHorizontalFlip(data.hflip)]),
-                           data.normalization)
-    return train, VideoTransform(v2.Resize(size, antialias=True), data.normalization)
+    steps: list[v2.Transform] = ([v2.Resize([data.resize] * 2, antialias=True), v2.RandomCrop(size)] if data.resize
+                                 else [v2.Resize(size, antialias=True)])
+    steps.append(v2.RandomHorizontalFlip(data.hflip))
+    if data.rotation:
+        steps.append(v2.RandomRotation(data.rotation, interpolation=InterpolationMode.BILINEAR))
+    spec = data.input_spec()
+    return (SegmentTransform(v2.Compose(steps), spec, data.per_frame_augment),
+            SegmentTransform(v2.Resize(size, antialias=True), spec))
 
 
 def _keep(dataset: CVCDataset, names: set[str]) -> CVCDataset:
@@ -188,7 +306,7 @@ def segment_datasets(data: SegmentDataConfig, select_on_test: bool = False,
     splits = data.splits
     test_name = "test" if splits.test == "auto" else splits.test
 
-    def make(split: str, transform: VideoTransform) -> CVCDataset:
+    def make(split: str, transform: SegmentTransform) -> CVCDataset:
         return CVCDataset(data.root, split, clip_length=data.clip_length, transform=transform)
 
     train, test = make(splits.train, train_tf), make(test_name, eval_tf)
@@ -216,9 +334,12 @@ def segment_datasets(data: SegmentDataConfig, select_on_test: bool = False,
 
 @torch.inference_mode()
 def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int = 2,
-                       device: str | torch.device = "cpu", num_workers: int = 0) -> dict[str, Any]:
-    """Per-sequence Dice and HD95 (averaged) of a segmentation network on a dataset (frames of overlapping
-    windows are counted once)."""
+                       device: str | torch.device = "cpu", num_workers: int = 0,
+                       empty_rule: str = "standard") -> dict[str, Any]:
+    """Per-sequence Dice (empty masks by ``empty_rule``) and HD95, averaged, of a segmentation network on a
+    dataset (frames of overlapping windows are counted once; whole sequences go one at a time)."""
+    if any(len(frames) != len(dataset.samples[0][1]) for _, frames in dataset.samples):
+        batch_size = 1
     was_training = network.training
     network.eval()
     pred_frames: dict[str, dict[int, np.ndarray]] = {}
@@ -236,7 +357,7 @@ def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int 
     sequences = {name: (np.stack([frames[i] for i in sorted(frames)]),
                         np.stack([true_frames[name][i] for i in sorted(frames)]))
                  for name, frames in pred_frames.items()}
-    result = segmentation_metrics(sequences)
+    result = segmentation_metrics(sequences, empty_rule)
     result["frames"] = int(sum(len(f) for f in pred_frames.values()))
     return result
 
@@ -248,15 +369,27 @@ class SegmentRecipe(FinetuneRecipe):
     default_metric = "dice"
     evaluator = evaluate_segmenter
 
-    def build_network(self) -> SegmentationNetwork:
-        backbone = build_backbone(self.config.model)
-        decoder = SegmentationDecoder(backbone.embed_dim, backbone.patch_size, 2, self.config.decoder.channels,
-                                      self.config.decoder.stem)
+    def build_network(self) -> nn.Module:
+        config = self.config
+        backbone = build_backbone(config.model)
+        if config.segmenter == "transunet":
+            sizes = config.transunet
+            return TransUNet.from_backbone(backbone, resnet_width=sizes.resnet_width, resnet_units=sizes.resnet_units,
+                                           decoder_channels=sizes.decoder_channels, n_skip=sizes.n_skip,
+                                           dropout=sizes.dropout, drop_path_rate=config.model.drop_path_rate)
+        decoder = SegmentationDecoder(backbone.embed_dim, backbone.patch_size, 2, config.decoder.channels,
+                                      config.decoder.stem)
         return SegmentationNetwork(backbone, decoder)
+
+    def evaluate(self, dataset: Any) -> dict[str, Any]:
+        run = self.config.run
+        return evaluate_segmenter(self.network, dataset, run.batch_size, self.device, run.num_workers,
+                                  self.config.empty_rule)
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         logits = network(batch["video"].to(self.device, non_blocking=True))
-        return segmentation_loss(logits, batch["mask"].to(self.device)), {}
+        squared = self.config.dice_denominator == "squared"
+        return segmentation_loss(logits, batch["mask"].to(self.device), squared=squared), {}
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["video"])
@@ -264,12 +397,83 @@ class SegmentRecipe(FinetuneRecipe):
     def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
         return self.network.backbone, self.network.decoder
 
+    def save_model(self, directory: Path, extra: dict[str, Any]) -> Path:
+        if isinstance(self.network, TransUNet):
+            return save_transunet_folder(directory, self.network, self.config.data.input_spec(),
+                                         {"data": self.data_config(), **extra})
+        return super().save_model(directory, extra)
+
     def data_config(self) -> dict[str, Any]:
         data = self.config.data
-        return {"clip_length": data.clip_length, "size": data.size, "normalization": data.normalization}
+        return {"clip_length": data.clip_length, "size": data.size, "normalization": data.normalization,
+                "channel_order": data.channel_order, "minmax": data.minmax, "empty_rule": self.config.empty_rule}
 
 
 def finetune_segment(config: SegmentConfig, resume: bool = False) -> dict[str, Any]:
     """Fine-tune a segmentation model; the run folder gets ``model/``, ``metrics.json`` and plots."""
     datasets = segment_datasets(config.data, config.selection.select_on_test, config.run.seed)
     return run_finetune(config, SegmentRecipe, datasets, default_collate, resume)
+
+
+PREDICT_WINDOW = 25
+"""Frames per clip when a model takes whole sequences (the original's longest CVC sequence): a long video is
+cut into windows of this many frames."""
+
+
+def input_transform(spec: InputSpec) -> SegmentTransform:
+    """The evaluation transform of a model's input: resize (stretch) to its size and normalise as it expects."""
+    return SegmentTransform(v2.Resize(list(spec.size), antialias=True), spec)
+
+
+def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
+                           batch_size: int = 1, empty_rule: str | None = None) -> dict[str, Any]:
+    """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
+    CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
+    the rule the model was trained with, else ``standard``)."""
+    rule = empty_rule or (loaded.metadata.get("data") or {}).get("empty_rule", "standard")
+    dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input))
+    return evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule)
+
+
+def find_segmenter(path: str | os.PathLike, num_heads: int | None = None) -> LoadedFinetuned | None:
+    """The segmentation model at ``path`` (a released TransUNet, a TransUNet folder or a fine-tuned segment
+    folder), or None when ``path`` holds another task's model."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            config = json.loads((path / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        is_segment = isinstance(config, dict) and (config.get("model") == "transunet" or
+                                                   (config.get("metadata") or {}).get("task") == "segment")
+        return load_finetuned(path, num_heads) if is_segment else None
+    found = released_layout(path)
+    if found is None or found[0].name != "transunet":
+        return None
+    return found[0].load(found[1], path, num_heads)
+
+
+def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device,
+                    progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+    """Per-frame masks of a video (at the model's input size) and each frame's polyp fraction and box, by
+    clips of the model's frame count (whole-sequence models: windows of :data:`PREDICT_WINDOW` frames)."""
+    from tqdm import tqdm
+
+    from endofm.data.datasets.cvc import _windows
+
+    transform = input_transform(loaded.input)
+    network = loaded.model.to(device).eval()
+    count = len(reader)
+    masks = np.zeros((count, *loaded.input.size), dtype=np.uint8)
+    length = loaded.input.frames or min(PREDICT_WINDOW, count)
+    for window in tqdm(_windows(list(range(count)), length), desc="windows", unit="window", disable=not progress):
+        video = transform(reader.read(window))["video"].unsqueeze(0).to(device)
+        with torch.inference_mode():
+            masks[window] = network(video).argmax(1)[0].cpu().numpy().astype(np.uint8)
+    sy, sx = reader.info.height / masks.shape[1], reader.info.width / masks.shape[2]
+    frames = []
+    for i, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        box = [cols[0] * sx, rows[0] * sy, (cols[-1] + 1) * sx, (rows[-1] + 1) * sy] if rows.size else None
+        frames.append({"frame": i, "time": i / reader.info.fps, "polyp_fraction": float(mask.mean()), "box": box})
+    return {"mask_size": list(masks.shape[1:]), "frames": frames}, masks

@@ -1,7 +1,8 @@
 """CVC-12k segmentation from the CVC-ClinicDB layout: ``Original/{i}.tif``, ``Ground Truth/{i}.tif``.
 
 Sequences are listed as ``<name> <start> <len> [-1]`` lines (1-based ``start``), the original's format:
-``videolist.txt`` lists all, ``splits/<split>.txt`` one split. A sample is a whole sequence, or with
+``videolist.txt`` lists all, ``splits/<split>.txt`` one split, and ``original_train`` / ``original_test`` are
+the original's lists (:data:`ORIGINAL_SPLITS`). A sample is a whole sequence, or with
 ``clip_length`` a window of that many consecutive frames (a sequence is cut into windows covering it; one
 shorter than the window repeats its last frame): ``{"video": float [C, T, H, W], "mask": long [T, H, W]
 (1 = polyp), "meta": {"path", "sequence", "frame_indices"}}``.
@@ -35,6 +36,19 @@ class CVCSequence:
     @property
     def frames(self) -> range:
         return range(self.start, self.start + self.length)
+
+
+_ORIGINAL_TRAIN = ((104, 23), (529, 18), (448, 19), (26, 25), (343, 21), (178, 22), (429, 19), (200, 6), (127, 25),
+                   (253, 25), (364, 20), (592, 21), (228, 25), (68, 11), (467, 12), (206, 22), (79, 25), (479, 25),
+                   (51, 17), (572, 20))  # fmt: skip
+_ORIGINAL_TEST = ((51, 17), (318, 25), (429, 19), (1, 25), (178, 22), (253, 25), (343, 21), (68, 11), (200, 6))
+ORIGINAL_SPLITS: dict[str, tuple[CVCSequence, ...]] = {
+    name: tuple(CVCSequence(f"indexed-{start}-{length}", start, length) for start, length in pairs)
+    for name, pairs in (("original_train", _ORIGINAL_TRAIN), ("original_test", _ORIGINAL_TEST))
+}
+"""The original Endo-FM CVC-12k lists (``TransUNet/dataset.py``: 20 training and 9 test sequences of
+CVC-ClinicDB, as start frame and length; 7 of the 9 test sequences are also training sequences). The split
+names ``original_train`` and ``original_test`` select them when the dataset has no file of that name."""
 
 
 def read_sequence_list(path: str | os.PathLike) -> list[CVCSequence]:
@@ -78,7 +92,11 @@ class CVCDataset(Dataset):
             if not needed.is_dir():
                 raise DatasetError(f"CVC-ClinicDB layout: folder {needed} is missing")
         seq_file = self.root / "videolist.txt" if split == "all" else self.root / "splits" / f"{split}.txt"
-        self.sequences = read_sequence_list(seq_file)
+        if split in ORIGINAL_SPLITS and not seq_file.exists():
+            self.sequences = list(ORIGINAL_SPLITS[split])
+            seq_file = Path(f"{split} (the original's list)")
+        else:
+            self.sequences = read_sequence_list(seq_file)
         self.transform = transform or eval_transform(224, normalization="half")
         self.samples: list[tuple[CVCSequence, list[int]]] = []
         for seq in self.sequences:
