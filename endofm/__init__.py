@@ -17,6 +17,7 @@ The public API, in a few lines::
 Errors a user can cause are :class:`EndoFMError` subclasses with messages that name the file or key.
 """
 
+from endofm.engine.cpu import apply_cpu_settings
 from endofm.errors import CheckpointError, ConfigError, DatasetError, EndoFMError, InputError, VideoError
 from endofm.models import (
     BackboneConfig,
@@ -35,6 +36,7 @@ from endofm.tasks.finetuned import InputSpec, LoadedFinetuned, load_finetuned
 __version__ = "0.1.0"
 
 __all__ = [
+    "apply_cpu_settings",
     "BackboneConfig",
     "CheckpointError",
     "ConfigError",

@@ -1,11 +1,15 @@
-"""CPU runtime settings of the ``endofm`` command and the trainer: denormals flushed in torch's compute, and
-freed memory kept for reuse.
+"""CPU runtime settings: denormals flushed in torch's compute, and freed memory kept for reuse.
+
+They change the whole process, so library calls never apply them on their own: the ``endofm`` command applies
+them first thing, and a Python program opts in with ``endofm.apply_cpu_settings()``. Only
+:func:`denormals_flushed`, which the trainer wraps around its steps, changes a mode, on the calling thread, and
+restores it when the step ends.
 
 Denormal floats: flushed to zero in torch's compute, kept everywhere else.
 
 As training goes on, GELU tails and sharp softmaxes fill gradients with denormals (magnitudes below
-1.2e-38), which x86 cores handle in microcode: late steps of ``cpu_micro.yaml`` pretraining took 0.155 s
-instead of 0.071 s (``benchmarks/denormals.py`` shows the effect on one matrix product). The flush mode is
+1.2e-38), which x86 cores handle in microcode, several times slower (``benchmarks/denormals.py`` measures one
+matrix product). The flush mode is
 per thread, and threads take the mode of the thread that starts them. So torch's thread pool is started
 with it (:func:`start_thread_pool_flushing_denormals`), and the calling thread flushes only inside
 :func:`denormals_flushed` blocks, the trainer's steps: other numerical code is not built for the mode
@@ -37,8 +41,8 @@ POOL_START_SIZE = 512
 
 def start_thread_pool_flushing_denormals() -> bool:
     """Start torch's CPU thread pool with denormals flushed in its threads, leaving the calling thread as it
-    was; returns whether the CPU supports the mode. Only a pool not started yet is affected, so the ``endofm``
-    command calls this first thing, and the trainer calls it for library use."""
+    was; returns whether the CPU supports the mode. Only a pool not started yet is affected, so call it before
+    any other torch work (the ``endofm`` command does)."""
     if not torch.set_flush_denormal(True):
         return False
     try:
@@ -74,7 +78,12 @@ def keep_freed_memory() -> bool:
 
 
 def apply_cpu_settings() -> None:
-    """The process settings of the ``endofm`` command (first thing) and the trainer (for library use):
-    :func:`start_thread_pool_flushing_denormals` and :func:`keep_freed_memory`."""
+    """The process settings of the ``endofm`` command, for a Python program to opt in (first thing):
+    :func:`start_thread_pool_flushing_denormals` and :func:`keep_freed_memory`.
+
+    Example:
+        >>> import endofm
+        >>> endofm.apply_cpu_settings()  # doctest: +SKIP
+    """
     start_thread_pool_flushing_denormals()
     keep_freed_memory()

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from endofm.engine.cpu import apply_cpu_settings, denormals_flushed
+from endofm.engine.cpu import denormals_flushed
 from endofm.engine.distributed import DistributedContext, all_reduce_sum, barrier
 from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
 from endofm.engine.sampler import ShardedBatchSampler
@@ -150,7 +150,6 @@ class Trainer:
         context: DistributedContext,
         config_dict: dict[str, Any] | None = None,
     ) -> None:
-        apply_cpu_settings()
         self.recipe, self.dataset, self.collate_fn = recipe, dataset, collate_fn
         self.run, self.context = run, context
         self.config_dict = config_dict or {}

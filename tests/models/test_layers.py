@@ -1,4 +1,4 @@
-"""The CPU MLP's own code against torch's modules; the temporal branch's layout and stochastic depth."""
+"""The CPU kernels against plain PyTorch; the temporal branch's layout and stochastic depth."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from endofm.models import layers
-from endofm.models.layers import DividedSpaceTimeBlock, Mlp, mlp
+from endofm.models import cpu_kernels
+from endofm.models.layers import Attention, DividedSpaceTimeBlock, Mlp, mlp
+from endofm.models.registry import build_model
 
 
 def _largest_allocation(fn) -> int:
@@ -20,7 +21,7 @@ def _largest_allocation(fn) -> int:
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_cpu_mlp_runs_in_row_chunks_with_torchs_values_and_gradients(monkeypatch, with_residual):
     dim, hidden, rows = 16, 64, 2 * 37
-    monkeypatch.setattr(layers, "MLP_CHUNK_BYTES", 10 * hidden * 4)  # 8 chunks of at most 10 rows
+    monkeypatch.setattr(cpu_kernels, "MLP_CHUNK_BYTES", 10 * hidden * 4)  # 8 chunks of at most 10 rows
     whole_hidden = rows * hidden * 4
     module = Mlp(dim, hidden)
     inputs = [torch.randn(2, 37, dim, requires_grad=True)]
@@ -84,3 +85,37 @@ def test_temporal_branch_writes_its_attention_output_in_the_token_layout_without
     with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         block._temporal(x)
     assert not [event.name for event in prof.events() if event.name in ("aten::clone", "aten::contiguous")]
+
+
+def _training_step(model: torch.nn.Module, clips: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    out = model(clips)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+def test_the_kernel_switch_gives_plain_pytorchs_values_and_gradients(impl):
+    model = build_model("endofm_vit_micro").train()
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.impl = impl
+    clips = torch.randn(2, 3, 2, 32, 32)
+    with cpu_kernels.enabled(False):
+        plain_out, plain_grads = _training_step(model, clips)
+    out, grads = _training_step(model, clips)
+    torch.testing.assert_close(out, plain_out, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, plain_grads, strict=True):
+        assert (got - want).norm() <= 1e-5 * want.norm()
+
+
+def test_the_kernels_stand_aside_when_torch_lacks_their_private_operators(monkeypatch):
+    """A torch without the private operators (a future release) runs the plain PyTorch expressions."""
+    for flag in ("HAS_FLASH_CPU", "HAS_SOFTMAX_BACKWARD", "HAS_GELU_IN_PLACE"):
+        monkeypatch.setattr(cpu_kernels, flag, False)
+    model = build_model("endofm_vit_micro").train()
+    called = []
+    for name in ("mlp", "flash_attention", "math_attention"):
+        monkeypatch.setattr(cpu_kernels, name, lambda *args, _name=name, **kw: called.append(_name))
+    out, grads = _training_step(model, torch.randn(2, 3, 2, 32, 32))
+    assert not called and out.isfinite().all() and all(g.isfinite().all() for g in grads)

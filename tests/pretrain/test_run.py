@@ -52,6 +52,18 @@ def _teacher(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "teacher_endo_fm.pth", weights_only=True)
 
 
+def test_a_library_run_leaves_the_process_settings_alone(videos, tmp_path, monkeypatch):
+    """``pretrain()`` changes no process-wide setting (allocator, thread pool); the command applies them."""
+    from endofm.engine import cpu
+
+    applied = []
+    for name in ("apply_cpu_settings", "keep_freed_memory", "start_thread_pool_flushing_denormals"):
+        monkeypatch.setattr(cpu, name, lambda _name=name: applied.append(_name))
+    pretrain(_config(videos, tmp_path / "run", "run.epochs=1"))
+    assert applied == []
+    assert torch.tensor([1e-39]).mul(2).item() != 0, "the calling thread flushes denormals after the run"
+
+
 def test_a_run_writes_everything_a_user_needs(videos, tmp_path):
     out = tmp_path / "run"
     summary = pretrain(_config(videos, out))
