@@ -57,7 +57,8 @@ TINY: dict[str, list[str]] = {
     "endofm finetune classify --data PolypDiag/ --init endo_fm.pth --out runs/polypdiag":
         [*FINETUNE, "data.num_frames=2", "data.size=32"],
     "endofm finetune segment --data CVC-ClinicDB/ --init endo_fm.pth --out runs/cvc":
-        [*FINETUNE, "data.clip_length=2", "data.size=32"],
+        [*FINETUNE, "data.clip_length=2", "transunet.resnet_width=32", "transunet.resnet_units=[1,1,1]",
+         "transunet.decoder_channels=[8,8,8,8]"],
     "endofm finetune detect --data KUMC/ --init endo_fm.pth --out runs/kumc":
         [*FINETUNE, "data.short_side=32", "data.max_size=48"],
     "endofm evaluate classify --checkpoint runs/polypdiag/model --data PolypDiag/ --split val --out metrics.json": [],
