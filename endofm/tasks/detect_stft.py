@@ -220,3 +220,116 @@ def find_stft(path: str | os.PathLike, num_heads: int | None = None) -> LoadedFi
         found = released_layout(path)
         is_stft = found is not None and found[0].name == MODEL_NAME
     return load_finetuned(path, num_heads=num_heads) if is_stft else None
+
+
+# --- training as the original --------------------------------------------------------------------------------
+
+
+class STFTTrainFrames(torch.utils.data.Dataset):
+    """Training samples of the original: the key frame, one reference 1-9 frames before it and one 1-9 after
+    it (ids clamped to the video), all resized to ``size`` x ``size`` (PIL bilinear), flipped together with
+    probability ``hflip`` and normalised as :data:`STFT_INPUT`. Boxes are clipped to the image (empty ones
+    dropped), scaled to the input and flipped with the original's ``+ 1`` convention; labels are 1-based.
+    Draws come from torch's generator (seeded per worker by the training loop)."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 640, hflip: float = 0.5) -> None:
+        from endofm.data.datasets.kumc import KUMCDataset
+
+        self.index = KUMCDataset(root, split, skip_unannotated=True)
+        self.size, self.hflip = size, hflip
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        from endofm.data.datasets.kumc import _load_rgb, read_voc
+
+        v, k, xml = self.index.samples[item]
+        _, paths = self.index.videos[v]
+        left = int(torch.randint(MIN_OFFSET, 0, ()))
+        right = int(torch.randint(1, MAX_OFFSET + 1, ()))
+        ids = [k] + [min(max(k + offset, 0), len(paths) - 1) for offset in (left, right)]
+        frames = np.stack([_load_rgb(paths[i]) for i in ids])
+        boxes, labels, (height, width) = read_voc(xml, POLYP_CLASSES)
+        boxes = torch.stack((boxes[:, 0].clamp(0, width - 1), boxes[:, 1].clamp(0, height - 1),
+                             boxes[:, 2].clamp(0, width - 1), boxes[:, 3].clamp(0, height - 1)), dim=1)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, labels = boxes[keep], labels[keep] + 1
+        resized = resize_frames(frames, self.size)
+        boxes = boxes * torch.tensor([self.size / width, self.size / height] * 2)
+        if float(torch.rand(())) < self.hflip:
+            resized = resized.flip(-1)
+            boxes = torch.stack((self.size - boxes[:, 2] - 1, boxes[:, 1], self.size - boxes[:, 0] - 1, boxes[:, 3]),
+                                dim=1)
+        return {"frames": STFT_INPUT.normalize(resized).transpose(0, 1), "boxes": boxes, "labels": labels,
+                "meta": {"path": str(paths[k]), "frame_ids": [i + 1 for i in ids]}}
+
+
+def original_optimizer(model: STFTDetector, lr: float = 0.0025, weight_decay: float = 1e-4, momentum: float = 0.9,
+                       bias_lr_factor: float = 2.0) -> torch.optim.SGD:
+    """The original's SGD: one group per parameter, biases at ``bias_lr_factor`` x lr without weight decay,
+    every other parameter (norms and embeddings included) with ``weight_decay``."""
+    groups = [{"params": [p], "lr": lr * (bias_lr_factor if "bias" in name else 1.0),
+               "weight_decay": 0.0 if "bias" in name else weight_decay, "initial_lr": None}
+              for name, p in model.named_parameters() if p.requires_grad]
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def warmup_multistep(step: int, warmup_iters: int = 8000, warmup_factor: float = 1 / 3,
+                     milestones: tuple[int, ...] = (64000, 80000, 88000), gamma: float = 0.5) -> float:
+    """The original ``WarmupMultiStepLR`` factor at ``step`` (0-based): linear warm-up from ``warmup_factor``,
+    times ``gamma`` at each milestone passed."""
+    factor = 1.0
+    if step < warmup_iters:
+        alpha = step / warmup_iters
+        factor = warmup_factor * (1 - alpha) + alpha
+    return factor * gamma ** sum(step >= m for m in milestones)
+
+
+def train_step(model: STFTDetector, sample: dict[str, Any],
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The five losses of one sample as the original trains: the key frame and its references through the
+    backbone as ONE clip, the head on all of them, the losses on the key frame."""
+    from endofm.models.stft import FPN_STRIDES
+    from endofm.models.stft_loss import stft_losses
+
+    frames = sample["frames"].to(device)
+    outputs = model.head(model.clip_features(frames))
+    return stft_losses(outputs, sample["boxes"].to(device), sample["labels"].to(device), FPN_STRIDES)
+
+
+def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int = 640,
+                  device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+    """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
+    (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
+    original's frame-level F1 at ``score_threshold``, box-level P/R/F1 at IoU 0.5, COCO mAP, and the COCO AP
+    at IoU 0.5 of polyp boxes whatever their class (``map_50_class_agnostic``)."""
+    from endofm.data.datasets.kumc import KUMCDataset, _load_rgb, read_voc
+    from endofm.metrics.detection import coco_map, detection_metrics
+
+    index = KUMCDataset(root, split, skip_unannotated=True)
+    annotated: dict[int, dict[int, Path]] = {}
+    for v, k, xml in index.samples:
+        annotated.setdefault(v, {})[k] = xml
+    predictions, truths = [], []
+    for v, (_, paths) in enumerate(index.videos):
+        if v not in annotated:
+            continue
+
+        def read(ids: list[int], paths: list[Path] = paths) -> torch.Tensor:
+            return STFT_INPUT.normalize(resize_frames(np.stack([_load_rgb(paths[i - 1]) for i in ids]), size)
+                                        ).transpose(0, 1)
+
+        per_frame = detect_video(model, read, len(paths), device, seed)
+        for k, xml in sorted(annotated[v].items()):
+            boxes, labels, (height, width) = read_voc(xml, POLYP_CLASSES)
+            det = per_frame[k]
+            scale = torch.tensor([width / size, height / size] * 2)
+            predictions.append({"boxes": det["boxes"] * scale, "scores": det["scores"], "labels": det["labels"] - 1})
+            truths.append({"boxes": boxes, "labels": labels})
+    agnostic = coco_map([{**p, "labels": torch.zeros_like(p["labels"])} for p in predictions],
+                        [{**t, "labels": torch.zeros_like(t["labels"])} for t in truths], 1)
+    return {**detection_metrics(predictions, truths, len(POLYP_CLASSES), score_threshold=score_threshold),
+            "map_50_class_agnostic": agnostic["map_50"], "frames": len(truths)}
