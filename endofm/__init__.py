@@ -4,6 +4,8 @@ The public API, in a few lines::
 
     import endofm
 
+    model = endofm.create_model("endofm_vit_base", pretrained="endo_fm.pth")  # or a folder, or hf-hub:org/name
+    model.input_spec                                       # size, frames, mean/std the model expects
     ckpt = endofm.load_checkpoint("endo_fm.pth")          # any original layout, or an endofm folder
     video_embedding = endofm.embed_video("case.mp4", ckpt.backbone, window=32, stride=16)
     model = endofm.build_model("endofm_vit_base")          # random weights, released architecture
@@ -23,15 +25,19 @@ from endofm.models import (
     BackboneConfig,
     DINOHead,
     EndoFMBackbone,
+    InputSpec,
     LinearClassifier,
+    ModelSpec,
     build_model,
+    create_model,
     export_original,
     list_models,
     load_checkpoint,
+    model_spec,
     save_pretrained,
 )
 from endofm.tasks.embed import VideoEmbedding, embed_video
-from endofm.tasks.finetuned import InputSpec, LoadedFinetuned, load_finetuned
+from endofm.tasks.finetuned import LoadedFinetuned, load_finetuned
 
 __version__ = "0.1.0"
 
@@ -50,11 +56,14 @@ __all__ = [
     "LoadedFinetuned",
     "VideoEmbedding",
     "VideoError",
+    "ModelSpec",
     "build_model",
+    "create_model",
     "embed_video",
     "export_original",
     "list_models",
     "load_checkpoint",
+    "model_spec",
     "load_finetuned",
     "save_pretrained",
 ]

@@ -9,24 +9,31 @@ from endofm.models.checkpoint import (
     load_checkpoint,
     save_pretrained,
 )
+from endofm.models.factory import create_model
 from endofm.models.heads import DINOHead, LinearClassifier
-from endofm.models.registry import MODEL_CONFIGS, build_model, list_models
+from endofm.models.inputs import InputSpec
+from endofm.models.registry import MODEL_CONFIGS, MODELS, ModelSpec, build_model, list_models, model_spec
 from endofm.models.transunet import TransUNet, TransUNetConfig
 
 __all__ = [
+    "MODELS",
     "MODEL_CONFIGS",
     "BackboneConfig",
     "CheckpointInfo",
     "DINOHead",
+    "InputSpec",
     "EndoFMBackbone",
     "LinearClassifier",
     "LoadedCheckpoint",
+    "ModelSpec",
     "TransUNet",
     "TransUNetConfig",
     "build_model",
+    "create_model",
     "export_original",
     "infer_backbone_config",
     "list_models",
     "load_checkpoint",
+    "model_spec",
     "save_pretrained",
 ]

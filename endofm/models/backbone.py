@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -162,19 +160,6 @@ class EndoFMBackbone(nn.Module):
         for block in list(self.blocks)[1:]:
             nn.init.zeros_(block.temporal_fc.weight)
             nn.init.zeros_(block.temporal_fc.bias)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Save in the package's format (``config.json`` + ``model.safetensors``)."""
-        from endofm.models.checkpoint import save_pretrained
-
-        return save_pretrained(directory, self)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, num_heads: int | None = None) -> EndoFMBackbone:
-        """The backbone of any checkpoint :func:`~endofm.models.checkpoint.load_checkpoint` reads."""
-        from endofm.models.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, num_heads=num_heads).backbone
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that the recipe excludes from weight decay (besides biases and norms)."""

@@ -20,10 +20,11 @@ import torch
 from endofm.errors import InputError
 
 CHANNEL_ORDERS = ("RGB", "BGR")
-RESIZE_MODES = ("stretch", "short_side_center_crop", "short_side")
+RESIZE_MODES = ("stretch", "short_side_center_crop", "short_side", "center_crop")
 """How frames reach ``InputSpec.size``: ``stretch`` to exactly that size (aspect ratio not kept),
 ``short_side_center_crop`` (short side to 8/7 of the size, then the centre crop), ``short_side`` (the
-short side to ``size[0]``, the long side capped at ``size[1]``)."""
+short side to ``size[0]``, the long side capped at ``size[1]``), ``center_crop`` (the short side to the size,
+then the centre crop, as :func:`endofm.embed_video` does)."""
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,53 @@
-"""Named backbone configurations and the model factory."""
+"""Named backbones: each one's architecture and the input it expects (:class:`ModelSpec`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from endofm.errors import InputError
 from endofm.models.backbone import BackboneConfig, EndoFMBackbone
+from endofm.models.inputs import InputSpec
 
-MODEL_CONFIGS: dict[str, BackboneConfig] = {
-    "endofm_vit_base": BackboneConfig(embed_dim=768, depth=12, num_heads=12),
-    "endofm_vit_small": BackboneConfig(embed_dim=384, depth=12, num_heads=6),
-    "endofm_vit_tiny": BackboneConfig(embed_dim=192, depth=12, num_heads=3),
-    "endofm_vit_mini": BackboneConfig(
-        embed_dim=192, depth=4, num_heads=3, patch_size=8, img_size=64, drop_path_rate=0.0
-    ),
-    "endofm_vit_micro": BackboneConfig(
-        embed_dim=96, depth=2, num_heads=2, img_size=64, num_frames=4, drop_path_rate=0.0
-    ),
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+"""The normalisation of the original's pretraining views."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named backbone: its architecture, the input it was pretrained on, and what it is."""
+
+    config: BackboneConfig
+    description: str
+
+    @property
+    def input(self) -> InputSpec:
+        """Clips of ``num_frames`` RGB frames, short side to the image size and centre-cropped, ImageNet
+        mean and std (the original's pretraining views)."""
+        return InputSpec(size=self.config.img_size, frames=self.config.num_frames, mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD, resize="center_crop")
+
+
+MODELS: dict[str, ModelSpec] = {
+    "endofm_vit_base": ModelSpec(BackboneConfig(embed_dim=768, depth=12, num_heads=12),
+                                 "the released Endo-FM model: ViT-B/16, 8 x 224"),
+    "endofm_vit_small": ModelSpec(BackboneConfig(embed_dim=384, depth=12, num_heads=6), "ViT-S/16, 8 x 224"),
+    "endofm_vit_tiny": ModelSpec(BackboneConfig(embed_dim=192, depth=12, num_heads=3), "ViT-Ti/16, 8 x 224"),
+    "endofm_vit_mini": ModelSpec(BackboneConfig(embed_dim=192, depth=4, num_heads=3, patch_size=8, img_size=64,
+                                                drop_path_rate=0.0), "a CPU model (the cpu_tiny recipe), 8 x 64"),
+    "endofm_vit_micro": ModelSpec(BackboneConfig(embed_dim=96, depth=2, num_heads=2, img_size=64, num_frames=4,
+                                                 drop_path_rate=0.0), "the demo's and the tests' model, 4 x 64"),
 }
-"""``endofm_vit_base`` is the released Endo-FM model (121 M parameters); the others are smaller variants
-for CPUs (``mini``: ``cpu_tiny.yaml``; ``micro``: the demo and the tests)."""
+
+MODEL_CONFIGS: dict[str, BackboneConfig] = {name: spec.config for name, spec in MODELS.items()}
+"""The architecture of each named model."""
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The record of a named model (:data:`MODELS`)."""
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    return MODELS[name]
 
 
 def list_models() -> list[str]:
@@ -34,10 +62,9 @@ def build_model(name: str = "endofm_vit_base", **overrides: object) -> EndoFMBac
         >>> build_model("endofm_vit_micro", num_frames=8).config.num_frames
         8
     """
-    if name not in MODEL_CONFIGS:
-        raise InputError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    config = model_spec(name).config
     fields = {f.name for f in dataclasses.fields(BackboneConfig)}
     unknown = set(overrides) - fields
     if unknown:
         raise InputError(f"unknown backbone config keys: {sorted(unknown)}; valid: {sorted(fields)}")
-    return EndoFMBackbone(dataclasses.replace(MODEL_CONFIGS[name], **overrides))
+    return EndoFMBackbone(dataclasses.replace(config, **overrides))

@@ -165,7 +165,7 @@ def test_own_format_round_trip_and_original_export(tmp_path, nets):
     x = torch.randn(2, 96)
     torch.testing.assert_close(loaded.dino_head(x), head(x))
     torch.testing.assert_close(loaded.classifier(x), classifier(x))
-    assert _same_outputs(EndoFMBackbone.from_pretrained(out), teacher)
+    assert _same_outputs(load_checkpoint(out).backbone, teacher)
     assert not list(out.glob(".*")), "no temporary files are left behind"
 
     exported = export_original(tmp_path / "endo_fm.pth", teacher, head)
