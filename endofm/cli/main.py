@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from endofm.errors import EndoFMError
 
-COMMAND_MODULES = ("demo", "models", "data", "pretrain", "evaluate", "visualize", "finetune", "predict")
+COMMAND_MODULES = ("demo", "models", "data", "pretrain", "evaluate", "visualize", "finetune", "predict",
+                   "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:

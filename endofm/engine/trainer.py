@@ -60,6 +60,9 @@ class RunConfig:
     """Also write ``last.pt`` every this many steps (0: at epoch ends only)."""
     max_steps: int | None = None
     """Stop after this many steps in all (a short run; the schedules still span ``epochs``)."""
+    epoch_steps: int | None = None
+    """End every epoch after at most this many steps (a quick check of a whole protocol, epoch-end evaluation
+    included; the schedules span the shortened epochs). Default: the whole dataset."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -69,6 +72,8 @@ class RunConfig:
             raise ConfigError(f"run.batch_size must be at least 1, got {self.batch_size}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"run.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.epoch_steps is not None and self.epoch_steps < 1:
+            raise ConfigError(f"run.epoch_steps must be at least 1, got {self.epoch_steps}")
         if self.num_workers < 0 or self.checkpoint_every < 0:
             raise ConfigError("run.num_workers and run.checkpoint_every must not be negative")
 
@@ -159,7 +164,7 @@ class Trainer:
         self.sampler = ShardedBatchSampler(
             len(dataset), run.batch_size, context.rank, context.world_size, seed=run.seed
         )
-        self.steps_per_epoch = len(dataset) // run.batch_size
+        self.steps_per_epoch = min(len(dataset) // run.batch_size, run.epoch_steps or len(dataset))
         self.dtype = autocast_dtype(run.precision, context.device)
         self._plotted_at, self._plotted_step = time.perf_counter(), -1
 
@@ -251,8 +256,9 @@ class Trainer:
         )
         network.train()
         losses, skipped = [], []
-        progress = tqdm(loader, total=len(self.sampler), initial=0, desc=f"epoch {epoch + 1}/{self.run.epochs}",
-                        disable=not (self.run.progress and self.context.is_main), unit="step", dynamic_ncols=True)
+        progress = tqdm(loader, total=self.steps_per_epoch - start_step, initial=0,
+                        desc=f"epoch {epoch + 1}/{self.run.epochs}", unit="step", dynamic_ncols=True,
+                        disable=not (self.run.progress and self.context.is_main))
         finished = True
         tick = time.perf_counter()
         for offset, batch in enumerate(progress):
@@ -278,6 +284,8 @@ class Trainer:
                 self._save(optimizer, epoch, step_in_epoch + 1, global_step)
             if at_limit:
                 finished = step_in_epoch + 1 == self.steps_per_epoch
+                break
+            if step_in_epoch + 1 == self.steps_per_epoch:  # run.epoch_steps shortens the epoch
                 break
         progress.close()
         skipped_count = int(all_reduce_sum(torch.tensor(len(skipped))))
