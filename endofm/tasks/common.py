@@ -92,7 +92,7 @@ class OptimConfig:
     schedule: str = "cosine"
     """``cosine`` (per step, to ``min_lr``), ``cosine_epoch`` (one value per epoch, to ``min_lr``: torch's
     ``CosineAnnealingLR`` stepped at epoch ends, as the original PolypDiag fine-tuning), ``poly`` (power 0.9,
-    as TransUNet) or ``constant``."""
+    step by step as TransUNet sets it) or ``constant``."""
     warmup_epochs: int = 0
     min_lr: float = 0.0
     decay_all: bool = False
@@ -132,7 +132,10 @@ def lr_schedule(optim: OptimConfig, batch_size: int, epochs: int, steps_per_epoc
         return np.repeat(per_epoch, max(steps_per_epoch, 1))
     warmup = min(optim.warmup_epochs * steps_per_epoch, total)
     steps = np.arange(total)
-    values = peak * (1 - steps / total) ** 0.9 if optim.schedule == "poly" else np.full(total, peak)
+    if optim.schedule == "poly":  # as TransUNet sets it after each step: steps 0 and 1 at the peak
+        values = peak * (1 - np.maximum(steps - 1, 0) / total) ** 0.9
+    else:
+        values = np.full(total, peak)
     ramp = np.minimum(1.0, (steps + 1) / warmup) if warmup else 1.0
     return values * ramp
 

@@ -22,6 +22,15 @@ def reference_hd95(pred: np.ndarray, target: np.ndarray) -> float:
     return max(np.percentile(d_to_t, 95), np.percentile(d_to_p, 95))
 
 
+def reference_medpy_hd95(pred: np.ndarray, target: np.ndarray) -> float:
+    """medpy's ``hd95`` through scipy, in any dimension: both directed distance sets pooled."""
+    structure = ndimage.generate_binary_structure(pred.ndim, 1)
+    ps = pred ^ ndimage.binary_erosion(pred, structure, border_value=0)
+    ts = target ^ ndimage.binary_erosion(target, structure, border_value=0)
+    return np.percentile(np.hstack([ndimage.distance_transform_edt(~ts)[ps], ndimage.distance_transform_edt(~ps)[ts]]),
+                         95)
+
+
 def random_blobs(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     mask = ndimage.gaussian_filter(rng.random(shape), 3) > 0.5 + rng.uniform(-0.03, 0.03)
     if not mask.any():
@@ -64,3 +73,20 @@ def test_sequence_and_average() -> None:
     result = segmentation_metrics({"a": (pred, target), "b": (target, target)})
     assert result["dice"] == pytest.approx((seq["dice"] + 1.0) / 2)
     assert set(result["sequences"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_original_rule_scores_the_volume_as_medpy_does(seed: int) -> None:
+    """The original trainer.py: medpy's Dice and HD95 over the whole T x H x W volume, 0/0 when nothing is
+    predicted, 1/0 when something is predicted where nothing is to find."""
+    rng = np.random.default_rng(seed)
+    pred = ndimage.gaussian_filter(rng.random((5, 30, 40)), 2) > 0.52
+    target = ndimage.gaussian_filter(rng.random((5, 30, 40)), 2) > 0.52
+    seq = sequence_metrics(pred, target, empty_rule="original")
+    assert seq["hd95"] == pytest.approx(reference_medpy_hd95(pred, target))
+    assert seq["hd95"] != pytest.approx(sequence_metrics(pred, target)["hd95"])
+    assert seq["dice"] == pytest.approx(dice(pred.ravel(), target.ravel()))
+    empty = np.zeros_like(pred)
+    assert sequence_metrics(empty, target, empty_rule="original") == {"dice": 0.0, "hd95": 0.0}
+    assert sequence_metrics(empty, empty, empty_rule="original") == {"dice": 0.0, "hd95": 0.0}
+    assert sequence_metrics(pred, empty, empty_rule="original") == {"dice": 1.0, "hd95": 0.0}

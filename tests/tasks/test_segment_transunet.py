@@ -140,3 +140,13 @@ def test_soft_dice_has_the_original_squared_denominators_and_the_empty_rule() ->
     empty, some = np.zeros((2, 4, 4), bool), np.ones((2, 4, 4), bool)
     assert dice(empty, empty) == 1.0 and dice(empty, empty, "original") == 0.0
     assert dice(some, empty) == 0.0 and dice(some, empty, "original") == 1.0
+
+
+def test_the_poly_schedule_is_set_after_each_step_as_transunet_does():
+    """TransUNet's trainer steps at base_lr, then sets base_lr * (1 - iter / max) ** 0.9 with the iteration it
+    just ran: steps 0 and 1 at the peak, step k at (1 - (k - 1) / max) ** 0.9."""
+    from endofm.tasks.common import OptimConfig, lr_schedule
+
+    values = lr_schedule(OptimConfig(name="adamw", lr=1e-4, schedule="poly"), 1, epochs=2, steps_per_epoch=5)
+    expected = [1e-4] + [1e-4 * (1 - k / 10) ** 0.9 for k in range(9)]
+    np.testing.assert_allclose(values, expected, rtol=1e-12)
