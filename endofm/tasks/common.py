@@ -132,10 +132,8 @@ def lr_schedule(optim: OptimConfig, batch_size: int, epochs: int, steps_per_epoc
         return np.repeat(per_epoch, max(steps_per_epoch, 1))
     warmup = min(optim.warmup_epochs * steps_per_epoch, total)
     steps = np.arange(total)
-    if optim.schedule == "poly":  # as TransUNet sets it after each step: steps 0 and 1 at the peak
-        values = peak * (1 - np.maximum(steps - 1, 0) / total) ** 0.9
-    else:
-        values = np.full(total, peak)
+    poly = peak * (1 - np.maximum(steps - 1, 0) / total) ** 0.9  # set after each step as TransUNet: 0, 1 at peak
+    values = poly if optim.schedule == "poly" else np.full(total, peak)
     ramp = np.minimum(1.0, (steps + 1) / warmup) if warmup else 1.0
     return values * ramp
 
