@@ -131,3 +131,9 @@ def test_a_run_reads_the_originals_train_csv(tmp_path):
     summary = pretrain(config)  # a folder holding train.csv is read as the original's --data_path
     assert summary["global_step"] == 1
     assert not (tmp_path / "run" / "manifest.csv").exists()
+    # a run's training checkpoint: the next run starts from its teacher, head included
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    teacher = torch.load(last, weights_only=True)["recipe"]["teacher"]
+    recipe = _recipe(*MICRO, f"model.init={last}")
+    _assert_starts_from(recipe.network, teacher)
+    _assert_starts_from(recipe.teacher, teacher)
