@@ -8,7 +8,9 @@ PyTorch expression named in its docstring (tested against it in float64):
   in place and, in training, recomputed in backward instead of stored (a third less activation memory);
 - :func:`flash_attention`: SDPA's CPU flash kernel with a backward that writes the q, k and v gradients straight
   into the layout of the ``qkv`` linear's output;
-- :func:`math_attention`: ``softmax(q k^T * scale) v`` with the same in-place backward.
+- :func:`math_attention`: ``softmax(q k^T * scale) v`` with the same in-place backward;
+- :func:`deform_conv`: the STFT detector's deformable convolution, ``torchvision.ops.deform_conv2d``'s values
+  from ``grid_sample`` and one matrix product per frame (several times faster than its CPU kernel).
 
 One switch, :data:`ENABLED` (or the :func:`enabled` context manager), turns them all off; each also stands
 aside where its private operators are missing in the installed torch, under ``torch.compile``, autocast, on
@@ -256,3 +258,38 @@ def math_attention(qkv: torch.Tensor, scale: float) -> torch.Tensor:
     if torch.is_grad_enabled() and qkv.requires_grad:
         return _MathAttention.apply(qkv, scale)
     return _attend_math(qkv, scale)[0]
+
+
+# --- deformable convolution ----------------------------------------------------------------------------------
+
+
+def deform_conv_applies(x: torch.Tensor, offset: torch.Tensor) -> bool:
+    """Whether :func:`deform_conv` replaces ``torchvision.ops.deform_conv2d``: eager float32 CPU, offsets at
+    the map's size, maps at least two pixels on each side (``grid_sample``'s corners)."""
+    return _eager_cpu_float32(x) and offset.shape[-2:] == x.shape[-2:] and min(x.shape[-2:]) >= 2
+
+
+def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d(x, offset, weight, padding=padding)`` (stride 1, no bias, no mask):
+    each tap's samples come from ``grid_sample`` (``align_corners=True``, zero padding: the same bilinear
+    weights and border rule), then one matrix product per frame."""
+    n, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    taps = kh * kw
+    groups = offset.shape[1] // (2 * taps)
+    tap_y, tap_x = torch.meshgrid(torch.arange(kh, dtype=x.dtype), torch.arange(kw, dtype=x.dtype), indexing="ij")
+    pos_y, pos_x = torch.meshgrid(torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype),
+                                  indexing="ij")
+    base_y = (pos_y - padding).view(1, 1, height, width) + tap_y.reshape(1, taps, 1, 1)
+    base_x = (pos_x - padding).view(1, 1, height, width) + tap_x.reshape(1, taps, 1, 1)
+    columns = weight.reshape(out_channels, channels * taps)
+    outputs = []
+    for frame in range(n):
+        shift = offset[frame].view(groups, taps, 2, height, width)
+        grid = torch.stack(((base_x + shift[:, :, 1]) * (2 / (width - 1)) - 1,
+                            (base_y + shift[:, :, 0]) * (2 / (height - 1)) - 1), dim=-1)
+        sampled = F.grid_sample(x[frame].view(groups, channels // groups, height, width),
+                                grid.view(groups, taps * height, width, 2), mode="bilinear", padding_mode="zeros",
+                                align_corners=True)
+        outputs.append(columns @ sampled.reshape(channels * taps, height * width))
+    return torch.stack(outputs).view(n, out_channels, height, width)

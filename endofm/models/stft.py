@@ -12,7 +12,7 @@ original replaced by the Endo-FM ViT) and ``STFTFCOSHead``; state-dict keys are 
 - ``rpn.head``: FCOS towers and predictors shared over levels, run on the key frame and its references
   (stacked on the batch axis); the SFT branches align each frame's tower features to the key frame's
   predicted boxes with a deformable convolution (the original's CUDA kernel's layout and semantics on any
-  device: ``torchvision.ops.deform_conv2d``, on the CPU ``grid_sample`` and a matrix product), and a
+  device: ``torchvision.ops.deform_conv2d``, on the CPU :mod:`endofm.models.cpu_kernels`), and a
   channel-wise attention over the references adds them to the key frame's features before the STFT
   predictors.
 
@@ -39,6 +39,7 @@ from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
 from endofm.errors import CheckpointError, InputError
+from endofm.models import cpu_kernels as kernels
 from endofm.models.backbone import BackboneConfig, EndoFMBackbone
 from endofm.models.stft_postprocess import PostprocessConfig, postprocess
 
@@ -159,33 +160,10 @@ def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, pad
     """Deformable convolution (stride 1, no bias) with the original CUDA kernel's semantics: tap ``(i, j)`` of
     output ``(y, x)`` samples ``(y - pad + i + dy, x - pad + j + dx)`` bilinearly, zero outside the map;
     ``offset [N, groups * 2 * kh * kw, H, W]``, per group the taps row-major, each ``(dy, dx)``.
-
-    On the CPU in float32 the samples come from ``grid_sample`` (``align_corners=True``, zero padding: the same
-    bilinear weights and border rule) and one matrix product per frame, 2-5x faster than
-    ``torchvision.ops.deform_conv2d``'s CPU kernel; elsewhere (and for maps one pixel wide) it is that op."""
-    n, channels, height, width = x.shape
-    out_channels, _, kh, kw = weight.shape
-    taps = kh * kw
-    own = x.device.type == "cpu" and x.dtype == torch.float32 and min(height, width) >= 2
-    if not own or offset.shape[-2:] != (height, width):
-        return deform_conv2d(x, offset, weight, padding=(padding, padding))
-    groups = offset.shape[1] // (2 * taps)
-    tap_y, tap_x = torch.meshgrid(torch.arange(kh, dtype=x.dtype), torch.arange(kw, dtype=x.dtype), indexing="ij")
-    pos_y, pos_x = torch.meshgrid(torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype),
-                                  indexing="ij")
-    base_y = (pos_y - padding).view(1, 1, height, width) + tap_y.reshape(1, taps, 1, 1)
-    base_x = (pos_x - padding).view(1, 1, height, width) + tap_x.reshape(1, taps, 1, 1)
-    columns = weight.reshape(out_channels, channels * taps)
-    outputs = []
-    for frame in range(n):
-        shift = offset[frame].view(groups, taps, 2, height, width)
-        grid = torch.stack(((base_x + shift[:, :, 1]) * (2 / (width - 1)) - 1,
-                            (base_y + shift[:, :, 0]) * (2 / (height - 1)) - 1), dim=-1)
-        sampled = F.grid_sample(x[frame].view(groups, channels // groups, height, width),
-                                grid.view(groups, taps * height, width, 2), mode="bilinear", padding_mode="zeros",
-                                align_corners=True)
-        outputs.append(columns @ sampled.reshape(channels * taps, height * width))
-    return torch.stack(outputs).view(n, out_channels, height, width)
+    ``torchvision.ops.deform_conv2d``, or on the CPU :func:`endofm.models.cpu_kernels.deform_conv`."""
+    if kernels.deform_conv_applies(x, offset):
+        return kernels.deform_conv(x, offset, weight, padding)
+    return deform_conv2d(x, offset, weight, padding=(padding, padding))
 
 
 class SFTBranch(nn.Module):

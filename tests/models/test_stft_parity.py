@@ -159,13 +159,19 @@ def test_bad_frames_are_refused_before_work(tmp_path):
 
 @pytest.mark.parametrize("size", [(5, 7), (12, 12)])
 def test_cpu_deformable_convolution_is_torchvision_s(size):
-    """The CPU path (grid_sample + matmul) against torchvision's kernel, offsets reaching outside the map."""
+    """The CPU kernel (grid_sample + matmul) against torchvision's, offsets reaching outside the map; the
+    kernel switch gives torchvision's op itself."""
     from torchvision.ops import deform_conv2d
+
+    from endofm.models import cpu_kernels
 
     torch.manual_seed(0)
     x = torch.randn(3, 8, *size, requires_grad=True)
     weight = (torch.randn(6, 8, 3, 3) / 10).requires_grad_()
     offset = torch.randn(3, 4 * 18, *size) * 4
+    assert cpu_kernels.deform_conv_applies(x, offset)
+    with cpu_kernels.enabled(False):
+        assert torch.equal(deform_conv(x, offset, weight, padding=1), deform_conv2d(x, offset, weight, padding=(1, 1)))
     got = deform_conv(x, offset, weight, padding=1)
     expected = deform_conv2d(x, offset, weight, padding=(1, 1))
     assert _close(got, expected) < 1e-5
