@@ -336,6 +336,9 @@ def _load_pretrained_dir(directory: Path) -> LoadedCheckpoint:
         config = json.loads((directory / CONFIG_FILE).read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{directory / CONFIG_FILE}: not valid JSON ({error})") from error
+    if config.get("format") == FORMAT_NAME and "backbone" not in config and config.get("model"):
+        raise CheckpointError(f"{directory}: a fine-tuned {config['model']} model, not a backbone checkpoint; "
+                              "read it with endofm.load_finetuned (or endofm predict / evaluate)")
     if config.get("format") != FORMAT_NAME or "backbone" not in config:
         raise CheckpointError(f"{directory / CONFIG_FILE}: not an endofm model config")
     if config.get("version", 0) > FORMAT_VERSION:
