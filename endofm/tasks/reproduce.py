@@ -82,6 +82,27 @@ def recipe_for(task: str) -> tuple[str, str]:
     return f"{task}_original", ""
 
 
+def _original_lists_missing(folder: Path) -> list[int]:
+    """Frames of the original CVC sequence lists (``original_train``/``original_test``) missing in ``folder``."""
+    from endofm.data.datasets.cvc import ORIGINAL_SPLITS
+
+    needed = sorted({frame for split in ORIGINAL_SPLITS.values() for seq in split for frame in seq.frames})
+    return [frame for frame in needed if not any((folder / "Original").glob(f"{frame}.*"))]
+
+
+def _dataset_overrides(task: str, recipe: str, folder: Path) -> tuple[list[str], str]:
+    """Overrides a dataset needs to run a recipe, and the note that says so: a CVC folder without the frames
+    of the original's sequence lists (a synthetic corpus) runs ``segment_original`` on its own splits."""
+    if task != "segment" or recipe != "segment_original":
+        return [], ""
+    missing = _original_lists_missing(folder)
+    if not missing:
+        return [], ""
+    return (["data.splits.train=train", "data.splits.test=test"],
+            f"{folder} lacks {len(missing)} frames of the original sequence lists (e.g. Original/{missing[0]}): "
+            "its own train/test splits ran")
+
+
 def _model_name(task: str, config: Mapping[str, Any]) -> str:
     named = config.get("segmenter") or config.get("detector")
     if isinstance(named, str) and named in NAMED_MODELS:
@@ -175,9 +196,11 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
             results.append(_evaluate(task, folder, evaluate_only[task], out / task, device))
             continue
         recipe, note = recipe_for(task)
-        extra = [*([f"model.num_heads={num_heads}"] if num_heads else []), *overrides.get(task, ())]
+        needed, data_note = _dataset_overrides(task, recipe, folder)
+        extra = [*([f"model.num_heads={num_heads}"] if num_heads else []), *needed, *overrides.get(task, ())]
         result = _finetune(task, recipe, folder, str(checkpoint), out / task, device, quick, extra)
-        notes = (result.note, note, "quick: a few steps, not a result" if quick and result.value is not None else "")
+        notes = (result.note, note, data_note,
+                 "quick: a few steps, not a result" if quick and result.value is not None else "")
         result.note = "; ".join(part for part in notes if part)
         results.append(result)
     write_table(results, out, quick)

@@ -15,7 +15,6 @@ from endofm.models.heads import DINOHead
 from endofm.models.registry import build_model
 
 TINY = ["--set", "classify:data.size=32", "--set", "classify:data.num_frames=2",
-        "--set", "segment:data.splits.train=train", "--set", "segment:data.splits.test=test",
         "--set", "detect:data.short_side=32", "--set", "detect:data.max_size=48"]
 
 
@@ -48,6 +47,7 @@ def test_quick_runs_the_three_protocols_and_writes_the_table(corpus: Path, tmp_p
         assert 1 <= sum("step" in record for record in steps) <= 2, task  # --quick: an epoch of two steps
     assert rows["classify"]["recipe"] == "classify_original" and rows["classify"]["protocol"] == "selection on test"
     assert rows["classify"]["split"] == "val"  # the original tests (and selects) on val.txt
+    assert rows["segment"]["recipe"] == "segment_original" and "its own train/test splits" in rows["segment"]["note"]
     table = (out / "reproduce.md").read_text()
     assert "Quick run" in table and "| 90.7 | 91.5 |" in table and "selection on test (tested on val)" in table
 
