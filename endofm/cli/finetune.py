@@ -9,7 +9,7 @@ from pathlib import Path
 TASK_HELP = {
     "classify": "PolypDiag-layout video classification (CLS + linear head; mode=linear for a probe)",
     "segment": "CVC-ClinicDB-layout segmentation (decoder on patch tokens, Dice/HD95 per sequence)",
-    "detect": "KUMC/PolypsSet-layout detection (simple pyramid + FCOS; frame F1, box F1, COCO mAP)",
+    "detect": "KUMC/PolypsSet-layout detection (the original STFT, or detector=fcos; frame F1, box F1, COCO mAP)",
 }
 
 

@@ -1,7 +1,13 @@
-"""KUMC detection: the backbone with a simple feature pyramid as the backbone of torchvision's FCOS.
+"""KUMC detection: the original STFT detector (``detector: stft``, the default) or a lighter alternative,
+torchvision's FCOS on a simple pyramid of the backbone (``detector: fcos``).
 
-The input of a sample is the current frame and its reference frames (``data.ref_offsets``, the current frame
-last), stacked as channels ``[3T, H, W]`` so that torchvision's detection transform batches them like
+``detector: stft`` trains the original's model as the original does
+(:func:`~endofm.tasks.detect_stft.finetune_stft`: the key frame and two references as one clip, the FCOS and
+STFT losses, SGD with the original's parameter groups and iteration schedule, evaluation through the
+original's test-time video path).
+
+``detector: fcos``: the input of a sample is the current frame and its reference frames (``data.ref_offsets``,
+the current frame last), stacked as channels ``[3T, H, W]`` so that torchvision's detection transform batches them like
 images; :class:`VideoPyramid` unstacks them into a clip ``[B, 3, T, H, W]``, runs the backbone, takes the
 current frame's patch tokens (stride = patch size) and builds the original's simple pyramid: deconv x2
 (stride 8), identity (stride 16), max-pool (stride 32), each followed by a 1x1 and a 3x3 convolution to
@@ -42,25 +48,30 @@ from endofm.tasks.common import (
     build_backbone,
     run_finetune,
 )
+from endofm.tasks.detect_stft import IterationSchedule, STFTSizes, finetune_stft
+
+DETECTORS = ("stft", "fcos")
 
 
 @dataclass
 class DetectDataConfig:
-    """Where the KUMC/PolypsSet-layout data is and how samples are made."""
+    """Where the KUMC/PolypsSet-layout data is and how samples are made (``ref_offsets``, ``short_side``,
+    ``max_size`` and ``normalization`` are the FCOS's; the STFT's input is ``stft.size``)."""
 
     root: str = ""
     ref_offsets: tuple[int, ...] = (-2, -1)
-    """Reference frames relative to the current one (the original: the current frame + 2 references)."""
+    """FCOS: reference frames relative to the current one (the current frame last)."""
     short_side: int = 600
     max_size: int = 640
     normalization: str = "imagenet"
     hflip: float = 0.5
+    """Horizontal-flip probability of a training sample (its frames flipped together)."""
     splits: SplitsConfig = field(default_factory=lambda: SplitsConfig(val="val", test="test"))
 
 
 @dataclass
 class DetectorConfig:
-    """Pyramid and FCOS head."""
+    """Pyramid and FCOS head (``detector: fcos``)."""
 
     out_channels: int = 256
     head_convs: int = 4
@@ -72,16 +83,35 @@ class DetectorConfig:
 
 @dataclass
 class DetectConfig:
-    """A detection fine-tuning run; the original used SGD lr 0.0025, batch 1, short side 600 (96k iterations)."""
+    """A detection fine-tuning run; the defaults are the original's model and hyper-parameters (STFT, SGD lr
+    0.0025 with weight decay 1e-4, batch 1, 96000 iterations with warm-up and steps, 640 x 640), with the
+    model chosen on a validation split kept apart from the test split."""
 
+    detector: str = "stft"
+    """``stft`` (the original's model) or ``fcos`` (torchvision's FCOS on a simple pyramid, lighter)."""
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    stft: STFTSizes = field(default_factory=STFTSizes)
+    fcos: DetectorConfig = field(default_factory=DetectorConfig)
     data: DetectDataConfig = field(default_factory=DetectDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.0025, momentum=0.9,
                                                                    weight_decay=1e-4, warmup_epochs=1))
+    """stft: ``lr``, ``momentum`` and ``weight_decay`` (SGD); its schedule is ``iterations``."""
+    iterations: IterationSchedule = field(default_factory=IterationSchedule)
+    """stft: the original's iteration-based schedule and evaluation period."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/finetune-detect", epochs=12,
-                                                             batch_size=1))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/finetune-detect", epochs=96000,
+                                                             batch_size=1, checkpoint_every=4000))
+    """stft: ``epochs`` bounds the passes over the training frames (see
+    :func:`~endofm.tasks.detect_stft.finetune_stft`); fcos: the epochs."""
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        if self.detector == "stft" and (self.run.batch_size != 1 or self.optim.name != "sgd"):
+            raise ConfigError("detector stft trains as the original: run.batch_size 1 and optim.name sgd, got "
+                              f"{self.run.batch_size} and {self.optim.name!r} (without --config, a run.* "
+                              "override or --out starts the run section from its own defaults: pass --config "
+                              "detect)")
 
 
 class VideoPyramid(nn.Module):
@@ -201,7 +231,7 @@ class DetectRecipe(FinetuneRecipe):
     evaluator = evaluate_detector
 
     def build_network(self) -> FCOS:
-        det, data = self.config.detector, self.config.data
+        det, data = self.config.fcos, self.config.data
         return build_detector(build_backbone(self.config.model), len(KUMCDataset.classes), len(data.ref_offsets) + 1,
                               det.out_channels, det.head_convs, data.short_side, data.max_size, det.score_thresh,
                               det.nms_thresh, det.detections_per_img)
@@ -227,5 +257,7 @@ class DetectRecipe(FinetuneRecipe):
 
 def finetune_detect(config: DetectConfig, resume: bool = False) -> dict[str, Any]:
     """Fine-tune a detector; the run folder gets ``model/``, ``metrics.json`` and plots."""
+    if config.detector == "stft":
+        return finetune_stft(config, resume)
     datasets = detect_datasets(config.data, config.selection.select_on_test, config.run.seed)
     return run_finetune(config, DetectRecipe, datasets, collate_detection, resume)

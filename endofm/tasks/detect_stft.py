@@ -11,21 +11,27 @@ come from ``numpy.random.RandomState(seed)``, so a run is repeatable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file as save_safetensors
+from torch import nn
 from tqdm import tqdm
 
 from endofm.data.synthetic import POLYP_CLASSES
 from endofm.data.video import VideoReader
-from endofm.errors import CheckpointError, InputError
+from endofm.engine.logging import plot_curves
+from endofm.errors import CheckpointError, ConfigError, InputError, TrainingError
 from endofm.io import atomic_write, atomic_write_text
+from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, read_state
 from endofm.models.stft import (
     CAFFE_MEAN_BGR,
@@ -35,6 +41,7 @@ from endofm.models.stft import (
     resize_frames,
     stft_from_state,
 )
+from endofm.tasks.common import FinetuneRecipe, is_better, json_safe, run_finetune
 from endofm.tasks.finetuned import InputSpec, LoadedFinetuned
 
 MODEL_NAME = "stft"
@@ -66,12 +73,13 @@ def load_released(state: dict[str, Any], path: Path, num_heads: int | None) -> L
 def save_folder(directory: str | os.PathLike, model: STFTDetector, spec: InputSpec = STFT_INPUT,
                 metadata: dict[str, Any] | None = None) -> Path:
     """The detector in the package's folder format: ``model.safetensors`` (the original's key names) and
-    ``config.json`` (``model: stft``, its sizes, ``metadata`` with ``task: detect`` and the input spec), each
-    written atomically, the weights first."""
+    ``config.json`` (``model: stft``, its sizes at inference, ``metadata`` with ``task: detect`` and the input
+    spec), each written atomically, the weights first."""
     directory = Path(directory)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"task": "detect", "input": spec.to_dict(), "classes": list(POLYP_CLASSES), **(metadata or {})}
-    config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": MODEL_NAME, "stft": model.config.to_dict(),
+    config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": MODEL_NAME,
+              "stft": inference_config(model.config).to_dict(),
               "metadata": meta}
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_safetensors(tensors, tmp, metadata={"format": "pt"}))
     atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
@@ -232,11 +240,14 @@ class STFTTrainFrames(torch.utils.data.Dataset):
     dropped), scaled to the input and flipped with the original's ``+ 1`` convention; labels are 1-based.
     Draws come from torch's generator (seeded per worker by the training loop)."""
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 640, hflip: float = 0.5) -> None:
-        from endofm.data.datasets.kumc import KUMCDataset
+    def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 640, hflip: float = 0.5,
+                 skip_empty: bool = False) -> None:
+        from endofm.data.datasets.kumc import KUMCDataset, read_voc
 
         self.index = KUMCDataset(root, split, skip_unannotated=True)
         self.size, self.hflip = size, hflip
+        if skip_empty:  # the original skips such a frame's iteration; see finetune_stft
+            self.index.samples = [s for s in self.index.samples if len(read_voc(s[2], POLYP_CLASSES)[0])]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -266,11 +277,11 @@ class STFTTrainFrames(torch.utils.data.Dataset):
 
 
 def original_optimizer(model: STFTDetector, lr: float = 0.0025, weight_decay: float = 1e-4, momentum: float = 0.9,
-                       bias_lr_factor: float = 2.0) -> torch.optim.SGD:
-    """The original's SGD: one group per parameter, biases at ``bias_lr_factor`` x lr without weight decay,
-    every other parameter (norms and embeddings included) with ``weight_decay``."""
+                       bias_lr_factor: float = 2.0, weight_decay_bias: float = 0.0) -> torch.optim.SGD:
+    """The original's SGD: one group per parameter, biases at ``bias_lr_factor`` x lr with
+    ``weight_decay_bias``, every other parameter (norms and embeddings included) with ``weight_decay``."""
     groups = [{"params": [p], "lr": lr * (bias_lr_factor if "bias" in name else 1.0),
-               "weight_decay": 0.0 if "bias" in name else weight_decay, "initial_lr": None}
+               "weight_decay": weight_decay_bias if "bias" in name else weight_decay, "initial_lr": None}
               for name, p in model.named_parameters() if p.requires_grad]
     for group in groups:
         group["initial_lr"] = group["lr"]
@@ -278,13 +289,14 @@ def original_optimizer(model: STFTDetector, lr: float = 0.0025, weight_decay: fl
 
 
 def warmup_multistep(step: int, warmup_iters: int = 8000, warmup_factor: float = 1 / 3,
-                     milestones: tuple[int, ...] = (64000, 80000, 88000), gamma: float = 0.5) -> float:
-    """The original ``WarmupMultiStepLR`` factor at ``step`` (0-based): linear warm-up from ``warmup_factor``,
-    times ``gamma`` at each milestone passed."""
+                     milestones: tuple[int, ...] = (64000, 80000, 88000), gamma: float = 0.5,
+                     method: str = "linear") -> float:
+    """The original ``WarmupMultiStepLR`` factor at ``step`` (0-based): warm-up from ``warmup_factor``
+    (``linear`` to 1, or ``constant``), times ``gamma`` at each milestone passed."""
     factor = 1.0
     if step < warmup_iters:
         alpha = step / warmup_iters
-        factor = warmup_factor * (1 - alpha) + alpha
+        factor = warmup_factor if method == "constant" else warmup_factor * (1 - alpha) + alpha
     return factor * gamma ** sum(step >= m for m in milestones)
 
 
@@ -300,7 +312,7 @@ def train_step(model: STFTDetector, sample: dict[str, Any],
     return stft_losses(outputs, sample["boxes"].to(device), sample["labels"].to(device), FPN_STRIDES)
 
 
-def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int = 640,
+def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int | tuple[int, int] = 640,
                   device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
     (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
@@ -310,6 +322,7 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
     from endofm.metrics.detection import coco_map, detection_metrics
 
     index = KUMCDataset(root, split, skip_unannotated=True)
+    input_h, input_w = (size, size) if isinstance(size, int) else size
     annotated: dict[int, dict[int, Path]] = {}
     for v, k, xml in index.samples:
         annotated.setdefault(v, {})[k] = xml
@@ -326,10 +339,274 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
         for k, xml in sorted(annotated[v].items()):
             boxes, labels, (height, width) = read_voc(xml, POLYP_CLASSES)
             det = per_frame[k]
-            scale = torch.tensor([width / size, height / size] * 2)
+            scale = torch.tensor([width / input_w, height / input_h] * 2)
             predictions.append({"boxes": det["boxes"] * scale, "scores": det["scores"], "labels": det["labels"] - 1})
             truths.append({"boxes": boxes, "labels": labels})
     agnostic = coco_map([{**p, "labels": torch.zeros_like(p["labels"])} for p in predictions],
                         [{**t, "labels": torch.zeros_like(t["labels"])} for t in truths], 1)
     return {**detection_metrics(predictions, truths, len(POLYP_CLASSES), score_threshold=score_threshold),
             "map_50_class_agnostic": agnostic["map_50"], "frames": len(truths)}
+
+
+def evaluate_loaded_stft(loaded: LoadedFinetuned, root: str | os.PathLike, split: str = "test",
+                         device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """:func:`evaluate_stft` of a detector read by ``endofm.load_finetuned`` (a released ``kumc.pth`` or a
+    folder), at its own input size."""
+    return evaluate_stft(loaded.model, root, split, loaded.input.size, device, seed)  # type: ignore[arg-type]
+
+
+# --- the fine-tuning recipe (``endofm finetune detect`` with ``detector: stft``) -----------------------------
+
+
+@dataclass
+class STFTSizes:
+    """The STFT detector's own parts and input (``detector: stft``); the defaults are the released model's."""
+
+    out_channels: int = 256
+    """FPN and head channels (``BACKBONE_OUT_CHANNELS``; a multiple of 32)."""
+    num_convs: int = 4
+    """Convolutions of each head tower (``FCOS.NUM_CONVS``)."""
+    size: int = 640
+    """Frames are resized to ``size`` x ``size`` (the original: 640, aspect ratio not kept)."""
+    reference_seed: int = 0
+    """Seed of the test-time reference draws (the original never seeds them)."""
+    skip_empty: bool = True
+    """Leave training frames without a box out of the training set (the original draws them and skips their
+    iteration without an optimiser or scheduler step); false: train on them with the negatives' losses."""
+
+    def __post_init__(self) -> None:
+        if self.out_channels < 32 or self.out_channels % 32:
+            raise ConfigError(f"stft.out_channels must be a positive multiple of 32, got {self.out_channels}")
+        if self.size < 32 or self.num_convs < 0:
+            raise ConfigError(f"stft.size must be at least 32 and stft.num_convs not negative ({self})")
+
+
+@dataclass
+class IterationSchedule:
+    """The original's iteration-based ``SOLVER`` (``detector: stft``): one iteration is one optimiser step on
+    one sample; the learning rate of iteration ``i`` (0-based) is the base rate (times ``bias_lr_factor`` for
+    biases) times :func:`warmup_multistep` of ``i``, as the original's ``WarmupMultiStepLR`` stepped after
+    every iteration. The base rate, momentum and weight decay are ``optim.lr``, ``optim.momentum`` and
+    ``optim.weight_decay``."""
+
+    max_iter: int = 96000
+    warmup_iters: int = 8000
+    warmup_factor: float = 1 / 3
+    warmup_method: str = "linear"
+    steps: tuple[int, ...] = (64000, 80000, 88000)
+    gamma: float = 0.5
+    bias_lr_factor: float = 2.0
+    weight_decay_bias: float = 0.0
+    test_period: int = 4000
+    """Evaluate on the validation split every this many iterations (the original's ``TEST_PERIOD``) and after
+    the last; 0: after the last only."""
+    keep: str = "best"
+    """The model reported and saved: ``best`` (the evaluation with the highest ``selection.metric`` on the
+    validation split) or ``last`` (the model after the last iteration; the original selects nothing: its
+    trainer only logs the periodic evaluations of a ``cvc_`` method and saves ``model_final``)."""
+
+    def __post_init__(self) -> None:
+        if self.max_iter < 1 or self.warmup_iters < 0 or self.test_period < 0:
+            raise ConfigError(f"iterations: max_iter must be positive, warmup_iters and test_period not negative "
+                              f"({self})")
+        if self.warmup_method not in ("linear", "constant"):
+            raise ConfigError(f"iterations.warmup_method must be linear or constant, got {self.warmup_method!r}")
+        if list(self.steps) != sorted(self.steps):
+            raise ConfigError(f"iterations.steps must increase, got {list(self.steps)}")
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"iterations.keep must be best or last, got {self.keep!r}")
+
+    def factor(self, step: int) -> float:
+        """The learning-rate factor of 0-based iteration ``step``."""
+        return warmup_multistep(step, self.warmup_iters, self.warmup_factor, tuple(self.steps), self.gamma,
+                                self.warmup_method)
+
+
+def build_stft_network(model: Any, sizes: STFTSizes) -> STFTDetector:
+    """An STFT detector to fine-tune (``model``: a :class:`~endofm.tasks.common.FinetuneModelConfig`): the body
+    is the backbone of ``model.init`` (every tensor of it: blocks, norm, embeddings, as the original's
+    ``get_vit_base_patch16_224`` loads the pretrained teacher), with ``model.drop_path_rate``; ``fpn1``/``fpn2``,
+    the FPN and the head start at the original's initialisation."""
+    from endofm.tasks.common import build_backbone
+
+    backbone = build_backbone(dataclasses.replace(model, grad_checkpointing=False))
+    config = STFTConfig(backbone=backbone.config, out_channels=sizes.out_channels, num_convs=sizes.num_convs,
+                        num_classes=len(POLYP_CLASSES))
+    detector = STFTDetector(config)
+    missing, unexpected = detector.backbone.body.load_state_dict(backbone.state_dict(), strict=False)
+    if unexpected or any(not key.startswith(("fpn1.", "fpn2.")) for key in missing):
+        raise CheckpointError(f"{model.init}: the backbone does not fit the STFT body (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    detector.backbone.body.set_grad_checkpointing(model.grad_checkpointing)
+    return detector.train()
+
+
+def inference_config(config: STFTConfig) -> STFTConfig:
+    """The sizes a saved detector records: stochastic depth is a training setting (off at inference)."""
+    return dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, drop_path_rate=0.0))
+
+
+def collate_one(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The original trains at batch 1: the one sample as it is."""
+    if len(samples) != 1:
+        raise ConfigError(f"the STFT trains one sample per iteration (run.batch_size 1), got {len(samples)}")
+    return samples[0]
+
+
+class STFTRecipe(FinetuneRecipe):
+    """The original STFT training (:func:`train_step`, :func:`original_optimizer`, :class:`IterationSchedule`),
+    evaluated with the original's test-time video path (:func:`evaluate_stft`) every ``test_period``
+    iterations; see :func:`finetune_stft`."""
+
+    task = "detect"
+    default_metric = "map_50"
+    evaluator = evaluate_stft
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.total = self.config.iterations.max_iter
+        self.pending: dict[str, float] = {}
+        self.last_eval: tuple[int, dict[str, Any]] | None = None
+        self.best_iteration, self.best_metrics = 0, None
+        self.steps_per_epoch = 1
+
+    def build_network(self) -> STFTDetector:
+        return build_stft_network(self.config.model, self.config.stft)
+
+    def evaluate(self, split: Any) -> dict[str, Any]:
+        sizes = self.config.stft
+        try:
+            return evaluate_stft(self.network, self.config.data.root, split, sizes.size, self.device,
+                                 sizes.reference_seed)
+        finally:
+            self.network.train()
+
+    def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
+        schedule, optim = self.config.iterations, self.config.optim
+        limits = [schedule.max_iter, epochs * steps_per_epoch, self.config.run.max_steps or schedule.max_iter]
+        self.total, self.steps_per_epoch = min(limits), steps_per_epoch
+        return original_optimizer(self.network, optim.lr, optim.weight_decay, optim.momentum,
+                                  schedule.bias_lr_factor, schedule.weight_decay_bias)
+
+    def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        factor = self.config.iterations.factor(step)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return {"lr": self.config.optim.lr * factor}
+
+    def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = train_step(network, batch, self.device)
+        return sum(losses.values()), {k: float(v.detach()) for k, v in losses.items()}
+
+    def batch_size(self, batch: dict) -> int:
+        return 1
+
+    def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
+        return self.network.backbone.body, self.network
+
+    def after_step(self, step: int) -> None:
+        iteration, period = step + 1, self.config.iterations.test_period
+        if iteration != self.total and not (period and iteration % period == 0):
+            return
+        metrics = self.evaluate(self.split_names["val"])
+        if self.metric not in metrics:
+            raise ConfigError(f"selection.metric {self.metric!r} is not one of {sorted(metrics)}")
+        self.last_eval = (iteration, metrics)
+        value = float(metrics[self.metric])
+        if is_better(value, self.best_score):
+            self.best_score, self.best_iteration, self.best_metrics = value, iteration, metrics
+            if self.config.iterations.keep == "best":
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
+        scalars = {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.history.append({"iteration": iteration, **scalars})
+        self.pending = scalars
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best_iteration": self.best_iteration, "best_metrics": self.best_metrics,
+                "last_eval": self.last_eval}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.best_iteration, self.best_metrics = state["best_iteration"], state["best_metrics"]
+        self.last_eval = state["last_eval"]
+
+    def save_model(self, directory: Path, extra: dict[str, Any]) -> Path:
+        sizes = self.config.stft
+        spec = dataclasses.replace(STFT_INPUT, size=(sizes.size, sizes.size))
+        data = {"size": sizes.size, "reference_seed": sizes.reference_seed, "splits": self.split_names}
+        return save_folder(directory, self.network, spec, {"detector": MODEL_NAME, "data": data, **extra})
+
+    def finish(self, out_dir: Path) -> dict[str, str]:
+        schedule, names = self.config.iterations, self.split_names
+        if schedule.keep == "best":
+            if self.best_state is None:
+                raise TrainingError(f"no validation result was finite in {out_dir}; nothing to select (check the "
+                                    "data and the learning rate)")
+            self.network.load_state_dict(self.best_state)
+            chosen = self.best_iteration
+            protocol = (f"the model of iteration {chosen} of {self.total}, chosen on {names['val']} by "
+                        f"{self.metric} (evaluated every {schedule.test_period or self.total} iterations)")
+            if names["val"] == names["test"]:
+                protocol = f"select-on-test: {protocol}; the test metrics are optimistic"
+        else:
+            chosen = self.total
+            protocol = f"the model after the last iteration ({self.total}); nothing selected"
+        if names["test"] == "val":
+            protocol = (f"the original protocol: trained on {names['train']}2019, evaluated on val2019 (the "
+                        f"original's DATASETS.TEST, the split the paper reports); {protocol}")
+        same = names["val"] == names["test"]
+        if same and schedule.keep == "best":
+            test_metrics = self.best_metrics
+        elif same and self.last_eval is not None and self.last_eval[0] == chosen:
+            test_metrics = self.last_eval[1]
+        else:
+            test_metrics = self.evaluate(names["test"])
+        select_on_test = schedule.keep == "best" and same
+        model_dir = self.save_model(out_dir / "model", {"selection": {
+            "metric": self.metric, "keep": schedule.keep, "iteration": chosen, "protocol": protocol}})
+        report = {"task": self.task, "detector": MODEL_NAME, "protocol": protocol, "select_on_test": select_on_test,
+                  "splits": names, "selection_metric": self.metric, "keep": schedule.keep,
+                  "iterations": self.total, "iteration": chosen,
+                  "best_epoch": max(1, math.ceil(chosen / self.steps_per_epoch)), "best_val": self.best_score,
+                  "test": test_metrics, "val_history": self.history, "model": str(model_dir)}
+        metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
+        keys = sorted({k for row in self.history for k in row if k != "iteration"})
+        plot_curves(self.history, keys, out_dir / "plots", x_key="iteration")
+        return {"model": str(model_dir), "metrics": str(metrics_path), "plots": str(out_dir / "plots")}
+
+
+def finetune_stft(config: Any, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune the STFT detector as the original (``config``: a :class:`~endofm.tasks.detect.DetectConfig`
+    with ``detector: stft``).
+
+    The run is iteration-based as the original's: ``iterations.max_iter`` iterations of one sample each,
+    passes over the training frames in a new random order each (the original's random sampler repeated
+    until ``MAX_ITER``). ``run.epochs`` counts passes: it is an upper bound (the recipes set it to
+    ``max_iter``, so that the iterations decide) and the run records the passes its iterations take; a smaller
+    ``run.epochs`` or ``run.max_steps`` ends it sooner. The learning rate follows the iteration count whatever
+    the passes. The run folder gets ``model/`` (:func:`save_folder`, read by ``endofm.load_finetuned``),
+    ``metrics.json`` (frame-level F1 of the original, box P/R/F1 at IoU 0.5, COCO mAP) and plots.
+    """
+    from endofm.data.datasets.kumc import KUMCDataset
+
+    data, sizes, run = config.data, config.stft, config.run
+    if not data.root:
+        raise ConfigError("data.root is not set: give the KUMC/PolypsSet folder (--data ROOT)")
+    splits = data.splits
+    test = "test" if splits.test == "auto" else splits.test
+    val = test if config.selection.select_on_test else ("val" if splits.val == "auto" else splits.val)
+    for split in {val, test}:
+        KUMCDataset(data.root, split, skip_unannotated=True)  # the layout's errors before any training
+    train = STFTTrainFrames(data.root, splits.train, sizes.size, data.hflip, sizes.skip_empty)
+    if not len(train):
+        raise ConfigError(f"{data.root}: the {splits.train} split has no annotated frame with a box to train on")
+    per_pass = min(len(train), run.epoch_steps or len(train))
+    total = min(config.iterations.max_iter, run.max_steps or config.iterations.max_iter, run.epochs * per_pass)
+    config = dataclasses.replace(config, run=dataclasses.replace(run, epochs=math.ceil(total / per_pass),
+                                                                 max_steps=total))
+    names = {"train": splits.train, "val": val, "test": test}
+    return run_finetune(config, STFTRecipe, (train, None, None, names), collate_one, resume)
