@@ -50,8 +50,8 @@ RANDOM_BASELINES = 3
 """Random initialisations the pretrained teacher's frozen features are compared with (they spread by several
 points of accuracy, so one is not a baseline)."""
 PRETRAIN_WORKERS = 2
-"""DataLoader processes that decode pretraining clips while the model trains (about 12% less time for the
-stage on 2 cores; the teacher is the same with any number)."""
+"""DataLoader processes that decode pretraining clips while the model trains (the teacher is the same with any
+number)."""
 CLIP_FRAMES, CLIP_SIZE = 16, 64
 """Frames and pixels of the pretraining clips and probe videos: the micro backbone's input size."""
 SUBFOLDERS = ("data", "pretrain", "finetune", "predict", "attention")
@@ -60,7 +60,8 @@ STAGES = ("data", "pretrain", "frozen", "classify", "segment", "detect", "predic
 
 @dataclass
 class DemoConfig:
-    """Settings of :func:`run_demo` (the defaults are the full run, about 6 minutes on 2 CPU cores)."""
+    """Settings of :func:`run_demo` (the defaults are the full run; ``endofm demo --quick`` sets fewer videos,
+    steps and epochs)."""
 
     out_dir: str = "runs/demo"
     videos: int = 100
