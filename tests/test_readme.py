@@ -59,8 +59,8 @@ TINY: dict[str, list[str]] = {
     "endofm finetune segment --data CVC-ClinicDB/ --init endo_fm.pth --out runs/cvc":
         [*FINETUNE, "data.clip_length=2", "transunet.resnet_width=32", "transunet.resnet_units=[1,1,1]",
          "transunet.decoder_channels=[8,8,8,8]"],
-    "endofm finetune detect --data KUMC/ --init endo_fm.pth --out runs/kumc":
-        [*FINETUNE, "data.short_side=32", "data.max_size=48"],
+    "endofm finetune detect --data KUMC/ --init endo_fm.pth --config detect --out runs/kumc":
+        [*RUN, "iterations.max_iter=2", "stft.size=64", "stft.out_channels=32", "stft.num_convs=1"],
     "endofm evaluate classify --checkpoint runs/polypdiag/model --data PolypDiag/ --split val --out metrics.json": [],
     "endofm predict case.mp4 --checkpoint runs/polypdiag/model --out predictions/": ["--device", "cpu", "--quiet"],
     "endofm visualize attention case.mp4 --checkpoint models/endo_fm --out attention/": SMALL_CLIP,
