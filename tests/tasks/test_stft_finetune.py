@@ -170,3 +170,31 @@ def test_training_frames_without_boxes_are_left_out(tmp_path: Path) -> None:
     counts = [len(every[i]["boxes"]) for i in range(len(every))]
     assert len(boxed) == sum(c > 0 for c in counts) < len(every)
     assert all(len(boxed[i]["boxes"]) for i in range(len(boxed)))
+
+
+def test_evaluate_detect_reads_released_kumc_and_its_converted_folder(kumc_root: Path, tmp_path: Path) -> None:
+    """``endofm evaluate detect`` on a file in the released ``kumc.pth`` layout and on its converted folder:
+    the metrics of the original's test path at the model's 640 x 640 input."""
+    from endofm.models.backbone import BackboneConfig
+    from endofm.models.stft import STFTConfig, STFTDetector
+    from endofm.tasks.detect_stft import evaluate_stft
+
+    torch.manual_seed(0)
+    config = STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=64, num_frames=4),
+                        out_channels=32, num_convs=1)
+    model = STFTDetector(config).eval()
+    with torch.no_grad():  # boxes through the thresholds
+        model.head.cls_logits.bias.fill_(2.0)
+        model.head.dcn_cls_score.bias.fill_(2.0)
+    torch.save({"model": model.state_dict(), "optimizer": {}, "scheduler": {}, "iteration": 96000},
+               tmp_path / "kumc.pth")
+    expected = evaluate_stft(model, kumc_root, "val", 640)
+    assert expected["frames"] > 0 and expected["box_tp"] + expected["box_fp"] > 0
+    assert main(["convert", str(tmp_path / "kumc.pth"), str(tmp_path / "folder"), "--num-heads", "4"]) == 0
+    for checkpoint in (tmp_path / "kumc.pth", tmp_path / "folder"):
+        out = tmp_path / f"{checkpoint.name}.json"
+        assert main(["evaluate", "detect", "--checkpoint", str(checkpoint), "--data", str(kumc_root), "--split", "val",
+                     "--num-heads", "4", "--out", str(out)]) == 0
+        metrics = json.loads(out.read_text())["metrics"]
+        for key in ("frame_f1_original", "box_f1", "map", "map_50"):
+            assert metrics[key] == pytest.approx(expected[key], nan_ok=True), (checkpoint, key)
