@@ -38,8 +38,9 @@ def _finetune(args: argparse.Namespace) -> int:
     if exports.get("metrics"):
         report = json.loads(Path(exports["metrics"]).read_text())
         print(f"protocol: {report['protocol']}")
-        print_table(f"test metrics ({report['splits']['test']}) of the best epoch ({report['best_epoch']}):",
-                    report["test"])
+        chosen = (f"iteration {report['iteration']}" if "iteration" in report
+                  else f"the best epoch ({report['best_epoch']})")
+        print_table(f"test metrics ({report['splits']['test']}) of {chosen}:", report["test"])
         print(f"run folder: {config.run.out_dir}")
         for name, path in exports.items():
             print(f"  {name}: {path}")
