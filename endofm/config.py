@@ -130,6 +130,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+def _default(field: dataclasses.Field) -> Any:
+    """The value a dataclass field takes when not given (``MISSING`` for a required field)."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def _build(cls: type[T], values: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -139,7 +146,12 @@ def _build(cls: type[T], values: dict, prefix: str = "") -> T:
             f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}; "
             f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(fields))}"
         )
-    kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in values.items()}
+    kwargs = {}
+    for name, value in values.items():
+        default = _default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type):
+            value = _merge(config_to_dict(default), value)  # a section's keys not given keep the field's default
+        kwargs[name] = _convert(value, hints[name], prefix + name)
     try:
         return cls(**kwargs)
     except ConfigError as error:  # a check of the dataclass; name where it sits unless the message does

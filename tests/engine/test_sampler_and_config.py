@@ -94,3 +94,13 @@ def test_an_unknown_recipe_name_lists_the_shipped_ones(tmp_path):
 def test_bad_config_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(PretrainConfig, overrides=[override])
+
+
+def test_a_section_given_in_part_keeps_the_fields_defaults_of_its_owner():
+    """``run.out_dir=...`` alone leaves the task's own run defaults (batch size, epochs), not RunConfig's."""
+    for config_class in (ClassifyConfig, SegmentConfig, DetectConfig):
+        defaults = config_class()
+        config = load_config(config_class, overrides=["run.out_dir=elsewhere", "optim.lr=0.5"])
+        assert config.run.out_dir == "elsewhere" and config.optim.lr == 0.5
+        assert config.run.batch_size == defaults.run.batch_size and config.run.epochs == defaults.run.epochs
+        assert config.optim.name == defaults.optim.name
