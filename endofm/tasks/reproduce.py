@@ -136,7 +136,12 @@ def _finetune(task: str, recipe: str, data: Path, checkpoint: str, out: Path, de
         return TaskResult(task, recipe, "", "", "", None, f"failed: {error}")
     report = json.loads((out / "metrics.json").read_text())
     config = yaml.safe_load((out / "config.yaml").read_text()) or {}
-    protocol = "selection on test" if report.get("select_on_test") else "selection on validation"
+    if report.get("select_on_test"):
+        protocol = "selection on test"
+    elif report.get("keep") == "last":
+        protocol = "last model, nothing selected"
+    else:
+        protocol = "selection on validation"
     return TaskResult(task, recipe, _model_name(task, config), protocol, report["splits"]["test"],
                       _percent(report["test"].get(METRICS[task][0])), metrics=report["test"])
 

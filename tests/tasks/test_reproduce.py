@@ -41,12 +41,15 @@ def test_quick_runs_the_three_protocols_and_writes_the_table(corpus: Path, tmp_p
     assert [rows[t]["released"] for t in rows] == [91.5, 76.6, 84.0]
     for task, row in rows.items():
         assert row["ours"] is not None and 0.0 <= row["ours"] <= 100.0, task
-        assert row["protocol"] in ("selection on test", "selection on validation") and row["model"], task
+        assert row["protocol"] in ("selection on test", "selection on validation", "last model, nothing selected")
+        assert row["model"], task
         assert (out / task / "metrics.json").is_file()
         steps = [json.loads(line) for line in (out / task / "log.jsonl").read_text().splitlines()]
         assert 1 <= sum("step" in record for record in steps) <= 2, task  # --quick: an epoch of two steps
     assert rows["classify"]["recipe"] == "classify_original" and rows["classify"]["protocol"] == "selection on test"
     assert rows["classify"]["split"] == "val"  # the original tests (and selects) on val.txt
+    assert rows["detect"]["recipe"] == "detect_original"
+    assert rows["detect"]["protocol"] == "last model, nothing selected"  # the original evaluates its last model
     assert rows["segment"]["recipe"] == "segment_original" and "its own train/test splits" in rows["segment"]["note"]
     table = (out / "reproduce.md").read_text()
     assert "Quick run" in table and "| 90.7 | 91.5 |" in table and "selection on test (tested on val)" in table
