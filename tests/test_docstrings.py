@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["endofm.models.backbone", "endofm.models.heads", "endofm.models.registry", "endofm.tasks.embed",
            "endofm.metrics.knn", "endofm.config",
-           "endofm.pretrain.schedules", "endofm.pretrain.loss", "endofm.pretrain.ema"]
+           "endofm.engine.schedules", "endofm.pretrain.loss", "endofm.pretrain.ema"]
 
 
 @pytest.mark.parametrize("name", MODULES)

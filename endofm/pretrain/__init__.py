@@ -4,7 +4,7 @@ from endofm.pretrain.config import DataConfig, LossConfig, ModelConfig, OptimCon
 from endofm.pretrain.ema import update_ema
 from endofm.pretrain.loss import DINOLoss
 from endofm.pretrain.recipe import DINORecipe, MultiViewNetwork, pretrain
-from endofm.pretrain.schedules import cosine_schedule, teacher_temperature_schedule
+from endofm.pretrain.schedules import teacher_temperature_schedule
 
 __all__ = [
     "DINOLoss",
@@ -15,7 +15,6 @@ __all__ = [
     "MultiViewNetwork",
     "OptimConfig",
     "PretrainConfig",
-    "cosine_schedule",
     "pretrain",
     "teacher_temperature_schedule",
     "update_ema",

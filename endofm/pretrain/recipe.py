@@ -17,6 +17,7 @@ from endofm.data.manifest import read_pretrain_clips, scan_videos
 from endofm.data.views import MultiViewSampler
 from endofm.engine.distributed import DistributedContext, barrier, init_distributed
 from endofm.engine.optim import adamw, decay_groups
+from endofm.engine.schedules import cosine_schedule
 from endofm.engine.trainer import LossPart, Recipe, Trainer
 from endofm.errors import ConfigError, DatasetError, TrainingError
 from endofm.models.backbone import EndoFMBackbone
@@ -26,7 +27,7 @@ from endofm.models.registry import MODEL_CONFIGS, build_model
 from endofm.pretrain.config import ModelConfig, PretrainConfig
 from endofm.pretrain.ema import update_ema
 from endofm.pretrain.loss import DINOLoss, KoLeoLoss
-from endofm.pretrain.schedules import cosine_schedule, teacher_temperature_schedule
+from endofm.pretrain.schedules import teacher_temperature_schedule
 
 ARCHITECTURE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias")
 

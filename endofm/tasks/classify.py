@@ -26,6 +26,7 @@ from tqdm import tqdm
 from endofm.data.datasets.polypdiag import SAMPLINGS, PolypDiagDataset
 from endofm.data.datasets.splits import split_by_case
 from endofm.data.transforms import eval_transform, original_view, train_transform
+from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError
 from endofm.metrics.classification import classification_metrics
@@ -34,7 +35,6 @@ from endofm.models.heads import LinearClassifier
 from endofm.tasks.common import (
     FinetuneModelConfig,
     FinetuneRecipe,
-    OptimConfig,
     SelectionConfig,
     SplitsConfig,
     build_backbone,

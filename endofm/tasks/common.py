@@ -13,12 +13,11 @@ import dataclasses
 import json
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
@@ -27,7 +26,8 @@ from torch import nn
 from endofm.config import config_to_dict, save_config
 from endofm.engine.distributed import DistributedContext, init_distributed
 from endofm.engine.logging import plot_curves
-from endofm.engine.optim import adamw, decay_groups
+from endofm.engine.optim import build_optimizer
+from endofm.engine.schedules import lr_schedule
 from endofm.engine.trainer import Recipe, Trainer
 from endofm.errors import CheckpointError, ConfigError, TrainingError
 from endofm.io import atomic_write, atomic_write_text
@@ -35,7 +35,6 @@ from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import CONFIG_FILE, load_checkpoint, save_pretrained
 from endofm.models.heads import LinearClassifier
 from endofm.models.registry import MODEL_CONFIGS, build_model
-from endofm.pretrain.schedules import cosine_schedule
 
 TASKS = ("classify", "segment", "detect")
 HEAD_FILE = "task_head.safetensors"
@@ -76,66 +75,6 @@ class SelectionConfig:
     """Validation metric to maximise (empty: the task's default)."""
     every: int = 1
     """Evaluate on the validation split every this many epochs (and always after the last)."""
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and per-step learning-rate schedule."""
-
-    name: str = "sgd"
-    """``sgd`` (momentum) or ``adamw``."""
-    lr: float = 1e-3
-    scale_lr: bool = False
-    """Scale ``lr`` by ``run.batch_size / 256`` (the original PolypDiag rule)."""
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    """``cosine`` (per step, to ``min_lr``), ``cosine_epoch`` (one value per epoch, to ``min_lr``: torch's
-    ``CosineAnnealingLR`` stepped at epoch ends, as the original PolypDiag fine-tuning), ``poly`` (power 0.9,
-    step by step as TransUNet sets it) or ``constant``."""
-    warmup_epochs: int = 0
-    min_lr: float = 0.0
-    decay_all: bool = False
-    """Weight decay on every parameter, biases and norms included (the original TransUNet's AdamW); by
-    default biases and other 1-D parameters have none."""
-
-    def __post_init__(self) -> None:
-        if self.name not in ("sgd", "adamw"):
-            raise ConfigError(f"optim.name must be sgd or adamw, got {self.name!r}")
-        if self.schedule not in ("cosine", "cosine_epoch", "poly", "constant"):
-            raise ConfigError(f"optim.schedule must be cosine, cosine_epoch, poly or constant, got {self.schedule!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
-
-
-def build_optimizer(
-    named_parameters: Iterable[tuple[str, nn.Parameter]], optim: OptimConfig
-) -> torch.optim.Optimizer:
-    """The configured optimiser over the trainable parameters (no weight decay on biases and 1-D ones)."""
-    if optim.decay_all:
-        groups = [{"params": [param for _, param in named_parameters if param.requires_grad]}]
-    else:
-        groups = decay_groups(named_parameters)
-    if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    return adamw(groups, lr=optim.lr, weight_decay=optim.weight_decay)
-
-
-def lr_schedule(optim: OptimConfig, batch_size: int, epochs: int, steps_per_epoch: int) -> np.ndarray:
-    """One learning rate per step."""
-    peak = optim.lr * batch_size / 256.0 if optim.scale_lr else optim.lr
-    total = max(epochs * steps_per_epoch, 1)
-    if optim.schedule == "cosine":
-        return cosine_schedule(peak, optim.min_lr, epochs, steps_per_epoch, optim.warmup_epochs)
-    if optim.schedule == "cosine_epoch":
-        per_epoch = optim.min_lr + (peak - optim.min_lr) * (1 + np.cos(np.pi * np.arange(epochs) / epochs)) / 2
-        return np.repeat(per_epoch, max(steps_per_epoch, 1))
-    warmup = min(optim.warmup_epochs * steps_per_epoch, total)
-    steps = np.arange(total)
-    poly = peak * (1 - np.maximum(steps - 1, 0) / total) ** 0.9  # set after each step as TransUNet: 0, 1 at peak
-    values = poly if optim.schedule == "poly" else np.full(total, peak)
-    ramp = np.minimum(1.0, (steps + 1) / warmup) if warmup else 1.0
-    return values * ramp
 
 
 @dataclass

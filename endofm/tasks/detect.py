@@ -35,6 +35,7 @@ from torchvision.transforms import v2
 
 from endofm.data.datasets.kumc import KUMCDataset
 from endofm.data.transforms import VideoTransform
+from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, InputError
 from endofm.metrics.detection import detection_metrics
@@ -42,7 +43,6 @@ from endofm.models.backbone import EndoFMBackbone
 from endofm.tasks.common import (
     FinetuneModelConfig,
     FinetuneRecipe,
-    OptimConfig,
     SelectionConfig,
     SplitsConfig,
     build_backbone,

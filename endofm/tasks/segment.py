@@ -33,6 +33,7 @@ from torchvision.transforms import InterpolationMode, v2
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
 from endofm.data.video import VideoReader
+from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError, InputError
 from endofm.metrics.segmentation import EMPTY_RULES, segmentation_metrics
@@ -42,7 +43,6 @@ from endofm.models.transunet import TransUNet
 from endofm.tasks.common import (
     FinetuneModelConfig,
     FinetuneRecipe,
-    OptimConfig,
     SelectionConfig,
     SplitsConfig,
     build_backbone,

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from endofm.config import load_config
+from endofm.engine.schedules import cosine_schedule
 from endofm.errors import ConfigError
-from endofm.pretrain import DINOLoss, PretrainConfig, cosine_schedule, teacher_temperature_schedule, update_ema
+from endofm.pretrain import DINOLoss, PretrainConfig, teacher_temperature_schedule, update_ema
 from endofm.pretrain.loss import KoLeoLoss, sinkhorn_knopp
 from endofm.pretrain.recipe import clip_per_parameter, teacher_groups
 

@@ -11,9 +11,10 @@ import torch
 
 from endofm.cli.main import main
 from endofm.config import load_config
+from endofm.engine.optim import OptimConfig
+from endofm.engine.schedules import lr_schedule
 from endofm.errors import ConfigError
 from endofm.tasks.classify import ClassifyConfig
-from endofm.tasks.common import OptimConfig, lr_schedule
 
 TINY = ["model.arch=endofm_vit_micro", "model.num_heads=2", "run.progress=false", "run.num_workers=0",
         "run.device=cpu", "run.epochs=1", "run.batch_size=2", "data.num_frames=2", "data.size=32"]

@@ -145,7 +145,8 @@ def test_soft_dice_has_the_original_squared_denominators_and_the_empty_rule() ->
 def test_the_poly_schedule_is_set_after_each_step_as_transunet_does():
     """TransUNet's trainer steps at base_lr, then sets base_lr * (1 - iter / max) ** 0.9 with the iteration it
     just ran: steps 0 and 1 at the peak, step k at (1 - (k - 1) / max) ** 0.9."""
-    from endofm.tasks.common import OptimConfig, lr_schedule
+    from endofm.engine.optim import OptimConfig
+    from endofm.engine.schedules import lr_schedule
 
     values = lr_schedule(OptimConfig(name="adamw", lr=1e-4, schedule="poly"), 1, epochs=2, steps_per_epoch=5)
     expected = [1e-4] + [1e-4 * (1 - k / 10) ** 0.9 for k in range(9)]
