@@ -39,8 +39,8 @@ from endofm.pretrain import PretrainConfig, pretrain
 from endofm.report.attention import attention_maps, save_attention
 from endofm.report.report import FROZEN_PROBES, write_report
 from endofm.tasks.classify import ClassifyConfig, finetune_classify
-from endofm.tasks.common import read_finetuned
 from endofm.tasks.detect import DetectConfig, finetune_detect
+from endofm.tasks.folder import read_finetuned
 from endofm.tasks.predict import predict_detect, predict_video
 from endofm.tasks.probe import evaluate_frozen_pools
 from endofm.tasks.segment import SegmentConfig, finetune_segment

@@ -48,9 +48,10 @@ def _frozen(args: argparse.Namespace) -> int:
 def _task(args: argparse.Namespace) -> int:
     from endofm.errors import InputError
     from endofm.io import atomic_write_text
-    from endofm.tasks.common import json_safe, print_table, read_finetuned
     from endofm.tasks.detect_stft import evaluate_loaded_stft, find_stft
+    from endofm.tasks.folder import read_finetuned
     from endofm.tasks.registry import evaluate_model
+    from endofm.tasks.results import json_safe, print_table
 
     stft = None
     if args.evaluate_command == "segment":

@@ -16,8 +16,8 @@ TASK_HELP = {
 def _finetune(args: argparse.Namespace) -> int:
     from endofm.config import load_config
     from endofm.engine.distributed import shutdown
-    from endofm.tasks.common import print_table
     from endofm.tasks.registry import TASK_API
+    from endofm.tasks.results import print_table
 
     config_cls, run = TASK_API[args.task]
     overrides = list(args.overrides)

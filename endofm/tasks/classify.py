@@ -32,14 +32,8 @@ from endofm.errors import ConfigError, DatasetError
 from endofm.metrics.classification import classification_metrics
 from endofm.models.backbone import POOLS, EndoFMBackbone
 from endofm.models.heads import LinearClassifier
-from endofm.tasks.common import (
-    FinetuneModelConfig,
-    FinetuneRecipe,
-    SelectionConfig,
-    SplitsConfig,
-    build_backbone,
-    run_finetune,
-)
+from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
+from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
 
 CLASSIFY_DEFAULT_DATA = {"num_frames": 8, "size": 224, "normalization": "polypdiag", "sampling": "original",
                          "sampling_rate": 32, "target_fps": 30.0, "view": "original"}

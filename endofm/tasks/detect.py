@@ -40,15 +40,9 @@ from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, InputError
 from endofm.metrics.detection import detection_metrics
 from endofm.models.backbone import EndoFMBackbone
-from endofm.tasks.common import (
-    FinetuneModelConfig,
-    FinetuneRecipe,
-    SelectionConfig,
-    SplitsConfig,
-    build_backbone,
-    run_finetune,
-)
+from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.detect_stft import IterationSchedule, STFTSizes, finetune_stft
+from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
 
 DETECTORS = ("stft", "fcos")
 

@@ -41,8 +41,9 @@ from endofm.models.stft import (
     resize_frames,
     stft_from_state,
 )
-from endofm.tasks.common import FinetuneRecipe, is_better, json_safe, run_finetune
+from endofm.tasks.finetune import FinetuneRecipe, build_backbone, is_better, run_finetune
 from endofm.tasks.finetuned import InputSpec, LoadedFinetuned
+from endofm.tasks.results import json_safe
 
 MODEL_NAME = "stft"
 STFT_INPUT = InputSpec(size=(640, 640), frames=None, channel_order="BGR", mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0),
@@ -423,12 +424,10 @@ class IterationSchedule:
 
 
 def build_stft_network(model: Any, sizes: STFTSizes) -> STFTDetector:
-    """An STFT detector to fine-tune (``model``: a :class:`~endofm.tasks.common.FinetuneModelConfig`): the body
+    """An STFT detector to fine-tune (``model``: a :class:`~endofm.tasks.config.FinetuneModelConfig`): the body
     is the backbone of ``model.init`` (every tensor of it: blocks, norm, embeddings, as the original's
     ``get_vit_base_patch16_224`` loads the pretrained teacher), with ``model.drop_path_rate``; ``fpn1``/``fpn2``,
     the FPN and the head start at the original's initialisation."""
-    from endofm.tasks.common import build_backbone
-
     backbone = build_backbone(dataclasses.replace(model, grad_checkpointing=False))
     config = STFTConfig(backbone=backbone.config, out_channels=sizes.out_channels, num_convs=sizes.num_convs,
                         num_classes=len(POLYP_CLASSES))

@@ -14,7 +14,7 @@ in order on the file's top-level dict; a new layout is one more entry (:func:`re
   checkpointer saves it; only ``model`` is read; :mod:`endofm.tasks.detect_stft`).
 
 Folders: a TransUNet folder (``config.json`` with ``model: transunet``) or a fine-tuned model folder of
-``endofm finetune`` (:func:`~endofm.tasks.common.read_finetuned`).
+``endofm finetune`` (:func:`~endofm.tasks.folder.read_finetuned`).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def _load_transunet_folder(directory: Path, config: Mapping[str, Any]) -> Loaded
 def _from_read_finetuned(path: Path) -> LoadedFinetuned:
     """An ``endofm finetune`` model folder (backbone + task head) as a runnable model."""
     from endofm.tasks.classify import ClassifierNetwork
-    from endofm.tasks.common import read_finetuned
+    from endofm.tasks.folder import read_finetuned
     from endofm.tasks.segment import SegmentationNetwork
 
     found = read_finetuned(path)

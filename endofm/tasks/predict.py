@@ -41,7 +41,8 @@ from endofm.data.video import VideoReader, encode_mp4
 from endofm.engine.distributed import resolve_device
 from endofm.io import atomic_write, atomic_write_text
 from endofm.tasks.classify import ClassifierNetwork
-from endofm.tasks.common import FinetunedModel, json_safe, read_finetuned
+from endofm.tasks.folder import FinetunedModel, read_finetuned
+from endofm.tasks.results import json_safe
 
 DISPLAY_SHORT_SIDE = 360
 CHUNK = 64

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from endofm.tasks.classify import ClassifierNetwork, ClassifyConfig, finetune_classify
-from endofm.tasks.common import FinetunedModel
 from endofm.tasks.detect import DetectConfig, finetune_detect
+from endofm.tasks.folder import FinetunedModel
 from endofm.tasks.segment import SegmentConfig, finetune_segment
 
 TASK_API: dict[str, tuple[type, Callable[..., dict[str, Any]]]] = {

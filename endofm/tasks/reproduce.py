@@ -24,7 +24,7 @@ import yaml
 from endofm.config import find_recipe
 from endofm.errors import ConfigError, DatasetError, EndoFMError, InputError
 from endofm.io import atomic_write_text
-from endofm.tasks.common import json_safe
+from endofm.tasks.results import json_safe
 
 TASKS = ("classify", "segment", "detect")
 DATASET_FOLDERS = {

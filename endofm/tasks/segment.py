@@ -40,14 +40,8 @@ from endofm.metrics.segmentation import EMPTY_RULES, segmentation_metrics
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import CONFIG_FILE
 from endofm.models.transunet import TransUNet
-from endofm.tasks.common import (
-    FinetuneModelConfig,
-    FinetuneRecipe,
-    SelectionConfig,
-    SplitsConfig,
-    build_backbone,
-    run_finetune,
-)
+from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
+from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
 from endofm.tasks.finetuned import (
     InputSpec,
     LoadedFinetuned,

@@ -84,7 +84,7 @@ def test_predict_unreadable_video_leaves_nothing(tmp_path: Path) -> None:
 
 def test_predict_unreadable_video(polypdiag_root: Path, tmp_path: Path) -> None:
     from endofm.models.heads import LinearClassifier
-    from endofm.tasks.common import save_finetuned
+    from endofm.tasks.folder import save_finetuned
 
     backbone = build_model("endofm_vit_micro")
     model = save_finetuned(tmp_path / "model", "classify", backbone, LinearClassifier(backbone.embed_dim, 2),

@@ -19,7 +19,7 @@ from endofm.errors import ConfigError
 from endofm.models.checkpoint import export_original, load_checkpoint
 from endofm.models.heads import DINOHead
 from endofm.models.registry import build_model
-from endofm.tasks.common import FinetuneModelConfig
+from endofm.tasks.config import FinetuneModelConfig
 from endofm.tasks.detect import DetectConfig
 from endofm.tasks.detect_stft import (
     IterationSchedule,

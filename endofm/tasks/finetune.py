@@ -1,0 +1,169 @@
+"""The fine-tuning run every task shares: the backbone to fine-tune, the recipe (model selection on a
+validation split, the run's products) and the driver on the training engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from abc import abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from endofm.config import config_to_dict, save_config
+from endofm.engine.distributed import DistributedContext, init_distributed
+from endofm.engine.logging import plot_curves
+from endofm.engine.optim import build_optimizer
+from endofm.engine.schedules import lr_schedule
+from endofm.engine.trainer import Recipe, Trainer
+from endofm.errors import ConfigError, TrainingError
+from endofm.io import atomic_write_text
+from endofm.models.backbone import EndoFMBackbone
+from endofm.models.checkpoint import load_checkpoint
+from endofm.models.registry import build_model
+from endofm.tasks.config import FinetuneModelConfig
+from endofm.tasks.folder import save_finetuned
+from endofm.tasks.results import json_safe
+
+SELECT_ON_TEST_NOTE = (
+    "select-on-test: the best epoch was chosen on the test split (the original Endo-FM protocol); the test "
+    "metrics are optimistic and not an honest estimate"
+)
+
+
+def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:
+    """The backbone to fine-tune, with ``model.init`` weights when given."""
+    if model.init is None:
+        backbone = build_model(model.arch, drop_path_rate=model.drop_path_rate)
+    else:
+        source = load_checkpoint(model.init, num_heads=model.num_heads).backbone
+        backbone = EndoFMBackbone(dataclasses.replace(source.config, drop_path_rate=model.drop_path_rate))
+        backbone.load_state_dict(source.state_dict())
+    return backbone.set_grad_checkpointing(model.grad_checkpointing)
+
+
+def is_better(value: float, best: float | None) -> bool:
+    """Whether a validation value beats the best so far (NaN never does)."""
+    return math.isfinite(value) and (best is None or value > best)
+
+
+class FinetuneRecipe(Recipe):
+    """A task recipe: evaluates on the validation split at epoch ends, keeps the best weights, and at the
+    end reports the test metrics of that model and saves it (``model/``, ``metrics.json``, plots)."""
+
+    task: str
+    default_metric: str
+    evaluator: Callable[..., dict[str, Any]]
+    """The task's metrics: ``evaluator(network, dataset, batch_size, device, num_workers)``."""
+    plot_keys = ("loss", "lr")
+
+    def __init__(self, config: Any, context: DistributedContext, val_set: Any, test_set: Any,
+                 split_names: dict[str, str]) -> None:
+        self.config, self.device = config, context.device
+        self.val_set, self.test_set, self.split_names = val_set, test_set, split_names
+        self.metric = config.selection.metric or self.default_metric
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_score: float | None = None
+        self.best_epoch = -1
+        self.history: list[dict[str, float]] = []
+        self.network = self.build_network().to(self.device)
+
+    @abstractmethod
+    def build_network(self) -> nn.Module:
+        """The task's network (backbone and head) from ``self.config``."""
+
+    def evaluate(self, dataset: Any) -> dict[str, Any]:
+        """Metrics of the current network on a dataset."""
+        run = self.config.run
+        return type(self).evaluator(self.network, dataset, run.batch_size, self.device, run.num_workers)
+
+    def head_config(self) -> dict[str, Any]:
+        """Constructor arguments of the head (recorded in the model folder)."""
+        return dict(self.parts()[1].config)
+
+    @abstractmethod
+    def parts(self) -> tuple[EndoFMBackbone, nn.Module]:
+        """The backbone and the head of the network."""
+
+    def save_model(self, directory: Path, extra: dict[str, Any]) -> Path:
+        """Write the selected network as a fine-tuned model folder (``extra`` joins its metadata)."""
+        backbone, head = self.parts()
+        return save_finetuned(directory, self.task, backbone, head, self.head_config(), self.data_config(), extra)
+
+    def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
+        self.lr = lr_schedule(self.config.optim, self.config.run.batch_size, epochs, steps_per_epoch)
+        return build_optimizer(self.network.named_parameters(), self.config.optim)
+
+    def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        lr = float(self.lr[min(step, len(self.lr) - 1)])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return {"lr": lr}
+
+    def data_config(self) -> dict[str, Any]:
+        """Preprocessing recorded in the model folder (for predict)."""
+        return dataclasses.asdict(self.config.data)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        last = epoch + 1 == self.config.run.epochs
+        if (epoch + 1) % self.config.selection.every and not last:
+            return {}
+        metrics = self.evaluate(self.val_set)
+        if self.metric not in metrics:
+            raise ConfigError(f"selection.metric {self.metric!r} is not one of {sorted(metrics)}")
+        value = float(metrics[self.metric])
+        if is_better(value, self.best_score):
+            self.best_score, self.best_epoch = value, epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
+        scalars = {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.history.append({"epoch": epoch + 1, **scalars})
+        return scalars
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_state": self.best_state, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_state, self.best_score = state["best_state"], state["best_score"]
+        self.best_epoch, self.history = state["best_epoch"], state["history"]
+
+    def finish(self, out_dir: Path) -> dict[str, str]:
+        if self.best_state is None:
+            raise TrainingError(f"no validation result was finite in {out_dir}; nothing to select (check the data "
+                                "and the learning rate)")
+        self.network.load_state_dict(self.best_state)
+        test_metrics = self.evaluate(self.test_set)
+        protocol = SELECT_ON_TEST_NOTE if self.config.selection.select_on_test else (
+            f"best epoch chosen on the validation split ({self.split_names['val']}), kept apart from the test split")
+        model_dir = self.save_model(out_dir / "model", {"selection": {
+            "metric": self.metric, "best_epoch": self.best_epoch + 1, "protocol": protocol}})
+        report = {"task": self.task, "protocol": protocol, "select_on_test": self.config.selection.select_on_test,
+                  "splits": self.split_names, "selection_metric": self.metric, "best_epoch": self.best_epoch + 1,
+                  "best_val": self.best_score, "test": test_metrics, "val_history": self.history,
+                  "model": str(model_dir)}
+        metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
+        keys = sorted({k for row in self.history for k in row if k != "epoch"})
+        plot_curves(self.history, keys, out_dir / "plots", x_key="epoch")
+        return {"model": str(model_dir), "metrics": str(metrics_path), "plots": str(out_dir / "plots")}
+
+
+def run_finetune(config: Any, recipe_cls: type[FinetuneRecipe], datasets: tuple, collate_fn: Any,
+                 resume: bool = False) -> dict[str, Any]:
+    """Shared driver: check the run folder, save the config, train with the engine, return the summary."""
+    context = init_distributed(config.run.device)
+    out_dir = Path(config.run.out_dir)
+    if not resume and (out_dir / "checkpoints" / "last.pt").exists():
+        raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another run.out_dir")
+    train, val, test, names = datasets
+    if config.run.batch_size > len(train):
+        raise ConfigError(f"run.batch_size={config.run.batch_size} is larger than the training set ({len(train)})")
+    if context.is_main:
+        save_config(config, out_dir / "config.yaml")
+    torch.manual_seed(config.run.seed)
+    recipe = recipe_cls(config, context, val, test, names)
+    trainer = Trainer(recipe, train, collate_fn, config.run, context, config_to_dict(config))
+    return trainer.fit(resume=resume)
