@@ -38,12 +38,10 @@ from endofm.models.registry import build_model
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.report.attention import attention_maps, save_attention
 from endofm.report.report import FROZEN_PROBES, write_report
-from endofm.tasks.classify import ClassifyConfig, finetune_classify
-from endofm.tasks.detect import DetectConfig, finetune_detect
-from endofm.tasks.folder import read_finetuned
-from endofm.tasks.predict import predict_detect, predict_video
+from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.predict import predict_video
 from endofm.tasks.probe import evaluate_frozen_pools
-from endofm.tasks.segment import SegmentConfig, finetune_segment
+from endofm.tasks.registry import TASKS
 
 PRETRAIN_RECIPE = "cpu_micro"
 RANDOM_BASELINES = 3
@@ -55,7 +53,10 @@ number)."""
 CLIP_FRAMES, CLIP_SIZE = 16, 64
 """Frames and pixels of the pretraining clips and probe videos: the micro backbone's input size."""
 SUBFOLDERS = ("data", "pretrain", "finetune", "predict", "attention")
-STAGES = ("data", "pretrain", "frozen", "classify", "segment", "detect", "predict", "attention", "report")
+DEMO_TASKS = {"classify": "probe", "segment": "cvc", "detect": "kumc"}
+"""The tasks the demo fine-tunes (:data:`~endofm.tasks.registry.TASKS`), each on its folder of the synthetic data
+(classification on the probe set: 60 test videos rather than the 20 of the corpus's PolypDiag layout)."""
+STAGES = ("data", "pretrain", "frozen", *DEMO_TASKS, "predict", "attention", "report")
 
 
 @dataclass
@@ -85,14 +86,13 @@ def _save_png(path: Path, image: Image.Image) -> Path:
 
 
 def _finetune(task: str, config: DemoConfig, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
-    """Fine-tune one task with its CPU recipe from the teacher; returns its ``metrics.json``."""
-    cls, run, epochs = {"classify": (ClassifyConfig, finetune_classify, config.classify_epochs),
-                        "segment": (SegmentConfig, finetune_segment, config.segment_epochs),
-                        "detect": (DetectConfig, finetune_detect, config.detect_epochs)}[task]
-    recipe = load_config(cls, f"{task}_cpu", kind="finetune", overrides=[
+    """Fine-tune one task with its CPU recipe from the teacher for ``config.<task>_epochs``; returns its
+    ``metrics.json``."""
+    epochs = getattr(config, f"{task}_epochs")
+    recipe = load_config(TASKS[task].config_class, f"{task}_cpu", kind="finetune", overrides=[
         f"model.init={teacher}", f"data.root={data}", f"run.out_dir={out}", f"run.epochs={epochs}",
         f"run.seed={config.seed}", f"run.device={config.device}", f"run.progress={str(config.progress).lower()}"])
-    run(recipe)
+    TASKS[task].finetune(recipe)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -130,9 +130,10 @@ def detection_frames(model_dir: Path, kumc: Path, device: str, count: int = 4) -
     """``count`` frames of the first KUMC test video with ground-truth boxes (green) and the highest-scoring
     predicted box (red, with its score)."""
     image_dir = sorted((kumc / "test2019" / "Image").iterdir())[0]
-    model = read_finetuned(model_dir)
+    model = load_finetuned(model_dir)
     with VideoReader(image_dir) as reader:
-        predicted = predict_detect(model, reader, torch.device(device), score_threshold=0.0)["frames"]
+        prediction = TASKS[model.task].predict(model, reader, torch.device(device), score_threshold=0.0)
+        predicted = prediction.report["frames"]
         indices = np.linspace(0, len(reader) - 1, count).round().astype(int).tolist()
         frames = reader.read(indices).permute(0, 2, 3, 1).numpy()
     tiles = []
@@ -210,18 +211,18 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             frozen[f"random (seed {seed})"] = _frozen_scores(build_model(arch), data / "probe", probe)
 
     finetune: dict[str, Any] = {}
-    for task, layout in (("classify", "probe"), ("segment", "cvc"), ("detect", "kumc")):
+    for task, layout in DEMO_TASKS.items():
         with stage(task, f"fine-tuning {task}"):
             finetune[task] = _finetune(task, config, teacher, data / layout, out / "finetune" / task)
 
     with stage("predict", "predict with the segmenter on one video"):
         video = _polyp_video(data / "polypdiag")
-        predict_video(video, out / "finetune" / "segment" / "model", out / "predict", device=config.device)
+        written = predict_video(video, out / "finetune" / "segment" / "model", out / "predict", device=config.device)
         masks = np.load(out / "predict" / "masks.npz")["masks"]
         _save_png(out / "predict" / "segmentation_overlay.png", segmentation_overlay(video, masks))
         _save_png(out / "predict" / "detection_frames.png",
                   detection_frames(out / "finetune" / "detect" / "model", data / "kumc", config.device))
-        predict = {"task": "segment", "video": str(video.relative_to(out)),
+        predict = {"task": json.loads(Path(written["json"]).read_text())["task"], "video": str(video.relative_to(out)),
                    "frames": len(masks), "mean predicted polyp fraction": float(masks.mean())}
 
     with stage("attention", "attention maps of the pretrained backbone"):
@@ -246,7 +247,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         results = {
             "settings": {**asdict(config), "backbone": arch,
                          "pretrain recipe": PRETRAIN_RECIPE,
-                         "fine-tune recipes": "classify_cpu, segment_cpu, detect_cpu"},
+                         "fine-tune recipes": ", ".join(f"{task}_cpu" for task in DEMO_TASKS)},
             "pretrain": _pretrain_summary(pre_dir, recipe), "frozen": frozen,
             "finetune": finetune, "predict": predict, "attention": attention, "figures": figures, "timings": timings,
         }

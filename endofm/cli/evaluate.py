@@ -48,29 +48,15 @@ def _frozen(args: argparse.Namespace) -> int:
 def _task(args: argparse.Namespace) -> int:
     from endofm.errors import InputError
     from endofm.io import atomic_write_text
-    from endofm.tasks.detect_stft import evaluate_loaded_stft, find_stft
-    from endofm.tasks.folder import read_finetuned
-    from endofm.tasks.registry import evaluate_model
+    from endofm.tasks.finetuned import evaluate_finetuned, load_finetuned
+    from endofm.tasks.registry import TASKS
     from endofm.tasks.results import json_safe, print_table
 
-    stft = None
-    if args.evaluate_command == "segment":
-        from endofm.tasks.finetuned import load_finetuned
-        from endofm.tasks.segment import evaluate_segment_model
-
-        model = load_finetuned(args.checkpoint, num_heads=args.num_heads)
-    elif args.evaluate_command == "detect" and (stft := find_stft(args.checkpoint, args.num_heads)) is not None:
-        model = stft
-    else:
-        model = read_finetuned(args.checkpoint)
+    model = load_finetuned(args.checkpoint, num_heads=args.num_heads)
     if model.task != args.evaluate_command:
         raise InputError(f"{args.checkpoint} is a {model.task} model, not a {args.evaluate_command} model")
-    if args.evaluate_command == "segment":
-        metrics = evaluate_segment_model(model, args.data, args.split, args.device, args.batch_size, args.empty_rule)
-    elif stft is not None:
-        metrics = evaluate_loaded_stft(stft, args.data, args.split, args.device, args.reference_seed)
-    else:
-        metrics = evaluate_model(model, args.data, args.split, args.device, args.batch_size)
+    options = {option.dest: getattr(args, option.dest) for option in TASKS[model.task].evaluate_options}
+    metrics = evaluate_finetuned(model, args.data, args.split, args.device, args.batch_size, **options)
     print_table(f"{model.task} metrics of {args.checkpoint} on {args.data} ({args.split}):", metrics)
     if args.out:
         report = {"task": model.task, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
@@ -80,7 +66,9 @@ def _task(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``evaluate`` and its sub-commands."""
+    """Add ``evaluate`` and its sub-commands (``knn``, ``linear`` and one per task)."""
+    from endofm.tasks.registry import TASKS
+
     parser = subparsers.add_parser("evaluate", help="evaluate frozen features (knn, linear) or fine-tuned models")
     commands = parser.add_subparsers(dest="evaluate_command", metavar="WHAT", required=True)
     for name, help_text in (("knn", "k-NN and linear-probe accuracy of frozen features on a labelled set"),
@@ -104,23 +92,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--out", default=None, help="write the metrics as JSON here")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         sub.set_defaults(func=_frozen)
-    for name, layout in (("classify", "PolypDiag"), ("segment", "CVC-ClinicDB"), ("detect", "KUMC/PolypsSet")):
-        sub = commands.add_parser(name, help=f"metrics of a fine-tuned {name} model on a {layout}-layout split")
-        sub.add_argument("--checkpoint", required=True, help="fine-tuned model folder (a run's model/) or a released "
-                                                             "fine-tuned model (segment: cvc.pth, detect: kumc.pth)")
-        sub.add_argument("--data", required=True, help=f"dataset root ({layout} layout)")
+    for task in TASKS.values():
+        sub = commands.add_parser(task.name,
+                                  help=f"metrics of a fine-tuned {task.name} model on a {task.dataset}-layout split")
+        released = f" ({task.released_file})" if task.released_file else ""
+        sub.add_argument("--checkpoint", required=True, help="fine-tuned model folder (a run's model/) or the "
+                                                             f"original's released fine-tuned model{released}")
+        sub.add_argument("--data", required=True, help=f"dataset root ({task.dataset} layout)")
         sub.add_argument("--split", default="test", help="split evaluated (default: test)")
         sub.add_argument("--batch-size", type=int, default=2, help="samples per forward pass")
         sub.add_argument("--device", default="cpu", help="torch device")
         sub.add_argument("--out", default=None, help="write the metrics as JSON here")
-        if name in ("segment", "detect"):
-            sub.add_argument("--num-heads", type=int, default=None,
-                             help="attention heads of a released model (default: hidden size / 64)")
-        if name == "detect":
-            sub.add_argument("--reference-seed", type=int, default=0,
-                             help="STFT detector: seed of the test-time reference draws (the original never seeds "
-                                  "them)")
-        if name == "segment":
-            sub.add_argument("--empty-rule", choices=("standard", "original"), default=None,
-                             help="Dice of empty masks (default: the model's training rule, else standard)")
+        sub.add_argument("--num-heads", type=int, default=None,
+                         help="attention heads of a released model (default: hidden size / 64)")
+        for option in task.evaluate_options:
+            sub.add_argument(option.flag, type=option.type, default=option.default, choices=option.choices,
+                             help=option.help)
         sub.set_defaults(func=_task)

@@ -1,4 +1,5 @@
-"""``endofm finetune {classify,segment,detect}``: fine-tune a backbone on a downstream task."""
+"""``endofm finetune TASK``: fine-tune a backbone on a downstream task (one sub-command per task of
+:data:`~endofm.tasks.registry.TASKS`)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-TASK_HELP = {
-    "classify": "PolypDiag-layout video classification (CLS + linear head; mode=linear for a probe)",
-    "segment": "CVC-ClinicDB-layout segmentation (decoder on patch tokens, Dice/HD95 per sequence)",
-    "detect": "KUMC/PolypsSet-layout detection (the original STFT, or detector=fcos; frame F1, box F1, COCO mAP)",
-}
-
 
 def _finetune(args: argparse.Namespace) -> int:
     from endofm.config import load_config
     from endofm.engine.distributed import shutdown
-    from endofm.tasks.registry import TASK_API
+    from endofm.tasks.registry import TASKS
     from endofm.tasks.results import print_table
 
-    config_cls, run = TASK_API[args.task]
+    task = TASKS[args.task]
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={args.data}")
@@ -29,9 +24,9 @@ def _finetune(args: argparse.Namespace) -> int:
         overrides.append(f"run.out_dir={args.out}")
     if args.select_on_test:
         overrides.append("selection.select_on_test=true")
-    config = load_config(config_cls, args.config, overrides, kind="finetune")
+    config = load_config(task.config_class, args.config, overrides, kind="finetune")
     try:
-        summary = run(config, resume=args.resume)
+        summary = task.finetune(config, resume=args.resume)
     finally:
         shutdown()
     exports = summary.get("exports") or {}
@@ -49,19 +44,21 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``finetune`` and its task sub-commands."""
-    parser = subparsers.add_parser("finetune", help="fine-tune on a downstream task (classify, segment, detect)")
+    from endofm.tasks.registry import TASKS
+
+    parser = subparsers.add_parser("finetune", help=f"fine-tune on a downstream task ({', '.join(TASKS)})")
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    for task, help_text in TASK_HELP.items():
+    for task in TASKS.values():
         sub = tasks.add_parser(
-            task, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
-            description=f"{help_text}.\nDefaults are the original hyper-parameters (the shipped recipe {task}); "
-                        f"--config {task}_cpu is a tiny CPU recipe. The best epoch is chosen on a "
+            task.name, help=task.help, formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{task.help}.\nDefaults are the original hyper-parameters (the shipped recipe "
+                        f"{task.name}); --config {task.name}_cpu is a tiny CPU recipe. The best epoch is chosen on a "
                         "validation split kept apart from the test split; the run folder gets config.yaml, "
                         "log.jsonl, checkpoints/, plots/, metrics.json and model/ (for endofm predict).")
         sub.add_argument("--data", default=None, help="dataset root in the original layout (data.root)")
         sub.add_argument("--init", default=None, help="initial weights: any Endo-FM checkpoint (model.init)")
         sub.add_argument("--config", default=None, help="a YAML file or the name of a shipped recipe "
-                                                         "(e.g. classify_cpu; default: built-in defaults)")
+                                                         f"(e.g. {task.name}_cpu; default: built-in defaults)")
         sub.add_argument("--out", default=None, help="run folder (run.out_dir)")
         sub.add_argument("--select-on-test", action="store_true",
                          help="the original protocol: choose the best epoch on the TEST split (optimistic numbers; "

@@ -1,4 +1,4 @@
-"""``endofm reproduce``: the three original downstream protocols in one command, and the paper's table."""
+"""``endofm reproduce``: every task's original downstream protocol in one command, and the paper's table."""
 
 from __future__ import annotations
 
@@ -42,19 +42,26 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``reproduce``."""
+    from endofm.tasks.registry import TASKS
+
+    paper = " / ".join(f"{task.paper.paper}" for task in TASKS.values())
+    released = " / ".join(f"{task.paper.released}" for task in TASKS.values())
+    example = " ".join(f"{task.name}={task.released_file}" for task in TASKS.values() if task.released_file)
     parser = subparsers.add_parser(
-        "reproduce", help="run the original PolypDiag, CVC-12k and KUMC protocols and write the paper's table",
+        "reproduce", help="run the original protocol of every task (" + ", ".join(
+            task.title for task in TASKS.values()) + ") and write the paper's table",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fine-tune a pretrained checkpoint on the three downstream tasks with the original protocols "
+        description="Fine-tune a pretrained checkpoint on the downstream tasks with the original protocols "
                     "(the *_original recipes; a task without one uses its default recipe, and the table says "
-                    "so) and write DIR/reproduce.md and DIR/reproduce.json: our figures beside the paper's "
-                    "(90.7 / 73.9 / 84.1) and the released models' (91.5 / 76.6 / 84.0), each with its protocol.\n"
+                    f"so) and write DIR/reproduce.md and DIR/reproduce.json: our figures beside the paper's "
+                    f"({paper}) and the released models' ({released}), each with its protocol.\n"
                     "  endofm reproduce --data datasets/ --checkpoint checkpoints/endo_fm.pth --out runs/paper "
                     "--device cuda\n"
-                    "  endofm reproduce --data datasets/ --out runs/released --evaluate-only "
-                    "classify=polypdiag.pth segment=cvc.pth detect=kumc.pth")
-    parser.add_argument("--data", required=True, help="folder holding polypdiag/, cvc/, kumc/ (the names of "
-                        "`endofm data synth`) or PolypDiag/, CVC-ClinicDB/, KUMC/ in their original layouts")
+                    f"  endofm reproduce --data datasets/ --out runs/released --evaluate-only {example}")
+    folders = ", ".join(f"{task.dataset_folders[0]}/" for task in TASKS.values())
+    originals = ", ".join(f"{task.dataset_folders[1]}/" for task in TASKS.values() if len(task.dataset_folders) > 1)
+    parser.add_argument("--data", required=True, help=f"folder holding {folders} (the names of `endofm data "
+                        f"synth`) or {originals} in their original layouts")
     parser.add_argument("--checkpoint", default=None, help="pretrained weights to fine-tune from (endo_fm.pth, "
                         "a run's teacher/ or teacher_endo_fm.pth)")
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads of the checkpoint "

@@ -90,15 +90,16 @@ def collapse_note(pretrain: dict[str, Any]) -> list[str]:
 
 
 def finetune_caveats(finetune: dict[str, dict[str, Any]]) -> list[str]:
-    """Plain sentences for fine-tuned results that show the model did not learn the task."""
-    test = {task: metrics.get("test", {}) for task, metrics in finetune.items()}
+    """Plain sentences for fine-tuned results that show the model did not learn the task (each task's
+    :attr:`~endofm.tasks.base.Task.caveat`)."""
+    from endofm.tasks.registry import TASKS
+
     notes = []
-    if "classify" in test and (test["classify"].get("accuracy") or 0.0) <= 0.5:
-        notes.append("The classifier is no better than chance on the test split.")
-    if "segment" in test and not test["segment"].get("dice"):
-        notes.append("The segmenter's Dice is 0: it predicts (almost) no polyp pixels.")
-    if "detect" in test and not test["detect"].get("box_f1"):
-        notes.append("The detector finds no polyp box at score >= 0.5 and IoU >= 0.5 (box F1 0).")
+    for task, metrics in finetune.items():
+        caveat = TASKS[task].caveat if task in TASKS else None
+        note = caveat(metrics.get("test", {})) if caveat is not None else None
+        if note:
+            notes.append(note)
     return notes
 
 

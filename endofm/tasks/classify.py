@@ -19,19 +19,38 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from endofm.data.datasets.polypdiag import SAMPLINGS, PolypDiagDataset
+from endofm.data.datasets.polypdiag import SAMPLINGS, PolypDiagDataset, evenly_spaced
 from endofm.data.datasets.splits import split_by_case
 from endofm.data.transforms import eval_transform, original_view, train_transform
+from endofm.data.video import VideoReader
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
-from endofm.errors import ConfigError, DatasetError
+from endofm.errors import CheckpointError, ConfigError, DatasetError
 from endofm.metrics.classification import classification_metrics
 from endofm.models.backbone import POOLS, EndoFMBackbone
+from endofm.models.checkpoint import (
+    IGNORED_BACKBONE_KEYS,
+    LoadedCheckpoint,
+    _load_strict,
+    _split_original,
+    infer_backbone_config,
+)
 from endofm.models.heads import LinearClassifier
+from endofm.models.inputs import InputSpec
+from endofm.tasks.base import (
+    FinetunedModel,
+    LoadedFinetuned,
+    PaperResult,
+    Prediction,
+    ReleasedLayout,
+    Task,
+    preset_input,
+)
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
 
@@ -232,3 +251,133 @@ def finetune_classify(config: ClassifyConfig, resume: bool = False) -> dict[str,
     """Fine-tune (or linear-probe) a classifier; the run folder gets ``model/``, ``metrics.json`` and plots."""
     datasets = classify_datasets(config.data, config.selection.select_on_test, config.run.seed)
     return run_finetune(config, ClassifyRecipe, datasets, default_collate, resume)
+
+
+# --- the saved model, evaluation and prediction --------------------------------------------------------------
+
+
+def input_spec(data: Mapping[str, Any]) -> InputSpec:
+    """The input of a classifier trained with the preprocessing ``data`` records."""
+    return preset_input(data["normalization"], (int(data["size"]),) * 2, int(data["num_frames"]),
+                        resize="short_side_center_crop")
+
+
+def _assemble(found: FinetunedModel) -> tuple[nn.Module, InputSpec]:
+    return ClassifierNetwork(found.backbone, found.head), input_spec(found.data)
+
+
+def _adopt(loaded: LoadedCheckpoint, path: str) -> FinetunedModel | None:
+    """A model folder or checkpoint that records no task but holds a classifier (the original's fine-tuned
+    PolypDiag classifier, converted or not): a classifier with the original's preprocessing."""
+    if loaded.classifier is None:
+        return None
+    return FinetunedModel("classify", loaded.backbone, loaded.classifier, loaded.classifier.config,
+                          dict(CLASSIFY_DEFAULT_DATA), path, {"source": "original fine-tuned classifier"})
+
+
+def _load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
+    """The released PolypDiag classifier (``backbone_state_dict`` + ``state_dict`` with ``linear.*``)."""
+    _, backbone_state, _, classifier_state, _ = _split_original(state, str(path), "teacher")
+    for key in IGNORED_BACKBONE_KEYS:
+        backbone_state.pop(key, None)
+    backbone = EndoFMBackbone(infer_backbone_config(backbone_state, num_heads))
+    _load_strict(backbone, backbone_state, "backbone", str(path))
+    weight = classifier_state.get("weight")
+    if weight is None or weight.ndim != 2:
+        raise CheckpointError(f"{path}: state_dict holds no 2-D linear.weight (the PolypDiag classifier)")
+    head = LinearClassifier(weight.shape[1], weight.shape[0])
+    _load_strict(head.linear, classifier_state, "classifier", str(path))
+    return LoadedFinetuned("classify", ClassifierNetwork(backbone, head).eval(), input_spec(CLASSIFY_DEFAULT_DATA),
+                           str(path), "polypdiag", {"source": "original fine-tuned PolypDiag classifier",
+                                                    "data": dict(CLASSIFY_DEFAULT_DATA)})
+
+
+POLYPDIAG_LAYOUT = ReleasedLayout("polypdiag", lambda state: "backbone_state_dict" in state, _load_polypdiag)
+
+
+def evaluate_classify_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
+                            batch_size: int = 2) -> dict[str, Any]:
+    """Metrics of a classifier (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
+    PolypDiag-layout dataset, with the preprocessing it was trained with."""
+    dataset = polypdiag_dataset(root, split, loaded.metadata["data"])
+    return evaluate_classifier(loaded.model.to(device), dataset, batch_size, device)
+
+
+def predict_classify(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device,
+                     progress: bool = False) -> Prediction:
+    """Per-frame and whole-video polyp probabilities: each frame gets the mean polyp probability of the
+    sliding windows covering it (``num_frames`` frames spread over ``4 * num_frames`` consecutive frames,
+    half-overlapping), and the video gets one prediction from ``num_frames`` frames spread over all of it (as
+    in training)."""
+    data = loaded.metadata["data"]
+    num_frames, transform = int(data["num_frames"]), eval_transform(int(data["size"]),
+                                                                     normalization=data["normalization"])
+    network = loaded.model.to(device).eval()
+    count = len(reader)
+
+    def probability(indices: list[int]) -> np.ndarray:
+        video = transform(reader.read(indices))["video"].unsqueeze(0).to(device)
+        with torch.inference_mode():
+            return torch.softmax(network(video).float(), dim=1)[0].cpu().numpy()
+
+    span = min(count, 4 * num_frames)
+    starts = list(range(0, max(count - span, 0) + 1, max(span // 2, 1)))
+    if starts[-1] + span < count:
+        starts.append(count - span)
+    total, covered = np.zeros(count), np.zeros(count)
+    for start in tqdm(starts, desc="windows", unit="window", disable=not progress):
+        indices = [start + i for i in evenly_spaced(span, num_frames)]
+        total[start : start + span] += probability(indices)[1]
+        covered[start : start + span] += 1
+    per_frame = total / np.maximum(covered, 1)
+    video_probs = probability(evenly_spaced(count, num_frames))
+    classes = data.get("classes") or [str(i) for i in range(len(video_probs))]
+    return Prediction({
+        "video": {"label": classes[int(video_probs.argmax())], "probabilities": dict(zip(classes, video_probs.tolist(),
+                                                                                       strict=True))},
+        "frames": [{"frame": i, "time": i / reader.info.fps, "polyp_probability": float(p),
+                    "label": classes[int(p >= 0.5)]} for i, p in enumerate(per_frame)],
+    })
+
+
+def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, float],
+               arrays: dict[str, np.ndarray]) -> Image.Image:
+    """The label and a bar of the polyp probability along the top."""
+    draw = ImageDraw.Draw(image)
+    p = frame["polyp_probability"]
+    width = image.width
+    draw.rectangle([0, 0, width, 22], fill=(0, 0, 0))
+    draw.rectangle([0, 18, int(width * p), 22], fill=(255, 60, 60) if p >= 0.5 else (60, 200, 60))
+    draw.text((4, 3), f"{frame['label']}  p(polyp)={p:.2f}", fill=(255, 255, 255))
+    return image
+
+
+def csv_rows(frames: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """One row per frame."""
+    return ["frame", "time", "polyp_probability", "label"], [
+        [f["frame"], f"{f['time']:.3f}", f"{f['polyp_probability']:.6f}", f["label"]] for f in frames]
+
+
+TASK = Task(
+    name="classify",
+    help="PolypDiag-layout video classification (CLS + linear head; mode=linear for a probe)",
+    title="PolypDiag classification",
+    dataset="PolypDiag",
+    dataset_folders=("polypdiag", "PolypDiag"),
+    config_class=ClassifyConfig,
+    finetune=finetune_classify,
+    build_head=lambda config, backbone: LinearClassifier(**config),
+    assemble=_assemble,
+    evaluate=evaluate_classify_model,
+    predict=predict_classify,
+    draw=draw_frame,
+    csv_rows=csv_rows,
+    paper=PaperResult(metric="binary_f1", label="F1", paper=90.7, released=91.5, split="val"),
+    model_name=lambda config: "Endo-FM ViT + linear head on the CLS token",
+    released_file="polypdiag.pth",
+    layouts=(POLYPDIAG_LAYOUT,),
+    adopt=_adopt,
+    caveat=lambda test: ("The classifier is no better than chance on the test split."
+                         if (test.get("accuracy") or 0.0) <= 0.5 else None),
+)
+"""The classification task (:mod:`endofm.tasks.base`)."""

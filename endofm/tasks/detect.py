@@ -25,23 +25,37 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from endofm.data.datasets.kumc import KUMCDataset
 from endofm.data.transforms import VideoTransform
+from endofm.data.video import VideoReader
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, InputError
 from endofm.metrics.detection import detection_metrics
 from endofm.models.backbone import EndoFMBackbone
+from endofm.models.inputs import InputSpec
+from endofm.models.stft import STFTDetector
+from endofm.tasks.base import FinetunedModel, LoadedFinetuned, PaperResult, Prediction, Task, TaskOption, preset_input
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
-from endofm.tasks.detect_stft import IterationSchedule, STFTSizes, finetune_stft
+from endofm.tasks.detect_stft import LAYOUT as STFT_LAYOUT
+from endofm.tasks.detect_stft import (
+    IterationSchedule,
+    STFTSizes,
+    evaluate_loaded_stft,
+    finetune_stft,
+    predict_stft,
+)
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
 
 DETECTORS = ("stft", "fcos")
@@ -255,3 +269,122 @@ def finetune_detect(config: DetectConfig, resume: bool = False) -> dict[str, Any
         return finetune_stft(config, resume)
     datasets = detect_datasets(config.data, config.selection.select_on_test, config.run.seed)
     return run_finetune(config, DetectRecipe, datasets, collate_detection, resume)
+
+
+# --- the saved model, evaluation and prediction (either detector) --------------------------------------------
+
+
+def _assemble(found: FinetunedModel) -> tuple[nn.Module, InputSpec]:
+    data = found.data
+    spec = preset_input(data["normalization"], (int(data["short_side"]), int(data["max_size"])),
+                        len(data["ref_offsets"]) + 1, resize="short_side")
+    return found.head, spec
+
+
+def evaluate_detect_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
+                          batch_size: int = 2, reference_seed: int = 0) -> dict[str, Any]:
+    """Metrics of a detector (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a KUMC-layout
+    dataset: the STFT through the original's test-time video path (``reference_seed`` seeds its reference
+    draws), the FCOS frame by frame with the preprocessing it was trained with."""
+    if isinstance(loaded.model, STFTDetector):
+        return evaluate_loaded_stft(loaded, root, split, device, reference_seed)
+    data = loaded.metadata["data"]
+    config = DetectDataConfig(root=root, ref_offsets=tuple(data["ref_offsets"]), short_side=int(data["short_side"]),
+                              max_size=int(data["max_size"]), normalization=data["normalization"])
+    dataset = KUMCDataset(root, split, ref_offsets=config.ref_offsets, transform=detect_transforms(config)[1])
+    return evaluate_detector(loaded.model.to(device), dataset, batch_size, device)
+
+
+def _chunks(count: int, size: int) -> list[list[int]]:
+    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+
+def predict_fcos(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device, score_threshold: float = 0.5,
+                 progress: bool = False) -> dict[str, Any]:
+    """Boxes (input-video pixels) of an FCOS detector scoring at least ``score_threshold``, per frame (every
+    frame with its reference frames)."""
+    data = loaded.metadata["data"]
+    max_size = data["max_size"] if data["max_size"] > data["short_side"] else None
+    transform = VideoTransform(v2.Resize(int(data["short_side"]), max_size=max_size, antialias=True),
+                               data["normalization"])
+    detector = loaded.model.to(device).eval()
+    offsets = [int(o) for o in data["ref_offsets"]]
+    classes = data.get("classes") or [str(i) for i in range((loaded.metadata.get("head") or {}).get("num_classes", 1))]
+    count = len(reader)
+    frames = []
+    for chunk in tqdm(_chunks(count, 8), desc="frames", unit="batch", disable=not progress):
+        clips = []
+        for k in chunk:
+            indices = [min(max(k + o, 0), count - 1) for o in offsets] + [k]
+            clips.append(stack_clip(transform(reader.read(indices))["video"]))
+        outputs = detect_frames(detector, clips, device)
+        for k, clip, out in zip(chunk, clips, outputs, strict=True):
+            sy, sx = reader.info.height / clip.shape[-2], reader.info.width / clip.shape[-1]
+            keep = out["scores"] >= score_threshold
+            boxes = (out["boxes"][keep] * torch.tensor([sx, sy, sx, sy])).tolist()
+            frames.append({"frame": k, "time": k / reader.info.fps, "boxes": [
+                {"box": box, "score": float(score), "label": classes[int(label)]}
+                for box, score, label in zip(boxes, out["scores"][keep].tolist(), out["labels"][keep].tolist(),
+                                             strict=True)]})
+    return {"score_threshold": score_threshold, "frames": frames}
+
+
+def predict_detect(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device, progress: bool = False,
+                   score_threshold: float = 0.5, reference_seed: int = 0) -> Prediction:
+    """Boxes (input-video pixels) scoring at least ``score_threshold`` in every frame of a video: the STFT
+    with its test-time queue of 19 frames and 10 references drawn with ``reference_seed``
+    (:func:`~endofm.tasks.detect_stft.predict_stft`), the FCOS with its reference frames."""
+    if isinstance(loaded.model, STFTDetector):
+        return Prediction(predict_stft(loaded, reader, device, score_threshold, reference_seed, progress))
+    return Prediction(predict_fcos(loaded, reader, device, score_threshold, progress))
+
+
+def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, float],
+               arrays: dict[str, np.ndarray]) -> Image.Image:
+    """Every box with its label and score."""
+    draw = ImageDraw.Draw(image)
+    for item in frame["boxes"]:
+        x1, y1, x2, y2 = item["box"]
+        box = [x1 * scale[1], y1 * scale[0], x2 * scale[1], y2 * scale[0]]
+        draw.rectangle(box, outline=(255, 255, 0), width=2)
+        draw.text((box[0] + 2, max(box[1] - 12, 0)), f"{item['label']} {item['score']:.2f}", fill=(255, 255, 0))
+    return image
+
+
+def csv_rows(frames: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """One row per box."""
+    return ["frame", "time", "label", "score", "x1", "y1", "x2", "y2"], [
+        [f["frame"], f"{f['time']:.3f}", b["label"], f"{b['score']:.6f}", *[f"{v:.1f}" for v in b["box"]]]
+        for f in frames for b in f["boxes"]]
+
+
+TASK = Task(
+    name="detect",
+    help="KUMC/PolypsSet-layout detection (the original STFT, or detector=fcos; frame F1, box F1, COCO mAP)",
+    title="KUMC detection",
+    dataset="KUMC/PolypsSet",
+    dataset_folders=("kumc", "KUMC", "PolypsSet"),
+    config_class=DetectConfig,
+    finetune=finetune_detect,
+    build_head=lambda config, backbone: build_detector(backbone, **config),
+    assemble=_assemble,
+    evaluate=evaluate_detect_model,
+    predict=predict_detect,
+    draw=draw_frame,
+    csv_rows=csv_rows,
+    paper=PaperResult(metric="frame_f1_original", label="F1", paper=84.1, released=84.0, split="val"),
+    model_name=lambda config: ("STFT (FCOS with spatial-temporal feature transformation)"
+                               if config.get("detector") == "stft"
+                               else "Endo-FM ViT + the package's pyramid and FCOS head (not STFT)"),
+    released_file="kumc.pth",
+    layouts=(STFT_LAYOUT,),
+    evaluate_options=(TaskOption("--reference-seed", "STFT detector: seed of the test-time reference draws (the "
+                                                     "original never seeds them)", type=int, default=0),),
+    predict_options=(
+        TaskOption("--score-threshold", "detection: lowest box score reported", type=float, default=0.5),
+        TaskOption("--reference-seed", "STFT detector: seed of the reference-frame draws (the original never "
+                                       "seeds them)", type=int, default=0)),
+    caveat=lambda test: ("The detector finds no polyp box at score >= 0.5 and IoU >= 0.5 (box F1 0)."
+                         if not test.get("box_f1") else None),
+)
+"""The detection task (:mod:`endofm.tasks.base`)."""

@@ -33,6 +33,7 @@ from endofm.errors import CheckpointError, ConfigError, InputError, TrainingErro
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, read_state
+from endofm.models.inputs import InputSpec
 from endofm.models.stft import (
     CAFFE_MEAN_BGR,
     STFTConfig,
@@ -41,8 +42,8 @@ from endofm.models.stft import (
     resize_frames,
     stft_from_state,
 )
+from endofm.tasks.base import LoadedFinetuned, ReleasedLayout
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, is_better, run_finetune
-from endofm.tasks.finetuned import InputSpec, LoadedFinetuned
 from endofm.tasks.results import json_safe
 
 MODEL_NAME = "stft"
@@ -109,6 +110,10 @@ def load_folder(directory: Path, config: dict[str, Any]) -> LoadedFinetuned:
     if model.config != sizes:
         raise CheckpointError(f"{where}: the recorded sizes {sizes} differ from the weights' {model.config}")
     return LoadedFinetuned("detect", model, spec, str(directory), "endofm-stft", metadata)
+
+
+LAYOUT = ReleasedLayout(MODEL_NAME, matches_released, load_released, save_released, load_folder)
+"""The released ``kumc.pth`` and its package folder."""
 
 
 # --- video inference ----------------------------------------------------------------------------------------
@@ -213,22 +218,6 @@ def predict_stft(loaded: LoadedFinetuned, reader: VideoReader, device: torch.dev
                                                               det["labels"][keep].tolist(), strict=True)]})
     return {"score_threshold": score_threshold, "detector": MODEL_NAME, "reference_seed": seed,
             "input_size": [height, width], "frames": frames}
-
-
-def find_stft(path: str | os.PathLike, num_heads: int | None = None) -> LoadedFinetuned | None:
-    """The STFT detector of a released checkpoint or a folder of :func:`save_folder`; None for anything else."""
-    from endofm.tasks.finetuned import load_finetuned, released_layout
-
-    path = Path(path)
-    if path.is_dir():
-        try:
-            is_stft = json.loads((path / CONFIG_FILE).read_text()).get("model") == MODEL_NAME
-        except (OSError, json.JSONDecodeError, AttributeError):
-            return None
-    else:
-        found = released_layout(path)
-        is_stft = found is not None and found[0].name == MODEL_NAME
-    return load_finetuned(path, num_heads=num_heads) if is_stft else None
 
 
 # --- training as the original --------------------------------------------------------------------------------

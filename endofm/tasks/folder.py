@@ -1,4 +1,5 @@
-"""The fine-tuned model folder: what ``endofm finetune`` saves and ``endofm predict`` reads.
+"""The fine-tuned model folder: what ``endofm finetune`` saves and :func:`~endofm.tasks.finetuned.load_finetuned`
+reads.
 
 A fine-tuned model folder is the package's model format (``config.json`` + ``model.safetensors``, so
 :func:`~endofm.models.checkpoint.load_checkpoint` reads its backbone) plus ``task_head.safetensors`` (the
@@ -8,7 +9,7 @@ task's head); ``config.json``'s metadata records ``task``, ``head`` (the head's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import CONFIG_FILE, load_checkpoint, save_pretrained
 from endofm.models.heads import LinearClassifier
+from endofm.tasks.base import FinetunedModel, Task
 
-TASKS = ("classify", "segment", "detect")
 HEAD_FILE = "task_head.safetensors"
 
 
@@ -45,41 +46,28 @@ def save_finetuned(directory: str | Path, task: str, backbone: EndoFMBackbone, h
     return save_pretrained(directory, backbone, classifier=classifier, metadata=metadata)
 
 
-@dataclass
-class FinetunedModel:
-    """A fine-tuned model read back: its task, backbone, head, and the metadata it was saved with."""
-
-    task: str
-    backbone: EndoFMBackbone
-    head: nn.Module
-    head_config: dict[str, Any]
-    data: dict[str, Any]
-    path: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def read_finetuned(path: str | Path) -> FinetunedModel:
-    """Load a fine-tuned model folder, or an original fine-tuned PolypDiag classifier checkpoint."""
-    from endofm.tasks.classify import CLASSIFY_DEFAULT_DATA
-
+def read_folder(path: str | Path, tasks: Mapping[str, Task]) -> FinetunedModel:
+    """Read a fine-tuned model folder of one of ``tasks`` (each rebuilds its head, :attr:`Task.build_head`), or a
+    model that records no task but one of them adopts (:attr:`Task.adopt`: an original fine-tuned
+    classifier)."""
     path = Path(path)
     loaded = load_checkpoint(path)
     metadata = dict(loaded.info.args or {}) if loaded.info.layout == "endofm" else {}
     task = metadata.get("task")
     if task is None:
-        if loaded.classifier is not None:
-            config = loaded.classifier.config
-            return FinetunedModel("classify", loaded.backbone, loaded.classifier, config, dict(CLASSIFY_DEFAULT_DATA),
-                                  str(path), {"source": "original fine-tuned classifier"})
+        for candidate in tasks.values():
+            adopted = candidate.adopt(loaded, str(path)) if candidate.adopt is not None else None
+            if adopted is not None:
+                return adopted
         raise CheckpointError(f"{path}: not a fine-tuned model (no task recorded and no classifier); fine-tune it "
-                              "with `endofm finetune {classify,segment,detect} --init ...` first")
-    if task not in TASKS:
+                              f"with `endofm finetune {{{','.join(tasks)}}} --init ...` first")
+    if task not in tasks:
         raise CheckpointError(f"{path / CONFIG_FILE}: unknown task {task!r}")
     head_file = path / HEAD_FILE
     if not head_file.exists():
         raise CheckpointError(f"{path}: {HEAD_FILE} is missing (the {task} head)")
     try:
-        head = build_head(task, metadata.get("head") or {}, loaded.backbone)
+        head = tasks[task].build_head(metadata.get("head") or {}, loaded.backbone)
     except (TypeError, ValueError) as error:
         message = f"{path / CONFIG_FILE}: the recorded {task} head config does not fit ({error})"
         raise CheckpointError(message) from error
@@ -95,16 +83,3 @@ def read_finetuned(path: str | Path) -> FinetunedModel:
                               f"unexpected {unexpected[:5]})")
     return FinetunedModel(task, loaded.backbone.eval(), head.eval(), metadata.get("head") or {},
                           metadata.get("data") or {}, str(path), metadata)
-
-
-def build_head(task: str, config: dict[str, Any], backbone: EndoFMBackbone) -> nn.Module:
-    """The head of a task from its recorded constructor arguments."""
-    if task == "classify":
-        return LinearClassifier(**config)
-    if task == "segment":
-        from endofm.tasks.segment import SegmentationDecoder
-
-        return SegmentationDecoder(**config)
-    from endofm.tasks.detect import build_detector
-
-    return build_detector(backbone, **config)

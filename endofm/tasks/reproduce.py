@@ -24,29 +24,9 @@ import yaml
 from endofm.config import find_recipe
 from endofm.errors import ConfigError, DatasetError, EndoFMError, InputError
 from endofm.io import atomic_write_text
+from endofm.tasks.registry import TASKS
 from endofm.tasks.results import json_safe
 
-TASKS = ("classify", "segment", "detect")
-DATASET_FOLDERS = {
-    "classify": ("polypdiag", "PolypDiag"),
-    "segment": ("cvc", "CVC-ClinicDB", "CVC-12k", "CVC"),
-    "detect": ("kumc", "KUMC", "PolypsSet"),
-}
-"""Sub-folders of ``--data`` tried for each task: the synthetic corpus's names, then the original ones."""
-TITLES = {"classify": "PolypDiag classification", "segment": "CVC-12k segmentation", "detect": "KUMC detection"}
-METRICS = {"classify": ("binary_f1", "F1"), "segment": ("dice", "Dice"), "detect": ("frame_f1_original", "F1")}
-"""The paper's metric of each task as our metrics name it (all in percent in the table)."""
-PAPER = {"classify": 90.7, "segment": 73.9, "detect": 84.1}
-"""The paper's figures (mean of its runs; +- 0.4, 1.2 and 1.3)."""
-RELEASED = {"classify": 91.5, "segment": 76.6, "detect": 84.0}
-"""The original README's figures of its released fine-tuned models."""
-EVALUATE_SPLIT = {"classify": "val", "segment": "test", "detect": "val"}
-"""The split the original reports (``--evaluate-only``): PolypDiag ``val.txt``, the CVC test list, ``val2019``."""
-DEFAULT_MODELS = {"classify": "Endo-FM ViT + linear head on the CLS token",
-                  "segment": "Endo-FM ViT + the package's decoder on patch tokens (not TransUNet)",
-                  "detect": "Endo-FM ViT + the package's pyramid and FCOS head (not STFT)"}
-NAMED_MODELS = {"transunet": "TransUNet (R50-ViT hybrid on Endo-FM's blocks)",
-                "stft": "STFT (FCOS with spatial-temporal feature transformation)"}
 QUICK = ["run.epochs=1", "run.epoch_steps=2", "run.num_workers=0", "run.progress=false"]
 """What ``quick`` adds to every protocol: one epoch of two steps (the full evaluation still runs)."""
 
@@ -66,8 +46,9 @@ class TaskResult:
 
 
 def find_dataset(root: Path, task: str) -> Path | None:
-    """The task's dataset folder under ``root`` (see :data:`DATASET_FOLDERS`), or ``None``."""
-    for name in DATASET_FOLDERS[task]:
+    """The task's dataset folder under ``root`` (its :attr:`~endofm.tasks.base.Task.dataset_folders`), or
+    ``None``."""
+    for name in TASKS[task].dataset_folders:
         if (root / name).is_dir():
             return root / name
     return None
@@ -82,32 +63,10 @@ def recipe_for(task: str) -> tuple[str, str]:
     return f"{task}_original", ""
 
 
-def _original_lists_missing(folder: Path) -> list[int]:
-    """Frames of the original CVC sequence lists (``original_train``/``original_test``) missing in ``folder``."""
-    from endofm.data.datasets.cvc import ORIGINAL_SPLITS
-
-    needed = sorted({frame for split in ORIGINAL_SPLITS.values() for seq in split for frame in seq.frames})
-    return [frame for frame in needed if not any((folder / "Original").glob(f"{frame}.*"))]
-
-
 def _dataset_overrides(task: str, recipe: str, folder: Path) -> tuple[list[str], str]:
-    """Overrides a dataset needs to run a recipe, and the note that says so: a CVC folder without the frames
-    of the original's sequence lists (a synthetic corpus) runs ``segment_original`` on its own splits."""
-    if task != "segment" or recipe != "segment_original":
-        return [], ""
-    missing = _original_lists_missing(folder)
-    if not missing:
-        return [], ""
-    return (["data.splits.train=train", "data.splits.test=test"],
-            f"{folder} lacks {len(missing)} frames of the original sequence lists (e.g. Original/{missing[0]}): "
-            "its own train/test splits ran")
-
-
-def _model_name(task: str, config: Mapping[str, Any]) -> str:
-    named = config.get("segmenter") or config.get("detector")
-    if isinstance(named, str) and named in NAMED_MODELS:
-        return NAMED_MODELS[named]
-    return DEFAULT_MODELS[task]
+    """Overrides a dataset needs to run a recipe, and the note that says so (the task's rule, if it has one)."""
+    rule = TASKS[task].dataset_overrides
+    return rule(recipe, folder) if rule is not None else ([], "")
 
 
 def _percent(value: Any) -> float | None:
@@ -142,12 +101,12 @@ def _finetune(task: str, recipe: str, data: Path, checkpoint: str, out: Path, de
         protocol = "last model, nothing selected"
     else:
         protocol = "selection on validation"
-    return TaskResult(task, recipe, _model_name(task, config), protocol, report["splits"]["test"],
-                      _percent(report["test"].get(METRICS[task][0])), metrics=report["test"])
+    return TaskResult(task, recipe, TASKS[task].model_name(config), protocol, report["splits"]["test"],
+                      _percent(report["test"].get(TASKS[task].paper.metric)), metrics=report["test"])
 
 
 def _evaluate(task: str, data: Path, checkpoint: str, out: Path, device: str) -> TaskResult:
-    split = EVALUATE_SPLIT[task]
+    split = TASKS[task].paper.split
     metrics_path = out / "metrics.json"
     code, error = _cli(["evaluate", task, "--checkpoint", checkpoint, "--data", str(data), "--split", split,
                         "--device", device, "--out", str(metrics_path)])
@@ -155,16 +114,17 @@ def _evaluate(task: str, data: Path, checkpoint: str, out: Path, device: str) ->
         return TaskResult(task, "released fine-tuned model", "", "", split, None, f"failed: {error}")
     metrics = json.loads(metrics_path.read_text())["metrics"]
     return TaskResult(task, "released fine-tuned model", f"{checkpoint} (as saved)", "released model, evaluated",
-                      split, _percent(metrics.get(METRICS[task][0])), metrics=metrics)
+                      split, _percent(metrics.get(TASKS[task].paper.metric)), metrics=metrics)
 
 
 def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, *, quick: bool = False,
               device: str = "cpu", evaluate_only: Mapping[str, str] | None = None,
               overrides: Mapping[str, Sequence[str]] | None = None, num_heads: int | None = None) -> list[TaskResult]:
-    """Run the three original protocols (or evaluate released models) and write the table into ``out``.
+    """Run every task's original protocol (or evaluate released models) and write the table into ``out``.
 
     Args:
-        data: folder holding the datasets (:data:`DATASET_FOLDERS`); a task without its folder is skipped.
+        data: folder holding the datasets (each task's ``dataset_folders``); a task without its folder is
+            skipped.
         out: folder for the runs (``out/<task>``), ``reproduce.md`` and ``reproduce.json``.
         checkpoint: the pretrained weights every protocol starts from (``endo_fm.pth``, a run's teacher).
         quick: shorten every protocol to a few steps (a check that the pipeline runs, not a result).
@@ -183,7 +143,7 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
     folders = {task: find_dataset(root, task) for task in TASKS}
     if not any(folders.values()):
         raise DatasetError(f"{root} holds none of the datasets: expected one of the folders "
-                           + "; ".join(f"{t}: {', '.join(names)}" for t, names in DATASET_FOLDERS.items()))
+                           + "; ".join(f"{t.name}: {', '.join(t.dataset_folders)}" for t in TASKS.values()))
     to_train = [task for task in TASKS if folders[task] is not None and task not in evaluate_only]
     if checkpoint is None and to_train:
         raise ConfigError(f"give --checkpoint (pretrained weights to fine-tune {', '.join(to_train)} from) or "
@@ -194,8 +154,8 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
     for task in TASKS:
         folder = folders[task]
         if folder is None:
-            results.append(TaskResult(task, "", "", "", "", None, f"skipped: no {' / '.join(DATASET_FOLDERS[task])} "
-                                                                   f"folder under {root}"))
+            names = " / ".join(TASKS[task].dataset_folders)
+            results.append(TaskResult(task, "", "", "", "", None, f"skipped: no {names} folder under {root}"))
             continue
         if task in evaluate_only:
             results.append(_evaluate(task, folder, evaluate_only[task], out / task, device))
@@ -217,9 +177,9 @@ def write_table(results: Sequence[TaskResult], out: Path, quick: bool = False) -
     released models', with its protocol."""
     rows = []
     for result in results:
-        name, label = METRICS[result.task]
-        rows.append({"task": result.task, "metric": f"{label} ({name}, %)", "ours": result.value,
-                     "paper": PAPER[result.task], "released": RELEASED[result.task], "protocol": result.protocol,
+        paper = TASKS[result.task].paper
+        rows.append({"task": result.task, "metric": f"{paper.label} ({paper.metric}, %)", "ours": result.value,
+                     "paper": paper.paper, "released": paper.released, "protocol": result.protocol,
                      "split": result.split, "recipe": result.recipe, "model": result.model, "note": result.note,
                      "metrics": result.metrics})
     report = {"quick": quick, "paper_protocol": "selection on test (the original code picks the best epoch on the "
@@ -236,7 +196,7 @@ def write_table(results: Sequence[TaskResult], out: Path, quick: bool = False) -
     for row in rows:
         ours = "-" if row["ours"] is None else f"{row['ours']:.1f}"
         protocol = f"{row['protocol']} (tested on {row['split']})" if row["split"] else row["protocol"]
-        lines.append(f"| {TITLES[row['task']]} | {row['metric']} | {ours} | {protocol} | {row['paper']} | "
+        lines.append(f"| {TASKS[row['task']].title} | {row['metric']} | {ours} | {protocol} | {row['paper']} | "
                      f"{row['released']} | {row['recipe']} | {row['model']} | {row['note']} |")
     lines += ["", "The paper's figures pick the best epoch on the split they report (the original code's "
               "protocol); a figure selected on a validation split is an honest estimate and is expected to be "

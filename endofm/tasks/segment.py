@@ -15,9 +15,7 @@ names ``original_train`` / ``original_test`` are the original's lists, which shi
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from torchvision import tv_tensors
@@ -38,18 +37,13 @@ from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError, InputError
 from endofm.metrics.segmentation import EMPTY_RULES, segmentation_metrics
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE
+from endofm.models.inputs import InputSpec
 from endofm.models.transunet import TransUNet
+from endofm.tasks.base import FinetunedModel, LoadedFinetuned, PaperResult, Prediction, Task, TaskOption, preset_input
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
-from endofm.tasks.finetuned import (
-    InputSpec,
-    LoadedFinetuned,
-    load_finetuned,
-    preset_input,
-    released_layout,
-    save_transunet_folder,
-)
+from endofm.tasks.segment_transunet import LAYOUT as TRANSUNET_LAYOUT
+from endofm.tasks.segment_transunet import save_transunet_folder
 
 SEGMENTERS = ("transunet", "decoder")
 
@@ -429,28 +423,11 @@ def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "tes
     return evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule)
 
 
-def find_segmenter(path: str | os.PathLike, num_heads: int | None = None) -> LoadedFinetuned | None:
-    """The segmentation model at ``path`` (a released TransUNet, a TransUNet folder or a fine-tuned segment
-    folder), or None when ``path`` holds another task's model."""
-    path = Path(path)
-    if path.is_dir():
-        try:
-            config = json.loads((path / CONFIG_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        is_segment = isinstance(config, dict) and (config.get("model") == "transunet" or
-                                                   (config.get("metadata") or {}).get("task") == "segment")
-        return load_finetuned(path, num_heads) if is_segment else None
-    found = released_layout(path)
-    if found is None or found[0].name != "transunet":
-        return None
-    return found[0].load(found[1], path, num_heads)
-
-
 def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device,
-                    progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
-    """Per-frame masks of a video (at the model's input size) and each frame's polyp fraction and box, by
-    clips of the model's frame count (whole-sequence models: windows of :data:`PREDICT_WINDOW` frames)."""
+                    progress: bool = False) -> Prediction:
+    """Per-frame masks of a video (at the model's input size, the array ``masks``) and each frame's polyp
+    fraction and box, by clips of the model's frame count (whole-sequence models, as the original's TransUNet:
+    windows of :data:`PREDICT_WINDOW` frames)."""
     from tqdm import tqdm
 
     from endofm.data.datasets.cvc import _windows
@@ -470,4 +447,82 @@ def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         box = [cols[0] * sx, rows[0] * sy, (cols[-1] + 1) * sx, (rows[-1] + 1) * sy] if rows.size else None
         frames.append({"frame": i, "time": i / reader.info.fps, "polyp_fraction": float(mask.mean()), "box": box})
-    return {"mask_size": list(masks.shape[1:]), "frames": frames}, masks
+    return Prediction({"mask_size": list(masks.shape[1:]), "frames": frames}, {"masks": masks})
+
+
+def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, float],
+               arrays: dict[str, np.ndarray]) -> Image.Image:
+    """The predicted mask blended in green, and the polyp fraction."""
+    mask = arrays.get("masks")
+    if mask is None:
+        return image
+    overlay = np.asarray(Image.fromarray(mask * 255).resize(image.size, Image.NEAREST)) > 0
+    pixels = np.asarray(image).copy()
+    pixels[overlay] = (0.5 * pixels[overlay] + 0.5 * np.array([0, 255, 0])).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    ImageDraw.Draw(image).text((4, 3), f"polyp {100 * frame['polyp_fraction']:.1f}%", fill=(255, 255, 255))
+    return image
+
+
+def csv_rows(frames: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """One row per frame: the polyp fraction and the box around the mask (empty without one)."""
+    return ["frame", "time", "polyp_fraction", "x1", "y1", "x2", "y2"], [
+        [f["frame"], f"{f['time']:.3f}", f"{f['polyp_fraction']:.6f}",
+         *([f"{v:.1f}" for v in f["box"]] if f["box"] else ["", "", "", ""])] for f in frames]
+
+
+def _assemble(found: FinetunedModel) -> tuple[nn.Module, InputSpec]:
+    data = found.data
+    spec = preset_input(data["normalization"], (int(data["size"]),) * 2, int(data["clip_length"]),
+                        channel_order=data.get("channel_order", "RGB"), minmax=bool(data.get("minmax", False)))
+    return SegmentationNetwork(found.backbone, found.head), spec
+
+
+def _original_lists_missing(folder: Path) -> list[int]:
+    """Frames of the original CVC sequence lists (``original_train``/``original_test``) missing in ``folder``."""
+    from endofm.data.datasets.cvc import ORIGINAL_SPLITS
+
+    needed = sorted({frame for split in ORIGINAL_SPLITS.values() for seq in split for frame in seq.frames})
+    return [frame for frame in needed if not any((folder / "Original").glob(f"{frame}.*"))]
+
+
+def dataset_overrides(recipe: str, folder: Path) -> tuple[list[str], str]:
+    """Overrides a CVC folder needs to run ``recipe``, and the note that says so: a folder without the frames
+    of the original's sequence lists (a synthetic corpus) runs ``segment_original`` on its own splits."""
+    if recipe != "segment_original":
+        return [], ""
+    missing = _original_lists_missing(folder)
+    if not missing:
+        return [], ""
+    return (["data.splits.train=train", "data.splits.test=test"],
+            f"{folder} lacks {len(missing)} frames of the original sequence lists (e.g. Original/{missing[0]}): "
+            "its own train/test splits ran")
+
+
+TASK = Task(
+    name="segment",
+    help="CVC-ClinicDB-layout segmentation (the original TransUNet, or segmenter=decoder on the patch tokens; "
+         "Dice/HD95 per sequence)",
+    title="CVC-12k segmentation",
+    dataset="CVC-ClinicDB",
+    dataset_folders=("cvc", "CVC-ClinicDB", "CVC-12k", "CVC"),
+    config_class=SegmentConfig,
+    finetune=finetune_segment,
+    build_head=lambda config, backbone: SegmentationDecoder(**config),
+    assemble=_assemble,
+    evaluate=evaluate_segment_model,
+    predict=predict_segment,
+    draw=draw_frame,
+    csv_rows=csv_rows,
+    paper=PaperResult(metric="dice", label="Dice", paper=73.9, released=76.6, split="test"),
+    model_name=lambda config: ("TransUNet (R50-ViT hybrid on Endo-FM's blocks)" if config.get("segmenter") ==
+                               "transunet" else "Endo-FM ViT + the package's decoder on patch tokens (not TransUNet)"),
+    released_file="cvc.pth",
+    layouts=(TRANSUNET_LAYOUT,),
+    evaluate_options=(TaskOption("--empty-rule", "Dice of empty masks (default: the model's training rule, else "
+                                                 "standard)", choices=("standard", "original")),),
+    dataset_overrides=dataset_overrides,
+    caveat=lambda test: "The segmenter's Dice is 0: it predicts (almost) no polyp pixels." if not test.get("dice")
+    else None,
+)
+"""The segmentation task (:mod:`endofm.tasks.base`)."""

@@ -1,0 +1,79 @@
+"""The original CVC-12k segmenter (TransUNet, :mod:`endofm.models.transunet`) as a saved model: its released
+``cvc.pth`` layout and its package folder.
+
+The released file is a plain state dict with ``transformer.encoder.cls_token``, as ``TransUNet/trainer.py``
+saves it (a DataParallel ``module.`` prefix is stripped); the folder is ``config.json`` with
+``model: transunet`` and its sizes, ``model.safetensors``, and the input spec in the metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from endofm.errors import CheckpointError, InputError
+from endofm.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_state
+from endofm.models.inputs import InputSpec
+from endofm.models.transunet import (
+    INPUT_SIZE,
+    MODEL_NAME,
+    TransUNetConfig,
+    infer_transunet_config,
+    load_transunet_state,
+    save_transunet,
+)
+from endofm.tasks.base import LoadedFinetuned, ReleasedLayout
+
+TASK_NAME = "segment"
+TRANSUNET_INPUT = InputSpec(size=(INPUT_SIZE, INPUT_SIZE), frames=None, channel_order="BGR", mean=(0.5, 0.5, 0.5),
+                            std=(0.5, 0.5, 0.5), minmax=True, resize="stretch")
+"""The original CVC-12k input: 224 x 224 (stretched), whole sequences, BGR, per-image min-max, then 0.5/0.5."""
+
+
+def _transunet_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    if state and all(str(key).startswith("module.") for key in state):
+        return {key[len("module."):]: value for key, value in state.items()}
+    return dict(state)
+
+
+def load_released(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
+    """The released ``cvc.pth`` layout."""
+    state = _transunet_state(state)
+    model = load_transunet_state(state, infer_transunet_config(state, num_heads, str(path)), str(path))
+    return LoadedFinetuned(TASK_NAME, model, TRANSUNET_INPUT, str(path), MODEL_NAME,
+                           {"source": "original CVC-12k TransUNet", "num_heads": model.config.num_heads})
+
+
+def save_transunet_folder(directory: str | os.PathLike, model: nn.Module, spec: InputSpec = TRANSUNET_INPUT,
+                          metadata: dict[str, Any] | None = None) -> Path:
+    """A TransUNet as a fine-tuned model folder (``task: segment``, its input spec in the metadata)."""
+    meta = {"task": TASK_NAME, "input": spec.to_dict(), **(metadata or {})}
+    return save_transunet(directory, model, meta)  # type: ignore[arg-type]
+
+
+def load_folder(directory: Path, config: Mapping[str, Any]) -> LoadedFinetuned:
+    """A folder written by :func:`save_transunet_folder`."""
+    where = str(directory / CONFIG_FILE)
+    try:
+        sizes = TransUNetConfig.from_dict(config["transunet"])
+        metadata = dict(config.get("metadata") or {})
+        spec = InputSpec.from_dict(metadata["input"]) if "input" in metadata else TRANSUNET_INPUT
+    except (InputError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: the recorded TransUNet config does not fit ({error})") from error
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    model = load_transunet_state(read_state(weights), sizes, str(weights))
+    return LoadedFinetuned(TASK_NAME, model, spec, str(directory), "endofm-transunet", metadata)
+
+
+LAYOUT = ReleasedLayout(
+    MODEL_NAME, lambda state: "transformer.encoder.cls_token" in _transunet_state(state), load_released,
+    lambda loaded, directory: save_transunet_folder(directory, loaded.model, loaded.input,
+                                                    {"converted_from": loaded.path}),
+    load_folder)
+"""The released ``cvc.pth`` and its package folder."""
