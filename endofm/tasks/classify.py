@@ -358,6 +358,13 @@ def csv_rows(frames: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
         [f["frame"], f"{f['time']:.3f}", f"{f['polyp_probability']:.6f}", f["label"]] for f in frames]
 
 
+def caveat(test: Mapping[str, Any]) -> str | None:
+    """A sentence when the test metrics show the classifier did not learn."""
+    if (test.get("accuracy") or 0.0) <= 0.5:
+        return "The classifier is no better than chance on the test split."
+    return None
+
+
 TASK = Task(
     name="classify",
     help="PolypDiag-layout video classification (CLS + linear head; mode=linear for a probe)",
@@ -377,7 +384,6 @@ TASK = Task(
     released_file="polypdiag.pth",
     layouts=(POLYPDIAG_LAYOUT,),
     adopt=_adopt,
-    caveat=lambda test: ("The classifier is no better than chance on the test split."
-                         if (test.get("accuracy") or 0.0) <= 0.5 else None),
+    caveat=caveat,
 )
 """The classification task (:mod:`endofm.tasks.base`)."""

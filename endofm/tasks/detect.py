@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,6 +359,18 @@ def csv_rows(frames: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
         for f in frames for b in f["boxes"]]
 
 
+def model_name(config: Mapping[str, Any]) -> str:
+    """The detector a run's config trains, in words (``endofm reproduce``'s table)."""
+    if config.get("detector") == "stft":
+        return "STFT (FCOS with spatial-temporal feature transformation)"
+    return "Endo-FM ViT + the package's pyramid and FCOS head (not STFT)"
+
+
+def caveat(test: Mapping[str, Any]) -> str | None:
+    """A sentence when the test metrics show the detector did not learn."""
+    return None if test.get("box_f1") else "The detector finds no polyp box at score >= 0.5 and IoU >= 0.5 (box F1 0)."
+
+
 TASK = Task(
     name="detect",
     help="KUMC/PolypsSet-layout detection (the original STFT, or detector=fcos; frame F1, box F1, COCO mAP)",
@@ -373,9 +386,7 @@ TASK = Task(
     draw=draw_frame,
     csv_rows=csv_rows,
     paper=PaperResult(metric="frame_f1_original", label="F1", paper=84.1, released=84.0, split="val"),
-    model_name=lambda config: ("STFT (FCOS with spatial-temporal feature transformation)"
-                               if config.get("detector") == "stft"
-                               else "Endo-FM ViT + the package's pyramid and FCOS head (not STFT)"),
+    model_name=model_name,
     released_file="kumc.pth",
     layouts=(STFT_LAYOUT,),
     evaluate_options=(TaskOption("--reference-seed", "STFT detector: seed of the test-time reference draws (the "
@@ -384,7 +395,6 @@ TASK = Task(
         TaskOption("--score-threshold", "detection: lowest box score reported", type=float, default=0.5),
         TaskOption("--reference-seed", "STFT detector: seed of the reference-frame draws (the original never "
                                        "seeds them)", type=int, default=0)),
-    caveat=lambda test: ("The detector finds no polyp box at score >= 0.5 and IoU >= 0.5 (box F1 0)."
-                         if not test.get("box_f1") else None),
+    caveat=caveat,
 )
 """The detection task (:mod:`endofm.tasks.base`)."""

@@ -16,6 +16,7 @@ names ``original_train`` / ``original_test`` are the original's lists, which shi
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,6 +500,18 @@ def dataset_overrides(recipe: str, folder: Path) -> tuple[list[str], str]:
             "its own train/test splits ran")
 
 
+def model_name(config: Mapping[str, Any]) -> str:
+    """The segmenter a run's config trains, in words (``endofm reproduce``'s table)."""
+    if config.get("segmenter") == "transunet":
+        return "TransUNet (R50-ViT hybrid on Endo-FM's blocks)"
+    return "Endo-FM ViT + the package's decoder on patch tokens (not TransUNet)"
+
+
+def caveat(test: Mapping[str, Any]) -> str | None:
+    """A sentence when the test metrics show the segmenter did not learn."""
+    return None if test.get("dice") else "The segmenter's Dice is 0: it predicts (almost) no polyp pixels."
+
+
 TASK = Task(
     name="segment",
     help="CVC-ClinicDB-layout segmentation (the original TransUNet, or segmenter=decoder on the patch tokens; "
@@ -515,14 +528,12 @@ TASK = Task(
     draw=draw_frame,
     csv_rows=csv_rows,
     paper=PaperResult(metric="dice", label="Dice", paper=73.9, released=76.6, split="test"),
-    model_name=lambda config: ("TransUNet (R50-ViT hybrid on Endo-FM's blocks)" if config.get("segmenter") ==
-                               "transunet" else "Endo-FM ViT + the package's decoder on patch tokens (not TransUNet)"),
+    model_name=model_name,
     released_file="cvc.pth",
     layouts=(TRANSUNET_LAYOUT,),
     evaluate_options=(TaskOption("--empty-rule", "Dice of empty masks (default: the model's training rule, else "
                                                  "standard)", choices=("standard", "original")),),
     dataset_overrides=dataset_overrides,
-    caveat=lambda test: "The segmenter's Dice is 0: it predicts (almost) no polyp pixels." if not test.get("dice")
-    else None,
+    caveat=caveat,
 )
 """The segmentation task (:mod:`endofm.tasks.base`)."""
