@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from endofm.errors import InputError
 
@@ -67,6 +66,8 @@ def auroc(y_true: Sequence[int], scores: Sequence[float]) -> float:
     positives, negatives = int(np.sum(t == 1)), int(np.sum(t != 1))
     if positives == 0 or negatives == 0:
         return float("nan")
+    from scipy.stats import rankdata  # imported here: scipy.stats takes half a second, every command would pay it
+
     ranks = rankdata(s)
     return float((ranks[t == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
