@@ -60,6 +60,9 @@ class RunConfig:
     """Also write ``last.pt`` every this many steps (0: at epoch ends only)."""
     max_steps: int | None = None
     """Stop after this many steps in all (a short run; the schedules still span ``epochs``)."""
+    drop_last: bool = True
+    """Drop each epoch's last, incomplete batch (every step has the full batch); ``false`` trains it as a
+    smaller batch, as the original's PolypDiag fine-tuning (one process only)."""
     epoch_steps: int | None = None
     """End every epoch after at most this many steps (a quick check of a whole protocol, epoch-end evaluation
     included; the schedules span the shortened epochs). Default: the whole dataset."""
@@ -162,9 +165,9 @@ class Trainer:
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.logger = JsonlLogger(self.out_dir / "log.jsonl", enabled=context.is_main)
         self.sampler = ShardedBatchSampler(
-            len(dataset), run.batch_size, context.rank, context.world_size, seed=run.seed
+            len(dataset), run.batch_size, context.rank, context.world_size, seed=run.seed, drop_last=run.drop_last
         )
-        self.steps_per_epoch = min(len(dataset) // run.batch_size, run.epoch_steps or len(dataset))
+        self.steps_per_epoch = min(self.sampler.steps, run.epoch_steps or len(dataset))
         self.dtype = autocast_dtype(run.precision, context.device)
         self._plotted_at, self._plotted_step = time.perf_counter(), -1
 

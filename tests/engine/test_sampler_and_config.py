@@ -104,3 +104,17 @@ def test_a_section_given_in_part_keeps_the_fields_defaults_of_its_owner():
         assert config.run.out_dir == "elsewhere" and config.optim.lr == 0.5
         assert config.run.batch_size == defaults.run.batch_size and config.run.epochs == defaults.run.epochs
         assert config.optim.name == defaults.optim.name
+
+
+def test_keeping_the_last_smaller_batch_as_the_originals_dataloader():
+    """``drop_last=False`` (the original PolypDiag loader): every sample once per epoch, the last batch smaller,
+    and a resumed epoch skips the batches already done."""
+    sampler = ShardedBatchSampler(10, 4, seed=3, drop_last=False)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [4, 4, 2] and sorted(i for b in batches for i in b) == list(range(10))
+    assert len(sampler) == sampler.steps == 3
+    sampler.set_epoch(0, start_step=2)
+    assert list(sampler) == batches[2:]
+    assert ShardedBatchSampler(10, 4).steps == 2
+    with pytest.raises(InputError, match="one process"):
+        ShardedBatchSampler(10, 4, world_size=2, drop_last=False)

@@ -32,6 +32,7 @@ def test_the_recipes_name_their_sampling_views_and_selection():
     assert not default.selection.select_on_test and default.data.splits.test == "auto"
     assert original.selection.select_on_test and original.data.splits.test == "val"
     assert original.run.precision == "fp32" and original.pool == "cls"
+    assert not original.run.drop_last and default.run.drop_last  # the original trains the last, smaller batch
     assert (cpu.data.sampling, cpu.data.view) == ("spread", "center")
     with pytest.raises(ConfigError, match="data.sampling"):
         load_config(ClassifyConfig, "classify", ["data.sampling=uniform"], kind="finetune")
@@ -54,9 +55,12 @@ def test_the_per_epoch_cosine_is_torchs_cosine_annealing_stepped_at_epoch_ends()
 def test_the_original_protocol_runs_and_says_it_selected_on_test(polypdiag_root: Path, tmp_path: Path):
     out = tmp_path / "original"
     assert main(["finetune", "classify", "--data", str(polypdiag_root), "--config", "classify_original",
-                 "--out", str(out), *TINY]) == 0
+                 "--out", str(out), *TINY, "run.batch_size=5"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["select_on_test"] and "select-on-test" in report["protocol"]
+    train_videos = len((polypdiag_root / "splits" / "train.txt").read_text().split())
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert train_videos % 5 and sum("step" in record for record in steps) == -(-train_videos // 5)  # last smaller
     assert report["splits"] == {"train": "train", "val": "val", "test": "val"}
     data = json.loads((out / "model" / "config.json").read_text())["metadata"]["data"]
     assert (data["sampling"], data["sampling_rate"], data["view"]) == ("original", 32, "original")
