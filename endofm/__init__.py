@@ -37,7 +37,7 @@ from endofm.models import (
     save_pretrained,
 )
 from endofm.tasks.embed import VideoEmbedding, embed_video
-from endofm.tasks.finetuned import LoadedFinetuned, load_finetuned
+from endofm.tasks.finetuned import LoadedFinetuned, load_finetuned, save_finetuned
 
 __version__ = "0.1.0"
 
@@ -65,5 +65,6 @@ __all__ = [
     "load_checkpoint",
     "model_spec",
     "load_finetuned",
+    "save_finetuned",
     "save_pretrained",
 ]

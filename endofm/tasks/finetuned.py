@@ -1,4 +1,5 @@
-"""One entry point for every fine-tuned model: :func:`load_finetuned`, and :func:`evaluate_finetuned`.
+"""One entry point for every fine-tuned model: :func:`load_finetuned`, with :func:`save_finetuned` and
+:func:`evaluate_finetuned`.
 
 It reads the original's released fine-tuned checkpoints and ``endofm``'s own fine-tuned folders, and returns
 the task, the model (an ``nn.Module`` in eval mode) and the input the model expects
@@ -17,11 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from endofm.errors import CheckpointError
-from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, read_state
+from endofm.errors import CheckpointError, InputError
+from endofm.io import atomic_write
+from endofm.models.backbone import EndoFMBackbone
+from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, read_state, save_pretrained
+from endofm.models.heads import LinearClassifier
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, ReleasedLayout, Task
 from endofm.tasks.folder import read_folder
 
@@ -137,6 +142,31 @@ def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> Loa
     known = ", ".join(layout.name for layout in layouts)
     raise CheckpointError(f"{path}: not a fine-tuned model in a known layout ({known}, or an endofm folder); "
                           f"top-level keys start {sample}")
+
+
+def save_finetuned(loaded: LoadedFinetuned, directory: str | os.PathLike) -> Path:
+    """Write a fine-tuned model (:func:`load_finetuned`) in the package's folder format, which
+    :func:`load_finetuned` reads back to the same outputs: a TransUNet or STFT detector (released or not) as
+    its layout saves it (``endofm convert`` writes the same), a PolypDiag-layout classifier as backbone and
+    classifier, and a model folder as its files are.
+
+    Example:
+        >>> save_finetuned(load_finetuned("cvc.pth"), "models/cvc")  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    for layout in released_layouts():
+        if layout.save is not None and layout.name in (loaded.layout, loaded.layout.removeprefix("endofm-")):
+            return layout.save(loaded, directory)
+    source = Path(loaded.path)
+    if source.is_dir():  # an endofm folder: its files as they are, config.json last
+        files = sorted((f for f in source.iterdir() if f.is_file()), key=lambda f: f.name == CONFIG_FILE)
+        for file in files:
+            atomic_write(directory / file.name, lambda tmp, file=file: shutil.copyfile(file, tmp))
+        return directory
+    backbone, head = getattr(loaded.model, "backbone", None), getattr(loaded.model, "head", None)
+    if not isinstance(backbone, EndoFMBackbone) or not isinstance(head, LinearClassifier):
+        raise InputError(f"{loaded.path}: a {loaded.layout} model has no folder format")
+    return save_pretrained(directory, backbone, classifier=head, metadata={"converted_from": str(source)})
 
 
 def evaluate_finetuned(loaded: LoadedFinetuned, root: str | os.PathLike, split: str = "test", device: str = "cpu",

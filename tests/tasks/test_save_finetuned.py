@@ -1,0 +1,57 @@
+"""``endofm.save_finetuned``: any fine-tuned model read by ``load_finetuned`` written as a package folder and
+read back to the same outputs (the released layouts of ../shared, and a model folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import endofm
+from endofm.models.transunet import TransUNet, TransUNetConfig, save_transunet
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+
+
+def _same(a: endofm.LoadedFinetuned, b: endofm.LoadedFinetuned, clip: torch.Tensor) -> None:
+    assert (a.task, a.input) == (b.task, b.input)
+    with torch.no_grad():
+        out_a, out_b = a.model(clip), b.model(clip)
+    assert torch.equal(out_a, out_b)
+
+
+def test_a_transunet_folder_round_trips(tmp_path: Path) -> None:
+    model = TransUNet(TransUNetConfig(hidden=48, depth=1, num_heads=4, resnet_width=32, resnet_units=(1, 1, 1),
+                                      decoder_channels=(16, 8, 8, 4))).eval()
+    save_transunet(tmp_path / "first", model)
+    first = endofm.load_finetuned(tmp_path / "first")
+    again = endofm.load_finetuned(endofm.save_finetuned(first, tmp_path / "second"))
+    assert again.layout == "endofm-transunet"
+    _same(first, again, torch.randn(1, 3, 2, 224, 224))
+
+
+@pytest.mark.parametrize("path, heads, clip", [
+    ("official_downstream/transunet/cvc.pth", 4, (1, 3, 2, 224, 224)),
+    ("official_parity/official_polypdiag_checkpoint.pth", 4, (1, 3, 2, 32, 32)),
+])
+def test_released_models_round_trip(tmp_path: Path, path: str, heads: int, clip: tuple[int, ...]) -> None:
+    if not (SHARED / path).is_file():
+        pytest.skip(f"{SHARED / path} not found (../shared is absent)")
+    released = endofm.load_finetuned(SHARED / path, num_heads=heads)
+    folder = endofm.save_finetuned(released, tmp_path / "model")
+    _same(released, endofm.load_finetuned(folder), torch.randn(*clip))
+    copied = endofm.save_finetuned(endofm.load_finetuned(folder), tmp_path / "copy")
+    _same(released, endofm.load_finetuned(copied), torch.randn(*clip))
+
+
+def test_the_released_detector_round_trips(tmp_path: Path) -> None:
+    path = SHARED / "official_downstream" / "stft" / "kumc.pth"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (../shared is absent)")
+    released = endofm.load_finetuned(path, num_heads=4)
+    again = endofm.load_finetuned(endofm.save_finetuned(released, tmp_path / "model"))
+    frames = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        a, b = released.model.forward_frames(frames), again.model.forward_frames(frames)
+    assert torch.equal(a["detections"]["boxes"], b["detections"]["boxes"])
