@@ -5,7 +5,8 @@ layouts); pretrain the micro backbone (the ``cpu_micro`` recipe) for a step budg
 frozen features of the pretrained teacher with three random backbones of the same architecture (k-NN and
 linear probe, of the CLS token and of the max-pooled patch tokens, on a separate held-out PolypDiag-layout
 set); fine-tune classification (on that set: 60 test videos rather than the 20 of the corpus's PolypDiag
-layout), segmentation and detection from the teacher (the ``*_cpu`` recipes); run ``predict`` with
+layout), segmentation and detection from the teacher (the ``*_cpu`` recipes, or with ``original_models`` the
+original's TransUNet and STFT); run ``predict`` with
 the segmenter on one video; draw the teacher's attention on one clip; and write ``report.md`` and
 ``report.html`` (see :mod:`endofm.report.report`). Everything lands in one run folder.
 """
@@ -56,6 +57,9 @@ SUBFOLDERS = ("data", "pretrain", "finetune", "predict", "attention")
 DEMO_TASKS = {"classify": "probe", "segment": "cvc", "detect": "kumc"}
 """The tasks the demo fine-tunes (:data:`~endofm.tasks.registry.TASKS`), each on its folder of the synthetic data
 (classification on the probe set: 60 test videos rather than the 20 of the corpus's PolypDiag layout)."""
+ORIGINAL_MODEL_RECIPES = {"segment": "segment_transunet_cpu", "detect": "detect_stft_cpu"}
+"""With ``original_models``: small CPU recipes of the original's own systems (TransUNet, STFT) instead of the
+lighter decoder and FCOS detector of the ``*_cpu`` recipes."""
 STAGES = ("data", "pretrain", "frozen", *DEMO_TASKS, "predict", "attention", "report")
 
 
@@ -76,6 +80,8 @@ class DemoConfig:
     classify_epochs: int = 10
     segment_epochs: int = 12
     detect_epochs: int = 4
+    original_models: bool = False
+    """Fine-tune the original's segmenter and detector (:data:`ORIGINAL_MODEL_RECIPES`; slower on a CPU)."""
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -85,11 +91,16 @@ def _save_png(path: Path, image: Image.Image) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def recipe_name(task: str, config: DemoConfig) -> str:
+    """The shipped recipe the demo fine-tunes ``task`` with."""
+    return ORIGINAL_MODEL_RECIPES.get(task, f"{task}_cpu") if config.original_models else f"{task}_cpu"
+
+
 def _finetune(task: str, config: DemoConfig, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
     """Fine-tune one task with its CPU recipe from the teacher for ``config.<task>_epochs``; returns its
     ``metrics.json``."""
     epochs = getattr(config, f"{task}_epochs")
-    recipe = load_config(TASKS[task].config_class, f"{task}_cpu", kind="finetune", overrides=[
+    recipe = load_config(TASKS[task].config_class, recipe_name(task, config), kind="finetune", overrides=[
         f"model.init={teacher}", f"data.root={data}", f"run.out_dir={out}", f"run.epochs={epochs}",
         f"run.seed={config.seed}", f"run.device={config.device}", f"run.progress={str(config.progress).lower()}"])
     TASKS[task].finetune(recipe)
@@ -247,7 +258,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         results = {
             "settings": {**asdict(config), "backbone": arch,
                          "pretrain recipe": PRETRAIN_RECIPE,
-                         "fine-tune recipes": ", ".join(f"{task}_cpu" for task in DEMO_TASKS)},
+                         "fine-tune recipes": ", ".join(recipe_name(task, config) for task in DEMO_TASKS)},
             "pretrain": _pretrain_summary(pre_dir, recipe), "frozen": frozen,
             "finetune": finetune, "predict": predict, "attention": attention, "figures": figures, "timings": timings,
         }

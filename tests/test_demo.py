@@ -39,3 +39,19 @@ def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
     assert all(0.0 <= scores["knn_accuracy_max_pool"] <= 1.0 for scores in frozen.values())
     assert "k-NN, max-pooled" in markdown and "k-NN, max-pooled" in format_table(results)
     assert "pretrained" in format_table(results)
+
+
+def test_the_demo_fine_tunes_the_original_systems_on_request(tmp_path):
+    """``--original-models``: the segmenter is the original's TransUNet and the detector its STFT, and the
+    predict stage runs the TransUNet."""
+    config = DemoConfig(out_dir=str(tmp_path / "demo"), videos=10, pretrain_clips=16, pretrain_steps=2,
+                        probe_videos=12, classify_epochs=1, segment_epochs=1, detect_epochs=1, progress=False,
+                        original_models=True)
+    results = run_demo(config, log=lambda line: None)
+    out = tmp_path / "demo"
+    models = {task: json.loads((out / "finetune" / task / "model" / "config.json").read_text())["model"]
+              for task in ("segment", "detect")}
+    assert models == {"segment": "transunet", "detect": "stft"}
+    assert (out / "predict" / "segmentation_overlay.png").is_file()
+    assert json.loads((out / "predict" / "predictions.json").read_text())["task"] == "segment"
+    assert "segment_transunet_cpu" in results["settings"]["fine-tune recipes"]

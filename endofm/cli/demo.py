@@ -8,10 +8,11 @@ import argparse
 def _demo(args: argparse.Namespace) -> int:
     from endofm.demo import DemoConfig, format_table, run_demo
 
-    config = DemoConfig(out_dir=args.out, seed=args.seed, device=args.device)
+    common = {"out_dir": args.out, "seed": args.seed, "device": args.device, "original_models": args.original_models}
+    config = DemoConfig(**common)
     if args.quick:
-        config = DemoConfig(out_dir=args.out, videos=40, pretrain_clips=200, pretrain_steps=60, probe_videos=60,
-                            classify_epochs=5, segment_epochs=4, detect_epochs=2, seed=args.seed, device=args.device)
+        config = DemoConfig(videos=40, pretrain_clips=200, pretrain_steps=60, probe_videos=60, classify_epochs=5,
+                            segment_epochs=4, detect_epochs=2, **common)
     results = run_demo(config)
     print()
     print(format_table(results))
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="synthetic corpus -> pretraining -> frozen probes, fine-tuning, predict, attention -> report")
     demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a first look in under a minute (fewer videos and steps)")
+    demo.add_argument("--original-models", action="store_true",
+                      help="fine-tune the original's TransUNet and STFT (small CPU recipes) instead of the lighter "
+                           "decoder and FCOS detector (slower)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the corpus and the models")
     demo.add_argument("--device", default="cpu", help="torch device")
     demo.set_defaults(func=_demo)
