@@ -32,7 +32,7 @@ from endofm.engine.logging import plot_curves
 from endofm.errors import CheckpointError, ConfigError, InputError, TrainingError
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, read_state
+from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE
 from endofm.models.inputs import InputSpec
 from endofm.models.stft import (
     CAFFE_MEAN_BGR,
@@ -44,6 +44,7 @@ from endofm.models.stft import (
 )
 from endofm.tasks.base import LoadedFinetuned, ReleasedLayout
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, is_better, run_finetune
+from endofm.tasks.folder import read_model_folder
 from endofm.tasks.results import json_safe
 
 MODEL_NAME = "stft"
@@ -96,19 +97,11 @@ def save_released(loaded: LoadedFinetuned, directory: Path) -> Path:
 
 def load_folder(directory: Path, config: dict[str, Any]) -> LoadedFinetuned:
     """A folder written by :func:`save_folder`."""
-    where = str(directory / CONFIG_FILE)
-    try:
-        sizes = STFTConfig.from_dict(config["stft"])
-        metadata = dict(config.get("metadata") or {})
-        spec = InputSpec.from_dict(metadata["input"]) if "input" in metadata else STFT_INPUT
-    except (InputError, KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{where}: the recorded STFT config does not fit ({error})") from error
-    weights = directory / WEIGHTS_FILE
-    if not weights.exists():
-        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
-    model = stft_from_state(read_state(weights), sizes.backbone.num_heads, str(weights))
+    sizes, metadata, spec, state = read_model_folder(directory, config, "stft", STFTConfig.from_dict, STFT_INPUT)
+    model = stft_from_state(state, sizes.backbone.num_heads, str(directory / WEIGHTS_FILE))
     if model.config != sizes:
-        raise CheckpointError(f"{where}: the recorded sizes {sizes} differ from the weights' {model.config}")
+        raise CheckpointError(f"{directory / CONFIG_FILE}: the recorded sizes {sizes} differ from the weights' "
+                              f"{model.config}")
     return LoadedFinetuned("detect", model, spec, str(directory), "endofm-stft", metadata)
 
 

@@ -9,19 +9,20 @@ task's head); ``config.json``'s metadata records ``task``, ``head`` (the head's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
-from endofm.errors import CheckpointError
+from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, load_checkpoint, save_pretrained
+from endofm.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_state, save_pretrained
 from endofm.models.heads import LinearClassifier
+from endofm.models.inputs import InputSpec
 from endofm.tasks.base import FinetunedModel, Task
 
 HEAD_FILE = "task_head.safetensors"
@@ -83,3 +84,24 @@ def read_folder(path: str | Path, tasks: Mapping[str, Task]) -> FinetunedModel:
                               f"unexpected {unexpected[:5]})")
     return FinetunedModel(task, loaded.backbone.eval(), head.eval(), metadata.get("head") or {},
                           metadata.get("data") or {}, str(path), metadata)
+
+
+Sizes = TypeVar("Sizes")
+
+
+def read_model_folder(directory: Path, config: Mapping[str, Any], key: str, sizes: Callable[[Any], Sizes],
+                      default_input: InputSpec) -> tuple[Sizes, dict[str, Any], InputSpec, dict[str, Any]]:
+    """A folder of a model kept in its original key names (the TransUNet, the STFT detector): the sizes recorded
+    under ``config[key]`` (``sizes(config[key])``), its metadata, its input (``default_input`` when none is
+    recorded) and its weights; a recorded value that does not fit or missing weights is one error naming it."""
+    where = str(directory / CONFIG_FILE)
+    try:
+        recorded = sizes(config[key])
+        metadata = dict(config.get("metadata") or {})
+        spec = InputSpec.from_dict(metadata["input"]) if "input" in metadata else default_input
+    except (InputError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: the recorded {key} config does not fit ({error})") from error
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    return recorded, metadata, spec, read_state(weights)

@@ -15,8 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from endofm.errors import CheckpointError, InputError
-from endofm.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_state
+from endofm.models.checkpoint import WEIGHTS_FILE
 from endofm.models.inputs import InputSpec
 from endofm.models.transunet import (
     INPUT_SIZE,
@@ -27,6 +26,7 @@ from endofm.models.transunet import (
     save_transunet,
 )
 from endofm.tasks.base import LoadedFinetuned, ReleasedLayout
+from endofm.tasks.folder import read_model_folder
 
 TASK_NAME = "segment"
 TRANSUNET_INPUT = InputSpec(size=(INPUT_SIZE, INPUT_SIZE), frames=None, channel_order="BGR", mean=(0.5, 0.5, 0.5),
@@ -57,17 +57,9 @@ def save_transunet_folder(directory: str | os.PathLike, model: nn.Module, spec: 
 
 def load_folder(directory: Path, config: Mapping[str, Any]) -> LoadedFinetuned:
     """A folder written by :func:`save_transunet_folder`."""
-    where = str(directory / CONFIG_FILE)
-    try:
-        sizes = TransUNetConfig.from_dict(config["transunet"])
-        metadata = dict(config.get("metadata") or {})
-        spec = InputSpec.from_dict(metadata["input"]) if "input" in metadata else TRANSUNET_INPUT
-    except (InputError, KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{where}: the recorded TransUNet config does not fit ({error})") from error
-    weights = directory / WEIGHTS_FILE
-    if not weights.exists():
-        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
-    model = load_transunet_state(read_state(weights), sizes, str(weights))
+    sizes, metadata, spec, state = read_model_folder(directory, config, "transunet", TransUNetConfig.from_dict,
+                                                     TRANSUNET_INPUT)
+    model = load_transunet_state(state, sizes, str(directory / WEIGHTS_FILE))
     return LoadedFinetuned(TASK_NAME, model, spec, str(directory), "endofm-transunet", metadata)
 
 
