@@ -10,7 +10,7 @@ PyTorch expression named in its docstring (tested against it in float64):
   into the layout of the ``qkv`` linear's output;
 - :func:`math_attention`: ``softmax(q k^T * scale) v`` with the same in-place backward;
 - :func:`deform_conv`: the STFT detector's deformable convolution, ``torchvision.ops.deform_conv2d``'s values
-  from ``grid_sample`` and one matrix product per frame (several times faster than its CPU kernel).
+  from ``grid_sample`` and one matrix product per frame (``benchmarks/deform_conv.py`` compares the two).
 
 One switch, :data:`ENABLED` (or the :func:`enabled` context manager), turns them all off; each also stands
 aside where its private operators are missing in the installed torch, under ``torch.compile``, autocast, on
