@@ -54,7 +54,8 @@ class RunConfig:
     num_workers: int = 4
     device: str = "auto"
     precision: str = "auto"
-    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
+    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``fp32``, ``bf16``, or ``fp16`` (autocast with a gradient
+    scaler, as the original pretraining's ``--use_fp16``)."""
     seed: int = 0
     checkpoint_every: int = 0
     """Also write ``last.pt`` every this many steps (0: at epoch ends only)."""
@@ -73,8 +74,8 @@ class RunConfig:
             raise ConfigError(f"run.epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"run.batch_size must be at least 1, got {self.batch_size}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"run.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"run.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.epoch_steps is not None and self.epoch_steps < 1:
             raise ConfigError(f"run.epoch_steps must be at least 1, got {self.epoch_steps}")
         if self.num_workers < 0 or self.checkpoint_every < 0:
@@ -141,6 +142,8 @@ class Recipe(ABC):
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting, or None for fp32."""
+    if precision == "fp16":
+        return torch.float16
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
@@ -169,6 +172,8 @@ class Trainer:
         )
         self.steps_per_epoch = min(self.sampler.steps, run.epoch_steps or len(dataset))
         self.dtype = autocast_dtype(run.precision, context.device)
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.dtype == torch.float16)
+        """Scales fp16 losses so small gradients survive; skips a step whose gradients overflowed."""
         self._plotted_at, self._plotted_step = time.perf_counter(), -1
 
     @property
@@ -181,6 +186,7 @@ class Trainer:
             state = {
                 "network": self.recipe.network.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "recipe": self.recipe.state_dict(),
                 "epoch": epoch,
                 "next_step": next_step,
@@ -208,6 +214,8 @@ class Trainer:
                 raise TrainingError(f"cannot resume: {section}.{key} was {old} in the checkpoint, now {new}")
         self.recipe.network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.recipe.load_state_dict(state["recipe"])
         restore_rng_state(state["rng"])
         self.logger.truncate_after(state["global_step"])
@@ -315,7 +323,7 @@ class Trainer:
             with nullcontext() if last or not isinstance(network, DistributedDataParallel) else network.no_sync():
                 with autocast():
                     loss, part_values = part()
-                loss.backward()
+                self.scaler.scale(loss).backward()
             total += loss.detach().float()
             for key, value in part_values.items():
                 values[key] = values.get(key, 0.0) + value
@@ -326,8 +334,10 @@ class Trainer:
                 f"saving, so {self.last_checkpoint} still holds the last good state. Lower the learning rate, "
                 "use run.precision=fp32, or check the data."
             )
+        self.scaler.unscale_(optimizer)  # clipping sees the true gradients
         self.recipe.after_backward(epoch)
-        optimizer.step()
+        self.scaler.step(optimizer)  # skipped by the fp16 scaler when a gradient overflowed
+        self.scaler.update()
         self.recipe.after_step(global_step)
         return loss_value, values
 

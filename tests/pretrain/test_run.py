@@ -162,6 +162,37 @@ def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(videos, tmp_pat
     assert (out / "checkpoints/last.pt").read_bytes() == last
 
 
+class _InfiniteGradient(torch.autograd.Function):
+    """The identity, whose backward gives infinite gradients (an fp16 overflow)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("inf"))
+
+
+def test_fp16_steps_through_a_gradient_scaler_that_skips_an_overflow(videos, tmp_path, monkeypatch):
+    """``run.precision=fp16`` (the original's ``--use_fp16``): the scaler's state is checkpointed, and a step
+    whose gradients overflow leaves the student as it was (fp32 would have written the infinities in)."""
+    from endofm.engine.state import load_training_state
+
+    out = tmp_path / "fp16"
+    pretrain(_config(videos, out, "run.precision=fp16", "run.max_steps=1"))
+    before = load_training_state(out / "checkpoints" / "last.pt")
+    assert before["scaler"]["scale"] > 0
+    original = DINOLoss.student_loss
+    monkeypatch.setattr(DINOLoss, "student_loss",
+                        lambda self, *args: _InfiniteGradient.apply(original(self, *args)))
+    pretrain(_config(videos, out, "run.precision=fp16", "run.max_steps=2"), resume=True)
+    after = load_training_state(out / "checkpoints" / "last.pt")
+    assert after["global_step"] == 2 and after["scaler"]["scale"] < before["scaler"]["scale"]
+    for key, value in before["network"].items():
+        assert torch.equal(after["network"][key], value), key
+
+
 def test_bad_input_is_refused_before_any_work(videos, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
