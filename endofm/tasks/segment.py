@@ -483,8 +483,10 @@ def _original_lists_missing(folder: Path) -> list[int]:
     """Frames of the original CVC sequence lists (``original_train``/``original_test``) missing in ``folder``."""
     from endofm.data.datasets.cvc import ORIGINAL_SPLITS
 
+    frames = folder / "Original"
+    present = {path.stem for path in frames.iterdir()} if frames.is_dir() else set()
     needed = sorted({frame for split in ORIGINAL_SPLITS.values() for seq in split for frame in seq.frames})
-    return [frame for frame in needed if not any((folder / "Original").glob(f"{frame}.*"))]
+    return [frame for frame in needed if str(frame) not in present]
 
 
 def dataset_overrides(recipe: str, folder: Path) -> tuple[list[str], str]:
