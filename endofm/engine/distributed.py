@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,10 +39,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return resolved
 
 
-def init_distributed(device: str = "auto") -> DistributedContext:
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistributedContext:
     """Join the process group that ``torchrun`` describes in the environment, or run alone.
 
-    The backend is NCCL when this process drives a GPU, gloo otherwise.
+    The backend is NCCL when this process drives a GPU, gloo otherwise. A collective that waits more than
+    ``timeout_s`` seconds for a peer (stalled, killed, never started) fails with an error instead of hanging.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -49,7 +52,8 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
 
 
@@ -65,6 +69,24 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every process's ``value``, in rank order (``[value]`` when running alone)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every process (``value`` itself when running alone)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def world_size() -> int:

@@ -44,6 +44,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.epoch = 0
         self.start_step = 0
+        self._cached: tuple[int, list[int]] = (-1, [])
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Select the epoch's permutation and the first global batch to yield."""
@@ -58,12 +59,24 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.steps - self.start_step
 
+    def _order(self) -> list[int]:
+        """The epoch's sample order (computed once per epoch)."""
+        if self._cached[0] != self.epoch:
+            if self.shuffle:
+                generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+                order = torch.randperm(self.num_samples, generator=generator).tolist()
+            else:
+                order = list(range(self.num_samples))
+            self._cached = (self.epoch, order)
+        return self._cached[1]
+
+    def indices(self, step: int) -> list[int]:
+        """This process's samples of global batch ``step`` of the current epoch (what :meth:`__iter__` yields)."""
+        batch = self._order()[step * self.global_batch_size : (step + 1) * self.global_batch_size]
+        return batch[self.rank :: self.world_size]
+
     def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
+        order = self._order()
         for step in range(self.start_step, self.steps):
             batch = order[step * self.global_batch_size : (step + 1) * self.global_batch_size]
             yield batch[self.rank :: self.world_size]

@@ -32,11 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from endofm.engine.cpu import denormals_flushed
-from endofm.engine.distributed import DistributedContext, all_reduce_sum, barrier
+from endofm.engine.distributed import DistributedContext, all_gather_objects, all_reduce_sum, barrier
 from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
 from endofm.engine.sampler import ShardedBatchSampler
 from endofm.engine.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 from endofm.errors import ConfigError, TrainingError
+from endofm.models.streams import keyed_rows, sample_keys
 
 PLOT_INTERVAL_S = 60.0
 """The curves are redrawn at the first epoch end this many seconds after the last drawing, and at the end
@@ -68,6 +69,8 @@ class RunConfig:
     """End every epoch after at most this many steps (a quick check of a whole protocol, epoch-end evaluation
     included; the schedules span the shortened epochs). Default: the whole dataset."""
     progress: bool = True
+    dist_timeout: float = 1800.0
+    """Seconds a distributed run waits for a stalled or lost process before it stops with an error."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -80,6 +83,8 @@ class RunConfig:
             raise ConfigError(f"run.epoch_steps must be at least 1, got {self.epoch_steps}")
         if self.num_workers < 0 or self.checkpoint_every < 0:
             raise ConfigError("run.num_workers and run.checkpoint_every must not be negative")
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"run.dist_timeout must be positive (seconds), got {self.dist_timeout}")
 
 
 LossPart = Callable[[], tuple[torch.Tensor, dict[str, float]]]
@@ -175,6 +180,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.dtype == torch.float16)
         """Scales fp16 losses so small gradients survive; skips a step whose gradients overflowed."""
         self._plotted_at, self._plotted_step = time.perf_counter(), -1
+        self._epoch_losses: list[float] = []
+        """The losses of the current epoch's steps so far (saved with a mid-epoch checkpoint: a resumed
+        epoch's mean covers all its steps)."""
 
     @property
     def last_checkpoint(self) -> Path:
@@ -182,6 +190,7 @@ class Trainer:
 
     def _save(self, optimizer: torch.optim.Optimizer, epoch: int, next_step: int, global_step: int,
               epoch_end: bool = False) -> None:
+        rng = all_gather_objects(capture_rng_state())  # every process's, restored to each on resume
         if self.context.is_main:
             state = {
                 "network": self.recipe.network.state_dict(),
@@ -191,7 +200,8 @@ class Trainer:
                 "epoch": epoch,
                 "next_step": next_step,
                 "global_step": global_step,
-                "rng": capture_rng_state(),
+                "rng": rng,
+                "epoch_losses": [] if epoch_end else list(self._epoch_losses),
                 "config": self.config_dict,
                 "world_size": self.context.world_size,
             }
@@ -217,8 +227,14 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.recipe.load_state_dict(state["recipe"])
-        restore_rng_state(state["rng"])
+        rng = state["rng"]  # one per process (a single one in checkpoints of earlier versions)
+        if isinstance(rng, list):
+            rng = rng[self.context.rank] if len(rng) == self.context.world_size else rng[0]
+        restore_rng_state(rng)
+        self._epoch_losses = list(state.get("epoch_losses", []))
         self.logger.truncate_after(state["global_step"])
+        if self.context.is_main:
+            tqdm.write(f"resuming at step {state['global_step']}, epoch {state['epoch'] + 1}")
         return state["epoch"], state["next_step"]
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -266,7 +282,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.run.seed + epoch),
         )
         network.train()
-        losses, skipped = [], []
+        losses, skipped = self._epoch_losses if start_step else [], []
+        self._epoch_losses = losses
         progress = tqdm(loader, total=self.steps_per_epoch - start_step, initial=0,
                         desc=f"epoch {epoch + 1}/{self.run.epochs}", unit="step", dynamic_ncols=True,
                         disable=not (self.run.progress and self.context.is_main))
@@ -275,7 +292,8 @@ class Trainer:
         for offset, batch in enumerate(progress):
             step_in_epoch = start_step + offset
             scheduled = self.recipe.before_step(global_step, epoch, optimizer)
-            with denormals_flushed():
+            keys = sample_keys(self.run.seed, epoch, self.sampler.indices(step_in_epoch))
+            with denormals_flushed(), keyed_rows(keys):
                 loss_value, values = self._step(network, optimizer, batch, epoch, step_in_epoch, global_step)
             skipped += self.recipe.skipped(batch)
             global_step += 1
@@ -303,6 +321,7 @@ class Trainer:
         if skipped and self.context.is_main:
             tqdm.write(f"epoch {epoch + 1}: {skipped_count} unreadable clip(s) replaced, e.g. {skipped[0]}")
         mean_loss = sum(losses) / len(losses) if losses else float("nan")
+        self._epoch_losses = []
         return {"mean_loss": mean_loss, "skipped": skipped_count, "global_step": global_step, "finished": finished}
 
     def _step(self, network: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, epoch: int,
@@ -328,6 +347,11 @@ class Trainer:
             for key, value in part_values.items():
                 values[key] = values.get(key, 0.0) + value
         loss_value = float(all_reduce_sum(total)) / self.context.world_size
+        if values:  # the logged values of the whole batch: each process's share, averaged
+            names = sorted(values)
+            means = all_reduce_sum(torch.tensor([values[k] for k in names], dtype=torch.float64,
+                                                device=self.context.device)) / self.context.world_size
+            values = dict(zip(names, means.tolist(), strict=True))
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"the loss became {loss_value} at epoch {epoch + 1}, step {step_in_epoch + 1}; stopped without "

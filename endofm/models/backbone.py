@@ -21,7 +21,10 @@ from torch.utils.checkpoint import checkpoint
 
 from endofm.errors import InputError
 from endofm.models.layers import ATTENTION_IMPLS, Attention, DividedSpaceTimeBlock
+from endofm.models.streams import current_keys, uniform
 
+KEEP_SITE = 1 << 20
+"""The keyed draw site of the token-drop positions (the blocks' stochastic depth uses sites below it)."""
 POOLS = ("cls", "mean", "max")
 """Clip embeddings :meth:`EndoFMBackbone.forward_pooled` makes: the CLS token, or the mean or the feature-wise
 maximum of the patch tokens."""
@@ -141,6 +144,8 @@ class EndoFMBackbone(nn.Module):
             )
             for rate in rates
         )
+        for index, block in enumerate(self.blocks):
+            block.drop_path.site = index
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.reset_parameters()
 
@@ -282,7 +287,8 @@ class EndoFMBackbone(nn.Module):
         The last block computes its CLS output alone: its patch outputs would be read by nothing.
         ``keep_ratio < 1`` keeps a random subset of that share of the spatial positions of each clip (the
         same positions in every frame, so temporal attention is unchanged) and drops the others before the
-        blocks: the token-drop speed variant of pretraining. Draws from the global torch generator.
+        blocks: the token-drop speed variant of pretraining. Draws from the rows' keys in a keyed forward
+        (:mod:`endofm.models.streams`), else from the global torch generator.
         """
         tokens = self._embed(x)[0]
         if keep_ratio < 1.0:
@@ -296,7 +302,12 @@ class EndoFMBackbone(nn.Module):
             raise InputError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         frames, batch, length, dim = tokens.shape
         keep = max(1, math.ceil(keep_ratio * (length - 1)))
-        order = torch.rand(batch, length - 1, device=tokens.device).argsort(dim=1)[:, :keep] + 1
+        keys = current_keys()
+        if keys is not None and len(keys) == batch:  # each clip's positions drawn from its own key
+            scores = torch.from_numpy(uniform(keys, KEEP_SITE, length - 1)).to(tokens.device)
+        else:
+            scores = torch.rand(batch, length - 1, device=tokens.device)
+        order = scores.argsort(dim=1)[:, :keep] + 1
         index = torch.cat((order.new_zeros(batch, 1), order), dim=1)
         return tokens.gather(2, index.view(1, batch, keep + 1, 1).expand(frames, batch, keep + 1, dim))
 

@@ -13,23 +13,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from endofm.models import cpu_kernels as kernels
+from endofm.models.streams import current_keys, uniform
 
 ATTENTION_IMPLS = ("sdpa", "math")
 """Attention paths: ``sdpa`` (``scaled_dot_product_attention``: fused kernels, no layout copies) or ``math``
 (explicit ``softmax(q k^T * scale) v``)."""
 
 
-def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0) -> torch.Tensor:
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool, dim: int = 0, site: int | None = None,
+              frame_major: bool = False) -> torch.Tensor:
     """Stochastic depth: zero whole slices along ``dim`` (the sample dimension) with probability ``drop_prob``.
 
-    Surviving slices are scaled by ``1 / (1 - drop_prob)`` so the expectation is unchanged.
+    Surviving slices are scaled by ``1 / (1 - drop_prob)`` so the expectation is unchanged. Inside
+    :func:`~endofm.models.streams.keyed_rows` with ``site`` given, the ``B`` keyed rows own the slices
+    (``dim`` has ``B * k``: row-major, or with ``frame_major`` ``k`` blocks of ``B``) and each row's draws come
+    from its key; else from torch's generator.
     """
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
     mask_shape = [1] * x.ndim
     mask_shape[dim] = x.shape[dim]
-    mask = x.new_empty(mask_shape).bernoulli_(keep)
+    keys = current_keys()
+    if keys is None or site is None:
+        mask = x.new_empty(mask_shape).bernoulli_(keep)
+    else:
+        rows = len(keys)
+        if rows == 0 or x.shape[dim] % rows:
+            raise ValueError(f"drop path over {x.shape[dim]} slices cannot be keyed by {rows} rows")
+        draws = uniform(keys, site, x.shape[dim] // rows) < keep
+        draws = draws.T if frame_major else draws
+        mask = torch.from_numpy(draws.reshape(mask_shape).astype("float32")).to(x.device, x.dtype)
     return x * mask.div_(keep)
 
 
@@ -56,9 +70,12 @@ class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         self.drop_prob = drop_prob
+        self.site = 0
+        """This module's place in the network (its block's index): keyed draws differ by site."""
 
-    def forward(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-        return drop_path(x, self.drop_prob, self.training, dim)
+    def forward(self, x: torch.Tensor, dim: int = 0, part: int = 0, frame_major: bool = False) -> torch.Tensor:
+        """``part`` names the call within the block (each call of a keyed forward draws its own numbers)."""
+        return drop_path(x, self.drop_prob, self.training, dim, site=self.site * 4 + part, frame_major=frame_major)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
@@ -220,14 +237,14 @@ class DividedSpaceTimeBlock(nn.Module):
         x = self._temporal(x)
         out, _ = self.attn.attend(self._spatial_qkv(x))
         if dropping:
-            x = x + self.drop_path(linear(out, self.attn.proj)).view(x.shape)
+            x = x + self.drop_path(linear(out, self.attn.proj), part=1, frame_major=True).view(x.shape)
         else:
             x = linear(out, self.attn.proj, residual=x.view(frames * batch, tokens, dim)).view(x.shape)
         # the CLS slots of x were equal over frames, so their mean is the original's CLS + mean of the CLS results
         x[:, :, 0] = x[:, :, 0].mean(dim=0)
         flat = x.view(frames, batch * tokens, dim)
         if dropping:
-            return x + self.drop_path(mlp(self.norm2(flat), self.mlp).view(x.shape), dim=1)
+            return x + self.drop_path(mlp(self.norm2(flat), self.mlp).view(x.shape), dim=1, part=2)
         return mlp(self.norm2(flat), self.mlp, residual=flat).view(x.shape)
 
     def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,10 +257,11 @@ class DividedSpaceTimeBlock(nn.Module):
         """
         frames, batch, _, dim = x.shape
         x = self._temporal(x)
-        res = self.drop_path(linear(self.attn.attend_first(self._spatial_qkv(x)), self.attn.proj))
+        res = self.drop_path(linear(self.attn.attend_first(self._spatial_qkv(x)), self.attn.proj), part=1,
+                             frame_major=True)
         cls = (x[:, :, 0] + res.view(frames, batch, dim)).mean(dim=0)
         if self.training and self.drop_path.drop_prob > 0:
-            return cls + self.drop_path(mlp(self.norm2(cls), self.mlp))
+            return cls + self.drop_path(mlp(self.norm2(cls), self.mlp), part=2)
         return mlp(self.norm2(cls), self.mlp, residual=cls)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,13 +18,15 @@ from endofm.data.manifest import read_pretrain_clips, scan_videos
 from endofm.data.views import MultiViewSampler
 from endofm.engine.distributed import DistributedContext, barrier, init_distributed
 from endofm.engine.optim import adamw, decay_groups
+from endofm.engine.runfolder import check_shared, decide_resume
 from endofm.engine.schedules import cosine_schedule
 from endofm.engine.trainer import LossPart, Recipe, Trainer
-from endofm.errors import ConfigError, DatasetError, TrainingError
+from endofm.errors import ConfigError, DatasetError
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import LoadedCheckpoint, export_original, load_checkpoint, save_pretrained
 from endofm.models.heads import DINOHead
 from endofm.models.registry import MODEL_CONFIGS, build_model
+from endofm.models.streams import current_keys, derive, keyed_rows
 from endofm.pretrain.config import ModelConfig, PretrainConfig
 from endofm.pretrain.ema import update_ema
 from endofm.pretrain.loss import DINOLoss, KoLeoLoss
@@ -38,6 +41,8 @@ class MultiViewNetwork(nn.Module):
     ``forward(groups, keep_ratios)`` returns ``[sum of group sizes, K]`` in the order of the groups;
     ``keep_ratios`` (one per group, default all 1.0) drops patch tokens of a group (token-drop variant);
     with ``return_embeddings`` the backbone's CLS embeddings come back too, as ``(outputs, embeddings)``.
+    ``group_views`` (the view indices of each group) keys each row's random draws by its sample, view and
+    ``salt`` (:mod:`endofm.models.streams`) when the samples are keyed.
     """
 
     def __init__(self, backbone: EndoFMBackbone, head: DINOHead) -> None:
@@ -45,11 +50,18 @@ class MultiViewNetwork(nn.Module):
         self.backbone, self.head = backbone, head
 
     def forward(
-        self, groups: list[torch.Tensor], keep_ratios: list[float] | None = None, return_embeddings: bool = False
+        self, groups: list[torch.Tensor], keep_ratios: list[float] | None = None, return_embeddings: bool = False,
+        group_views: list[list[int]] | None = None, salt: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         keep_ratios = keep_ratios or [1.0] * len(groups)
-        embeddings = torch.cat([self.backbone(group, keep_ratio=keep)
-                                for group, keep in zip(groups, keep_ratios, strict=True)])
+        keys = current_keys()
+        embeddings = []
+        for index, (group, keep) in enumerate(zip(groups, keep_ratios, strict=True)):
+            rows = None if keys is None or group_views is None else np.concatenate(
+                [derive(keys, salt, view) for view in group_views[index]])
+            with keyed_rows(rows):
+                embeddings.append(self.backbone(group, keep_ratio=keep))
+        embeddings = torch.cat(embeddings)
         outputs = self.head(embeddings)
         return (outputs, embeddings) if return_embeddings else outputs
 
@@ -195,7 +207,9 @@ class DINORecipe(Recipe):
         groups = [group.to(self.device, non_blocking=True) for group in batch["groups"]]
         local_batch = len(batch["meta"]["path"])
         with torch.no_grad():
-            teacher_out = self.teacher(teacher_groups(groups, batch["group_views"], 2, local_batch))
+            teacher_views = [[v for v in views if v < 2] for views in batch["group_views"] if views[0] < 2]
+            teacher_out = self.teacher(teacher_groups(groups, batch["group_views"], 2, local_batch),
+                                       group_views=teacher_views, salt=1)
             targets = self.loss.teacher_probabilities(teacher_out, float(self.teacher_temp[epoch]))
             entropy = float(-(targets * targets.clamp_min(1e-12).log()).sum(dim=-1).mean())
             self.loss.update_center(teacher_out)
@@ -209,7 +223,8 @@ class DINORecipe(Recipe):
         """The loss terms of the student on these groups of views (and their share of the KoLeo term)."""
         keep = self.config.model.token_keep_ratio
         keep_ratios = [keep if views[0] < 2 else 1.0 for _, views in groups]
-        student_out, embeddings = network([group for group, _ in groups], keep_ratios, return_embeddings=True)
+        student_out, embeddings = network([group for group, _ in groups], keep_ratios, return_embeddings=True,
+                                          group_views=[views for _, views in groups])
         views = [view for _, group_views in groups for view in group_views]
         loss = self.loss.student_loss(student_out, views, targets)
         weight = self.config.loss.koleo_weight
@@ -250,7 +265,7 @@ class DINORecipe(Recipe):
         return {"teacher": str(ours), "teacher_original_layout": str(original)}
 
 
-def _clips(config: PretrainConfig, out_dir: Path, context: DistributedContext) -> list:
+def _clips(config: PretrainConfig, out_dir: Path, context: DistributedContext, resume: bool = False) -> list:
     source = Path(config.data.manifest) if config.data.manifest else None
     if source is None:
         raise ConfigError("data.manifest is not set: give a manifest CSV (endofm data scan) or a folder of videos")
@@ -259,8 +274,8 @@ def _clips(config: PretrainConfig, out_dir: Path, context: DistributedContext) -
     if source.is_dir() and (source / "train.csv").is_file():  # the original's --data_path: reads its train.csv
         source = source / "train.csv"
     if source.is_dir():
-        manifest = out_dir / "manifest.csv"
-        if context.is_main:
+        manifest = out_dir / "manifest.csv"  # scanned once, by rank 0; a resumed run reads it again
+        if context.is_main and not (resume and manifest.is_file()):
             scan_videos(source, manifest, clip_seconds=config.data.clip_seconds, progress=config.run.progress)
         barrier()
         source = manifest
@@ -272,11 +287,11 @@ def _clips(config: PretrainConfig, out_dir: Path, context: DistributedContext) -
 
 def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or with ``resume`` continue) a pretraining run; returns the last epoch's summary and exports."""
-    context = init_distributed(config.run.device)
+    context = init_distributed(config.run.device, config.run.dist_timeout)
     out_dir = Path(config.run.out_dir)
-    if not resume and (out_dir / "checkpoints" / "last.pt").exists():
-        raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another run.out_dir")
-    clips = _clips(config, out_dir, context)
+    check_shared(out_dir, context)
+    resume = decide_resume(out_dir, context, resume, config_to_dict(config))
+    clips = _clips(config, out_dir, context, resume)
     if config.run.batch_size > len(clips):
         raise ConfigError(f"run.batch_size={config.run.batch_size} is larger than the dataset ({len(clips)} clips)")
     if config.run.batch_size % context.world_size:
@@ -285,7 +300,6 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         save_config(config, out_dir / "config.yaml")
     torch.manual_seed(config.run.seed)
     recipe = DINORecipe(config, context)
-    torch.manual_seed(config.run.seed + 1_000_003 * context.rank)
     dataset = PretrainClips(clips, MultiViewSampler(config.data.views), seed=config.run.seed)
     if config.data.cache:
         dataset.cache_decoded(int(config.data.cache_max_gib * 2**30), progress=config.run.progress and context.is_main)

@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from endofm.config import config_to_dict, save_config
 from endofm.engine.distributed import DistributedContext, init_distributed
 from endofm.engine.logging import plot_curves
 from endofm.engine.optim import build_optimizer
+from endofm.engine.runfolder import check_shared, decide_resume
 from endofm.engine.schedules import lr_schedule
 from endofm.engine.trainer import Recipe, Trainer
 from endofm.errors import ConfigError, TrainingError
@@ -25,6 +27,7 @@ from endofm.io import atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
+from endofm.models.streams import derive, sample_keys
 from endofm.tasks.config import FinetuneModelConfig
 from endofm.tasks.folder import save_finetuned
 from endofm.tasks.results import json_safe
@@ -151,19 +154,52 @@ class FinetuneRecipe(Recipe):
         return {"model": str(model_dir), "metrics": str(metrics_path), "plots": str(out_dir / "plots")}
 
 
+class KeyedSamples(Dataset):
+    """A training set whose sample ``index`` draws its random augmentation from a stream seeded by
+    ``(seed, epoch, index)``: the same whichever process or DataLoader worker reads it. The global torch
+    generator is seeded for the sample and restored after it."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations the next samples draw."""
+        self.epoch = int(epoch)
+        inner = getattr(self.dataset, "set_epoch", None)
+        if inner is not None:
+            inner(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        key = derive(sample_keys(self.seed, self.epoch, [index]), AUGMENT_SALT)[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(key))
+            return self.dataset[index]
+
+
+AUGMENT_SALT = 1
+"""The sub-stream of a sample's key that its augmentation draws from."""
+
+
 def run_finetune(config: Any, recipe_cls: type[FinetuneRecipe], datasets: tuple, collate_fn: Any,
                  resume: bool = False) -> dict[str, Any]:
     """Shared driver: check the run folder, save the config, train with the engine, return the summary."""
-    context = init_distributed(config.run.device)
+    context = init_distributed(config.run.device, config.run.dist_timeout)
     out_dir = Path(config.run.out_dir)
-    if not resume and (out_dir / "checkpoints" / "last.pt").exists():
-        raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another run.out_dir")
+    check_shared(out_dir, context)
+    resume = decide_resume(out_dir, context, resume, config_to_dict(config))
     train, val, test, names = datasets
     if config.run.batch_size > len(train):
         raise ConfigError(f"run.batch_size={config.run.batch_size} is larger than the training set ({len(train)})")
+    if config.run.batch_size % context.world_size:
+        raise ConfigError(f"run.batch_size={config.run.batch_size} (the global batch) does not divide over "
+                          f"{context.world_size} processes: use a multiple of {context.world_size}")
     if context.is_main:
         save_config(config, out_dir / "config.yaml")
     torch.manual_seed(config.run.seed)
     recipe = recipe_cls(config, context, val, test, names)
-    trainer = Trainer(recipe, train, collate_fn, config.run, context, config_to_dict(config))
+    trainer = Trainer(recipe, KeyedSamples(train, config.run.seed), collate_fn, config.run, context,
+                      config_to_dict(config))
     return trainer.fit(resume=resume)
