@@ -89,6 +89,30 @@ def broadcast_object(value: Any) -> Any:
     return box[0]
 
 
+def global_sum(local: torch.Tensor) -> torch.Tensor:
+    """The sum of ``local`` over all processes, differentiable in this process's share (the others' shares are
+    constants): a loss term of the whole global batch, such as a soft Dice over every process's pixels."""
+    if world_size() == 1:
+        return local
+    others = all_reduce_sum(local.detach().clone()) - local.detach()
+    return local + others
+
+
+def shared_loss(loss: torch.Tensor) -> torch.Tensor:
+    """A loss that every process computes alike from :func:`global_sum` terms, with its gradient scaled by the
+    number of processes (its value unchanged): DDP's average of the processes' gradients is then the gradient
+    of the one loss, as one process would compute it."""
+    count = world_size()
+    return loss if count == 1 else loss + (count - 1) * (loss - loss.detach())
+
+
+def mean_count(count: torch.Tensor) -> float:
+    """A count (the positives of a detection loss) summed over the processes and divided by their number, at
+    least 1: the divisor of the original's losses (``reduce_sum(n) / num_gpus``), 1 process's count alone."""
+    total = all_reduce_sum(count.detach().float().clone())
+    return max(float(total) / world_size(), 1.0)
+
+
 def world_size() -> int:
     """Number of processes in the run (1 when not distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -11,7 +11,8 @@ sum; centreness binary cross-entropy divided by the positives.
 STFT targets: each location's FCOS box (``pre_bbox``, no gradient) is matched to the box of largest IoU
 (``+ 1`` convention); below ``stft_iou_thresh`` it is negative. Its class target is that box's label, its
 regression target ``(gt - pre) / (size of pre * bbox_std)``; focal loss and smooth L1 (beta ``reg_beta``),
-both divided by the STFT positives. A frame without boxes makes every location negative (the original
+both divided by the STFT positives. In a distributed run every divisor is the count summed over the processes
+and divided by their number (at least 1), as the original's. A frame without boxes makes every location negative (the original
 cannot train on one: its target assignment fails on an empty box list).
 """
 
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
+
+from endofm.engine.distributed import mean_count
 
 INF = 100000000.0
 SIZE_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
@@ -144,15 +147,15 @@ def stft_losses(outputs: dict[str, Any], boxes: torch.Tensor, labels: torch.Tens
     stft_logits = _flat(outputs["stft_cls_logits"])
     stft_regression = _flat(outputs["stft_bbox_reg"])
     positive = target["cls"] > 0
-    positives = max(float(positive.sum()), 1.0)
+    positives = mean_count(positive.sum())
     ctr_target = target["centerness"][positive]
     loss_cls = sigmoid_focal_loss(cls_logits, _one_hot(target["cls"], cls_logits.shape[1], cls_logits),
                                   config.focal_alpha, config.focal_gamma, reduction="sum") / positives
-    loss_reg = giou_loss_ltrb(regression[positive], target["deltas"][positive], ctr_target) / max(
-        float(ctr_target.sum()), 1.0)
+    loss_reg = giou_loss_ltrb(regression[positive], target["deltas"][positive], ctr_target) / mean_count(
+        ctr_target.sum())
     loss_ctr = F.binary_cross_entropy_with_logits(centerness[positive], ctr_target, reduction="sum") / positives
     stft_positive = target["stft_cls"] > 0
-    stft_positives = max(float(stft_positive.sum()), 1.0)
+    stft_positives = mean_count(stft_positive.sum())
     loss_stft_cls = sigmoid_focal_loss(stft_logits, _one_hot(target["stft_cls"], stft_logits.shape[1], stft_logits),
                                        config.focal_alpha, config.focal_gamma, reduction="sum") / stft_positives
     loss_stft_reg = F.smooth_l1_loss(stft_regression[stft_positive], target["stft_deltas"][stft_positive],

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from endofm.data.datasets.kumc import KUMCDataset
 from endofm.data.transforms import VideoTransform
 from endofm.data.video import VideoReader
+from endofm.engine.distributed import all_reduce_sum, world_size
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, InputError
@@ -152,6 +153,23 @@ class VideoPyramid(nn.Module):
                                                                       strict=True))
 
 
+class GlobalFCOSHead(FCOSHead):
+    """torchvision's FCOS head, its losses divided by the positives of the global batch: in a distributed run
+    each process's share is scaled so that DDP's average of the gradients is that of one process with the
+    whole batch (one process: unchanged)."""
+
+    def compute_loss(self, targets: list[dict[str, torch.Tensor]], head_outputs: dict[str, torch.Tensor],
+                     anchors: list[torch.Tensor], matched_idxs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        processes = world_size()
+        if processes == 1:
+            return losses
+        local = sum(int((matched >= 0).sum()) for matched in matched_idxs)
+        total = float(all_reduce_sum(torch.tensor(float(local), device=anchors[0].device)))
+        scale = max(1, local) * processes / max(1.0, total)
+        return {name: value * scale for name, value in losses.items()}
+
+
 def build_detector(backbone: EndoFMBackbone, num_classes: int = 2, num_frames: int = 3, out_channels: int = 256,
                    head_convs: int = 4, short_side: int = 600, max_size: int = 640, score_thresh: float = 0.05,
                    nms_thresh: float = 0.6, detections_per_img: int = 100) -> FCOS:
@@ -159,7 +177,7 @@ def build_detector(backbone: EndoFMBackbone, num_classes: int = 2, num_frames: i
     pyramid = VideoPyramid(backbone, num_frames, out_channels)
     stride = backbone.patch_size
     anchors = AnchorGenerator(sizes=((stride // 2,), (stride,), (stride * 2,)), aspect_ratios=((1.0,),) * 3)
-    head = FCOSHead(out_channels, 1, num_classes + 1, num_convs=head_convs)
+    head = GlobalFCOSHead(out_channels, 1, num_classes + 1, num_convs=head_convs)
     channels = 3 * num_frames
     model = FCOS(pyramid, num_classes + 1, min_size=short_side, max_size=max_size, image_mean=[0.0] * channels,
                  image_std=[1.0] * channels, anchor_generator=anchors, head=head, score_thresh=score_thresh,

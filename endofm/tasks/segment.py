@@ -33,6 +33,7 @@ from torchvision.transforms import InterpolationMode, v2
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
 from endofm.data.video import VideoReader
+from endofm.engine.distributed import global_sum, shared_loss
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError, InputError
@@ -217,13 +218,16 @@ class SegmentationNetwork(nn.Module):
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, squared: bool = True) -> torch.Tensor:
     """1 - soft Dice per class (softmax probabilities vs one-hot over the whole batch), averaged over classes;
-    ``squared``: the denominator sums squares (the original TransUNet's ``DiceLoss``), else plain sums."""
+    ``squared``: the denominator sums squares (the original TransUNet's ``DiceLoss``), else plain sums.
+
+    In a distributed run the sums run over the global batch (every process's pixels), so the loss and its
+    gradient are those of one process with the whole batch."""
     probs = logits.softmax(dim=1)
     one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
     dims = tuple(d for d in range(probs.ndim) if d != 1)
-    intersect = (probs * one_hot).sum(dims)
+    intersect = global_sum((probs * one_hot).sum(dims))
     total = (probs * probs).sum(dims) + one_hot.sum(dims) if squared else probs.sum(dims) + one_hot.sum(dims)
-    return (1 - (2 * intersect + smooth) / (total + smooth)).mean()
+    return shared_loss((1 - (2 * intersect + smooth) / (global_sum(total) + smooth)).mean())
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, squared: bool = True) -> torch.Tensor:
