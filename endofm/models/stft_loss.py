@@ -11,9 +11,9 @@ sum; centreness binary cross-entropy divided by the positives.
 STFT targets: each location's FCOS box (``pre_bbox``, no gradient) is matched to the box of largest IoU
 (``+ 1`` convention); below ``stft_iou_thresh`` it is negative. Its class target is that box's label, its
 regression target ``(gt - pre) / (size of pre * bbox_std)``; focal loss and smooth L1 (beta ``reg_beta``),
-both divided by the STFT positives. In a distributed run every divisor is the count summed over the processes
-and divided by their number (at least 1), as the original's. A frame without boxes makes every location negative (the original
-cannot train on one: its target assignment fails on an empty box list).
+both divided by the STFT positives. A frame without boxes makes every location negative (the original
+cannot train on one: its target assignment fails on an empty box list). In a distributed run every divisor
+is the count summed over the processes and divided by their number (at least 1), as the original's.
 """
 
 from __future__ import annotations
