@@ -244,6 +244,8 @@ class Trainer:
         network = self.recipe.network
         if self.context.distributed:
             device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+            if device_ids:  # batch norm over the global batch, as one GPU (torch syncs it on GPUs only)
+                network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
             network = DistributedDataParallel(network, device_ids=device_ids)
         global_step = start_epoch * self.steps_per_epoch + start_step
         summary: dict[str, Any] = {}
