@@ -113,6 +113,21 @@ def mean_count(count: torch.Tensor) -> float:
     return max(float(total) / world_size(), 1.0)
 
 
+def shard(count: int) -> range:
+    """This process's share of ``count`` evaluation samples: every ``world_size``-th, from its rank."""
+    if world_size() == 1:
+        return range(count)
+    return range(dist.get_rank(), count, dist.get_world_size())
+
+
+def gather_shards(items: list[Any]) -> list[Any]:
+    """The per-sample results of every process's :func:`shard`, gathered in the samples' order."""
+    if world_size() == 1:
+        return items
+    parts = all_gather_objects(items)
+    return [part[i] for i in range(max(len(p) for p in parts)) for part in parts if i < len(part)]
+
+
 def world_size() -> int:
     """Number of processes in the run (1 when not distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -125,6 +125,9 @@ class Recipe(ABC):
         """Evaluate at the end of an epoch; return values to log."""
         return {}
 
+    def before_finish(self) -> None:
+        """Work of every process before :meth:`finish` (a sharded evaluation of the final model)."""
+
     def finish(self, out_dir: Path) -> dict[str, str]:
         """Write the run's products (exports) on the main process; return what was written."""
         return {}
@@ -265,6 +268,7 @@ class Trainer:
                 self._plot(global_step)
         if self._plotted_step != global_step:
             self._plot(global_step)
+        self.recipe.before_finish()
         exports = self.recipe.finish(self.out_dir) if self.context.is_main else {}
         barrier()
         return {**summary, "exports": exports, "global_step": global_step}

@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Subset, default_collate
 from tqdm import tqdm
 
 from endofm.data.datasets.polypdiag import SAMPLINGS, PolypDiagDataset, evenly_spaced
 from endofm.data.datasets.splits import split_by_case
 from endofm.data.transforms import eval_transform, original_view, train_transform
 from endofm.data.video import VideoReader
+from endofm.engine.distributed import gather_shards, shard
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import CheckpointError, ConfigError, DatasetError
@@ -195,16 +196,18 @@ def classify_datasets(data: ClassifyDataConfig, select_on_test: bool = False,
 @torch.inference_mode()
 def predict_probabilities(network: nn.Module, dataset: Any, batch_size: int, device: torch.device,
                           num_workers: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``[N, C]`` and labels ``[N]`` of every sample of a dataset."""
+    """Class probabilities ``[N, C]`` and labels ``[N]`` of every sample of a dataset (in a distributed run,
+    each process predicts its :func:`~endofm.engine.distributed.shard` and every process gets them all)."""
     was_training = network.training
     network.eval()
     probs, labels = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=default_collate)
+    loader = DataLoader(Subset(dataset, shard(len(dataset))), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=default_collate)
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        probs.append(F.softmax(network(batch["video"].to(device)).float(), dim=1).cpu())
-        labels.append(torch.as_tensor(batch["label"]))
+        probs += F.softmax(network(batch["video"].to(device)).float(), dim=1).cpu().unbind(0)
+        labels += torch.as_tensor(batch["label"]).unbind(0)
     network.train(was_training)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    return torch.stack(gather_shards(probs)).numpy(), torch.stack(gather_shards(labels)).numpy()
 
 
 def evaluate_classifier(network: nn.Module, dataset: Any, batch_size: int = 4, device: str | torch.device = "cpu",

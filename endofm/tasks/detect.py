@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from endofm.data.datasets.kumc import KUMCDataset
 from endofm.data.transforms import VideoTransform
 from endofm.data.video import VideoReader
-from endofm.engine.distributed import all_reduce_sum, world_size
+from endofm.engine.distributed import all_reduce_sum, gather_shards, shard, world_size
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, InputError
@@ -236,15 +236,18 @@ def detect_frames(model: FCOS, images: list[torch.Tensor], device: torch.device)
 
 def evaluate_detector(model: FCOS, dataset: KUMCDataset, batch_size: int = 2, device: str | torch.device = "cpu",
                       num_workers: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
-    """Frame-level F1 (original), box P/R/F1 at IoU 0.5 and COCO mAP of a detector on a dataset."""
+    """Frame-level F1 (original), box P/R/F1 at IoU 0.5 and COCO mAP of a detector on a dataset (in a
+    distributed run each process detects in its :func:`~endofm.engine.distributed.shard` of the frames)."""
     was_training = model.training
     model.eval()
     predictions, targets = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection)
+    loader = DataLoader(Subset(dataset, shard(len(dataset))), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate_detection)
     for batch in loader:
         predictions += detect_frames(model, batch["images"], torch.device(device))
         targets += batch["targets"]
     model.train(was_training)
+    predictions, targets = gather_shards(predictions), gather_shards(targets)  # every process's frames
     num_classes = len(dataset.classes)
     return {**detection_metrics(predictions, targets, num_classes, score_threshold=score_threshold),
             "frames": len(targets)}

@@ -521,6 +521,9 @@ class STFTRecipe(FinetuneRecipe):
         data = {"size": sizes.size, "reference_seed": sizes.reference_seed, "splits": self.split_names}
         return save_folder(directory, self.network, spec, {"detector": MODEL_NAME, "data": data, **extra})
 
+    def before_finish(self) -> None:
+        """Nothing for every process: :meth:`finish` evaluates the test split on the main process."""
+
     def finish(self, out_dir: Path) -> dict[str, str]:
         schedule, names = self.config.iterations, self.split_names
         if schedule.keep == "best":

@@ -73,6 +73,8 @@ class FinetuneRecipe(Recipe):
         self.best_score: float | None = None
         self.best_epoch = -1
         self.history: list[dict[str, float]] = []
+        self.test_metrics: dict[str, Any] = {}
+        """The selected model's test metrics (:meth:`before_finish`)."""
         self.network = self.build_network().to(self.device)
 
     @abstractmethod
@@ -134,12 +136,17 @@ class FinetuneRecipe(Recipe):
         self.best_state, self.best_score = state["best_state"], state["best_score"]
         self.best_epoch, self.history = state["best_epoch"], state["history"]
 
+    def before_finish(self) -> None:
+        """The selected model's test metrics, evaluated by every process (each its shard)."""
+        if self.best_state is not None:
+            self.network.load_state_dict(self.best_state)
+            self.test_metrics = self.evaluate(self.test_set)
+
     def finish(self, out_dir: Path) -> dict[str, str]:
         if self.best_state is None:
             raise TrainingError(f"no validation result was finite in {out_dir}; nothing to select (check the data "
                                 "and the learning rate)")
-        self.network.load_state_dict(self.best_state)
-        test_metrics = self.evaluate(self.test_set)
+        test_metrics = self.test_metrics
         protocol = SELECT_ON_TEST_NOTE if self.config.selection.select_on_test else (
             f"best epoch chosen on the validation split ({self.split_names['val']}), kept apart from the test split")
         model_dir = self.save_model(out_dir / "model", {"selection": {

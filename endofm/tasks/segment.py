@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Subset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
 from endofm.data.video import VideoReader
-from endofm.engine.distributed import global_sum, shared_loss
+from endofm.engine.distributed import all_gather_objects, global_sum, shard, shared_loss, world_size
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError, InputError
@@ -330,14 +330,16 @@ def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int 
                        device: str | torch.device = "cpu", num_workers: int = 0,
                        empty_rule: str = "standard") -> dict[str, Any]:
     """Per-sequence Dice (empty masks by ``empty_rule``) and HD95, averaged, of a segmentation network on a
-    dataset (frames of overlapping windows are counted once; whole sequences go one at a time)."""
+    dataset (frames of overlapping windows are counted once; whole sequences go one at a time; in a
+    distributed run each process segments its :func:`~endofm.engine.distributed.shard` of the clips)."""
     if any(len(frames) != len(dataset.samples[0][1]) for _, frames in dataset.samples):
         batch_size = 1
     was_training = network.training
     network.eval()
     pred_frames: dict[str, dict[int, np.ndarray]] = {}
     true_frames: dict[str, dict[int, np.ndarray]] = {}
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=default_collate)
+    loader = DataLoader(Subset(dataset, shard(len(dataset))), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=default_collate)
     for batch in loader:
         logits = network(batch["video"].to(device))
         pred = logits.argmax(1).cpu().numpy().astype(bool)
@@ -347,6 +349,11 @@ def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int 
                 pred_frames.setdefault(name, {})[frame] = pred[b, t]
                 true_frames.setdefault(name, {})[frame] = mask[b, t]
     network.train(was_training)
+    if world_size() > 1:  # every process's clips
+        for part in all_gather_objects((pred_frames, true_frames)):
+            for mine, theirs in zip((pred_frames, true_frames), part, strict=True):
+                for name, frames in theirs.items():
+                    mine.setdefault(name, {}).update(frames)
     sequences = {name: (np.stack([frames[i] for i in sorted(frames)]),
                         np.stack([true_frames[name][i] for i in sorted(frames)]))
                  for name, frames in pred_frames.items()}
