@@ -87,6 +87,10 @@ class RunConfig:
             raise ConfigError(f"run.dist_timeout must be positive (seconds), got {self.dist_timeout}")
 
 
+PEER_FAILURES = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer",
+                 "operation timeout")
+"""Words of the backends' errors when another process stalled or died (gloo raises plain RuntimeErrors)."""
+
 LossPart = Callable[[], tuple[torch.Tensor, dict[str, float]]]
 """One part of a batch's loss (:meth:`Recipe.loss_parts`): returns the part and values to log."""
 
@@ -255,7 +259,7 @@ class Trainer:
         for epoch in range(start_epoch, self.run.epochs):
             if self.run.max_steps is not None and global_step >= self.run.max_steps:
                 break
-            epoch_stats = self._train_epoch(network, optimizer, epoch, start_step, global_step)
+            epoch_stats = self._peers_answer(self._train_epoch, network, optimizer, epoch, start_step, global_step)
             global_step = epoch_stats.pop("global_step")
             finished = epoch_stats.pop("finished")
             start_step = 0
@@ -272,6 +276,21 @@ class Trainer:
         exports = self.recipe.finish(self.out_dir) if self.context.is_main else {}
         barrier()
         return {**summary, "exports": exports, "global_step": global_step}
+
+    def _peers_answer(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)``; a collective that failed because another process stalled or died becomes one
+        :class:`TrainingError` naming ``run.dist_timeout`` and the checkpoint to resume from."""
+        try:
+            return work(*args)
+        except RuntimeError as error:  # gloo and NCCL report a lost or silent peer as a RuntimeError
+            if not (self.context.distributed and (isinstance(error, torch.distributed.DistError) or any(
+                    marker in str(error) for marker in PEER_FAILURES))):
+                raise
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TrainingError(
+                f"process {self.context.rank}: another process of the run stopped answering (run.dist_timeout="
+                f"{self.run.dist_timeout:g} s): {reason}. {self.last_checkpoint} holds the last checkpoint: "
+                "start the run again with --resume") from error
 
     def _train_epoch(self, network: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, start_step: int,
                      global_step: int) -> dict[str, Any]:

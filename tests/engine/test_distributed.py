@@ -95,10 +95,12 @@ def test_two_nodes_finetune_as_one_process(runs: tuple[Path, Path], task: str) -
         for key in expected:
             torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=2e-3)
     _assert_same_log(one / task / "log.jsonl", two / task / "log.jsonl", 1e-5)
-    expected, actual = (json.loads((run / task / "metrics.json").read_text())["test"] for run in runs)
-    for key, value in expected.items():
-        if isinstance(value, float):
-            assert actual[key] == pytest.approx(value, abs=1e-3), key
+    expected, actual = (json.loads((run / task / "metrics.json").read_text()) for run in runs)
+    for split, one_split, two_split in (("test", expected["test"], actual["test"]),
+                                        ("val", expected["val_history"][-1], actual["val_history"][-1])):
+        assert one_split.keys() == two_split.keys()
+        for key, value in one_split.items():  # evaluated in shards, gathered: the same samples, the same metrics
+            assert two_split[key] == pytest.approx(value, abs=1e-3), (split, key)
 
 
 def test_a_stopped_and_resumed_ddp_run_with_drop_path_equals_an_uninterrupted_one(runs: tuple[Path, Path]) -> None:
