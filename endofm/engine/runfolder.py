@@ -56,7 +56,9 @@ def decide_resume(out_dir: Path, context: DistributedContext, resume: bool, conf
     decision: tuple[bool, str | None] = (resume, None)
     if context.is_main:
         last = out_dir / "checkpoints" / "last.pt"
-        if last.exists() and not resume:
+        if restarted_by_agent() and not last.exists():  # failed before its first checkpoint: start over cleanly
+            decision = (True, None)
+        elif last.exists() and not resume:
             if restarted_by_agent() and _same_config(last, config):
                 decision = (True, None)
             else:
