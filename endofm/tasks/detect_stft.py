@@ -221,7 +221,7 @@ class STFTTrainFrames(torch.utils.data.Dataset):
     it (ids clamped to the video), all resized to ``size`` x ``size`` (PIL bilinear), flipped together with
     probability ``hflip`` and normalised as :data:`STFT_INPUT`. Boxes are clipped to the image (empty ones
     dropped), scaled to the input and flipped with the original's ``+ 1`` convention; labels are 1-based.
-    Draws come from torch's generator (seeded per worker by the training loop)."""
+    Draws come from torch's generator (seeded per sample in training: :class:`~endofm.tasks.finetune.KeyedSamples`)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 640, hflip: float = 0.5,
                  skip_empty: bool = False) -> None:
