@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from endofm.errors import InputError
 from endofm.models.layers import ATTENTION_IMPLS, Attention, DividedSpaceTimeBlock
-from endofm.models.streams import current_keys, uniform
+from endofm.models.streams import current_keys, keyed_rows, uniform
 
 KEEP_SITE = 1 << 20
 """The keyed draw site of the token-drop positions (the blocks' stochastic depth uses sites below it)."""
@@ -95,7 +96,8 @@ class BackboneConfig:
 def _recompute_with_current_sdpa_backends() -> tuple[contextlib.AbstractContextManager, ...]:
     """Checkpointing's (forward, recompute) contexts: the recomputation enables the SDPA backends that the
     forward had, so an ``sdpa_kernel`` block around the forward alone cannot make the backward recompute
-    with another kernel (whose saved tensors differ, which checkpointing rejects)."""
+    with another kernel (whose saved tensors differ, which checkpointing rejects), and draws from the
+    forward's keyed rows."""
     flags = {
         SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
         SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
@@ -103,7 +105,15 @@ def _recompute_with_current_sdpa_backends() -> tuple[contextlib.AbstractContextM
         SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled(),
     }
     enabled = [backend for backend, on in flags.items() if on]
-    return contextlib.nullcontext(), sdpa_kernel(enabled) if enabled else contextlib.nullcontext()
+    return contextlib.nullcontext(), _recomputing(enabled, current_keys())
+
+
+@contextlib.contextmanager
+def _recomputing(backends: list[SDPBackend], keys: np.ndarray | None) -> Iterator[None]:
+    """The recomputation's context: the forward's SDPA backends and its keyed rows (the backward runs outside
+    the forward's :func:`~endofm.models.streams.keyed_rows`, and must draw the forward's stochastic depth)."""
+    with sdpa_kernel(backends) if backends else contextlib.nullcontext(), keyed_rows(keys):
+        yield
 
 
 class EndoFMBackbone(nn.Module):

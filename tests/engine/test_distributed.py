@@ -156,3 +156,30 @@ def test_overrides_are_accepted_after_an_option(capsys: pytest.CaptureFixture, t
 def test_a_timeout_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="run.dist_timeout"):
         load_config(PretrainConfig, overrides=["run.dist_timeout=0"])
+
+
+def test_keyed_drop_path_is_per_sample_and_recomputed_alike_under_gradient_checkpointing() -> None:
+    from endofm.models.registry import build_model
+    from endofm.models.streams import keyed_rows, sample_keys
+
+    torch.manual_seed(0)
+    model = build_model("endofm_vit_micro", drop_path_rate=0.5).train()
+    clips = torch.randn(4, 3, 2, 32, 32)
+    keys = sample_keys(0, 3, [7, 1, 4, 9])
+    grads = []
+    for blocks in (0, len(model.blocks)):
+        model.zero_grad()
+        model.checkpointed_blocks = blocks
+        with keyed_rows(keys):
+            whole = model(clips)
+        whole.square().sum().backward()  # outside the keyed forward: a recomputation must draw its masks again
+        grads.append(model.pos_embed.grad.clone())
+        with torch.no_grad():
+            halves = []
+            for part in (slice(0, 2), slice(2, 4)):  # split as over two processes
+                with keyed_rows(keys[part]):
+                    halves.append(model(clips[part]))
+            torch.testing.assert_close(torch.cat(halves), whole, rtol=1e-5, atol=1e-6)
+            with keyed_rows(sample_keys(0, 4, [7, 1, 4, 9])):
+                assert not torch.allclose(model(clips), whole), "another epoch draws other masks"
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
