@@ -246,6 +246,9 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to the end (or ``max_steps``); returns the last epoch's logged values and the exports."""
+        return self._peers_answer(self._fit, resume)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         optimizer = self.recipe.configure(self.steps_per_epoch, self.run.epochs)
         start_epoch, start_step = self._resume(optimizer) if resume else (0, 0)
         network = self.recipe.network
@@ -259,7 +262,7 @@ class Trainer:
         for epoch in range(start_epoch, self.run.epochs):
             if self.run.max_steps is not None and global_step >= self.run.max_steps:
                 break
-            epoch_stats = self._peers_answer(self._train_epoch, network, optimizer, epoch, start_step, global_step)
+            epoch_stats = self._train_epoch(network, optimizer, epoch, start_step, global_step)
             global_step = epoch_stats.pop("global_step")
             finished = epoch_stats.pop("finished")
             start_step = 0
@@ -289,8 +292,8 @@ class Trainer:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TrainingError(
                 f"process {self.context.rank}: another process of the run stopped answering (run.dist_timeout="
-                f"{self.run.dist_timeout:g} s): {reason}. {self.last_checkpoint} holds the last checkpoint: "
-                "start the run again with --resume") from error
+                f"{self.run.dist_timeout:g} s): {reason}. {self.last_checkpoint} holds the last checkpoint: --resume "
+                "continues from it (a restart by torchrun --max-restarts does so by itself)") from error
 
     def _train_epoch(self, network: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, start_step: int,
                      global_step: int) -> dict[str, Any]:
