@@ -9,7 +9,8 @@ Run folder::
 
     config.yaml          the resolved config (written by the caller)
     log.jsonl            one record per step and per epoch
-    checkpoints/last.pt  the latest training state (also epoch_NNNN.pt at epoch ends)
+    checkpoints/last.pt  the latest training state (epoch_NNNN.pt copies as run.keep_checkpoints and
+                         run.keep_every say; see endofm.engine.retention)
     plots/*.png          curves of the logged values
 """
 
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from endofm.engine.cpu import denormals_flushed
 from endofm.engine.distributed import DistributedContext, all_reduce_sum, barrier
 from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
+from endofm.engine.retention import epoch_file, prune_epoch_files, wants_epoch_file
 from endofm.engine.sampler import ShardedBatchSampler
 from endofm.engine.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 from endofm.errors import ConfigError, TrainingError
@@ -59,6 +61,12 @@ class RunConfig:
     seed: int = 0
     checkpoint_every: int = 0
     """Also write ``last.pt`` every this many steps (0: at epoch ends only)."""
+    keep_checkpoints: int = 0
+    """Epoch-end training states kept as ``checkpoints/epoch_NNNN.pt`` beside ``last.pt``: the latest this many
+    (0: none, -1: every epoch's). The selected model (``model/``, ``teacher/``) is written whatever this says."""
+    keep_every: int = 0
+    """Also keep the epoch-end state of every epoch that is a multiple of this (0: none; the original
+    pretraining's ``--saveckp_freq``)."""
     max_steps: int | None = None
     """Stop after this many steps in all (a short run; the schedules still span ``epochs``)."""
     drop_last: bool = True
@@ -78,8 +86,10 @@ class RunConfig:
             raise ConfigError(f"run.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.epoch_steps is not None and self.epoch_steps < 1:
             raise ConfigError(f"run.epoch_steps must be at least 1, got {self.epoch_steps}")
-        if self.num_workers < 0 or self.checkpoint_every < 0:
-            raise ConfigError("run.num_workers and run.checkpoint_every must not be negative")
+        if self.num_workers < 0 or self.checkpoint_every < 0 or self.keep_every < 0:
+            raise ConfigError("run.num_workers, run.checkpoint_every and run.keep_every must not be negative")
+        if self.keep_checkpoints < -1:
+            raise ConfigError(f"run.keep_checkpoints must be -1 (all), 0 or more, got {self.keep_checkpoints}")
 
 
 LossPart = Callable[[], tuple[torch.Tensor, dict[str, float]]]
@@ -197,7 +207,10 @@ class Trainer:
             }
             save_training_state(self.last_checkpoint, state)
             if epoch_end:
-                save_training_state(self.checkpoint_dir / f"epoch_{epoch:04d}.pt", state)
+                keep = self.run.keep_checkpoints, self.run.keep_every
+                if wants_epoch_file(epoch, *keep):
+                    save_training_state(epoch_file(self.checkpoint_dir, epoch), state)
+                prune_epoch_files(self.checkpoint_dir, *keep)
         barrier()
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, int]:

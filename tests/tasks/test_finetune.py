@@ -31,6 +31,7 @@ def check_run(out: Path, task: str, capsys: pytest.CaptureFixture) -> dict:
     assert "validation split" in report["protocol"]
     assert report["splits"]["val"] != report["splits"]["test"]
     assert (out / "config.yaml").exists() and (out / "checkpoints" / "last.pt").exists()
+    assert not list((out / "checkpoints").glob("epoch_*.pt")), "only last.pt and model/ are kept by default"
     assert (out / "model" / "config.json").exists() and (out / "model" / "task_head.safetensors").exists()
     assert list((out / "plots").glob("*.png"))
     assert "test metrics" in capsys.readouterr().out
