@@ -32,9 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from endofm.engine.cpu import denormals_flushed
+from endofm.engine.cpu import denormals_flushed, loader_workers
 from endofm.engine.distributed import DistributedContext, all_reduce_sum, barrier
-from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
+from endofm.engine.logging import EpochProgress, JsonlLogger, epoch_line, plot_curves, read_jsonl
 from endofm.engine.retention import epoch_file, prune_epoch_files, wants_epoch_file
 from endofm.engine.sampler import ShardedBatchSampler
 from endofm.engine.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
@@ -232,6 +232,9 @@ class Trainer:
         self.recipe.load_state_dict(state["recipe"])
         restore_rng_state(state["rng"])
         self.logger.truncate_after(state["global_step"])
+        if self.context.is_main:
+            tqdm.write(f"resuming at epoch {state['epoch'] + 1}, step {state['next_step'] + 1} (step "
+                       f"{state['global_step'] + 1} of the run) from {self.last_checkpoint}")
         return state["epoch"], state["next_step"]
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -255,6 +258,9 @@ class Trainer:
                 break
             summary = {"event": "epoch", "epoch": epoch, **epoch_stats, **self.recipe.on_epoch_end(epoch)}
             self.logger.log(summary)
+            if self.context.is_main:
+                tqdm.write(epoch_line(epoch + 1, self.run.epochs, {k: v for k, v in summary.items()
+                                                                    if k not in ("event", "epoch", "skipped")}))
             self._save(optimizer, epoch + 1, 0, global_step, epoch_end=True)
             if time.perf_counter() - self._plotted_at >= PLOT_INTERVAL_S:
                 self._plot(global_step)
@@ -273,19 +279,18 @@ class Trainer:
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
-            num_workers=self.run.num_workers,
+            num_workers=loader_workers(self.run.num_workers),
             collate_fn=self.collate_fn,
             pin_memory=self.context.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.run.seed + epoch),
         )
         network.train()
         losses, skipped = [], []
-        progress = tqdm(loader, total=self.steps_per_epoch - start_step, initial=0,
-                        desc=f"epoch {epoch + 1}/{self.run.epochs}", unit="step", dynamic_ncols=True,
-                        disable=not (self.run.progress and self.context.is_main))
+        progress = EpochProgress(self.steps_per_epoch - start_step, f"epoch {epoch + 1}/{self.run.epochs}",
+                                 enabled=self.run.progress and self.context.is_main)
         finished = True
         tick = time.perf_counter()
-        for offset, batch in enumerate(progress):
+        for offset, batch in enumerate(loader):
             step_in_epoch = start_step + offset
             scheduled = self.recipe.before_step(global_step, epoch, optimizer)
             with denormals_flushed():
@@ -301,8 +306,7 @@ class Trainer:
             if self.context.device.type == "cuda":
                 record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.context.device) / 2**30
             self.logger.log(record)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduled.get('lr', 0):.2e}",
-                                 clips_s=f"{clips_per_s:.1f}")
+            progress.update(loss=loss_value, lr=scheduled.get("lr", 0.0), clips_s=clips_per_s)
             at_limit = self.run.max_steps is not None and global_step >= self.run.max_steps
             if at_limit or (self.run.checkpoint_every and global_step % self.run.checkpoint_every == 0):
                 self._save(optimizer, epoch, step_in_epoch + 1, global_step)

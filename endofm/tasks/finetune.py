@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from endofm.config import config_to_dict, save_config
+from endofm.engine.cpu import loader_workers
 from endofm.engine.distributed import DistributedContext, init_distributed
 from endofm.engine.logging import plot_curves
 from endofm.engine.optim import build_optimizer
@@ -79,7 +80,8 @@ class FinetuneRecipe(Recipe):
     def evaluate(self, dataset: Any) -> dict[str, Any]:
         """Metrics of the current network on a dataset."""
         run = self.config.run
-        return type(self).evaluator(self.network, dataset, run.batch_size, self.device, run.num_workers)
+        workers = loader_workers(run.num_workers)
+        return type(self).evaluator(self.network, dataset, run.batch_size, self.device, workers)
 
     def head_config(self) -> dict[str, Any]:
         """Constructor arguments of the head (recorded in the model folder)."""

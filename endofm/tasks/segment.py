@@ -33,6 +33,7 @@ from torchvision.transforms import InterpolationMode, v2
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
 from endofm.data.video import VideoReader
+from endofm.engine.cpu import loader_workers
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError, InputError
@@ -372,8 +373,8 @@ class SegmentRecipe(FinetuneRecipe):
 
     def evaluate(self, dataset: Any) -> dict[str, Any]:
         run = self.config.run
-        return evaluate_segmenter(self.network, dataset, run.batch_size, self.device, run.num_workers,
-                                  self.config.empty_rule)
+        return evaluate_segmenter(self.network, dataset, run.batch_size, self.device,
+                                  loader_workers(run.num_workers), self.config.empty_rule)
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         logits = network(batch["video"].to(self.device, non_blocking=True))

@@ -17,6 +17,7 @@ from endofm import load_checkpoint
 from endofm.config import load_config
 from endofm.data.synthetic import render_video
 from endofm.data.video import write_video
+from endofm.engine import logging
 from endofm.errors import ConfigError, DatasetError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.pretrain.loss import DINOLoss
@@ -94,13 +95,20 @@ def test_a_run_writes_everything_a_user_needs(videos, tmp_path):
         pretrain(_config(videos, out))
 
 
-def test_epoch_states_are_kept_as_the_settings_say(videos, tmp_path):
-    """run.keep_checkpoints keeps the latest epoch states, run.keep_every every k-th; the rest are removed."""
+def test_epoch_states_are_kept_as_the_settings_say(videos, tmp_path, monkeypatch, capsys):
+    """run.keep_checkpoints keeps the latest epoch states, run.keep_every every k-th; the rest are removed.
+    On a terminal each epoch's bar ends at 100%, and each epoch prints a line with its figures."""
+    monkeypatch.setattr(logging, "is_terminal", lambda stream=None: True)
     out = tmp_path / "run"
-    pretrain(_config(videos, out, "run.epochs=4", "run.batch_size=8", "run.keep_checkpoints=1", "run.keep_every=2"))
+    pretrain(_config(videos, out, "run.epochs=4", "run.batch_size=8", "run.keep_checkpoints=1", "run.keep_every=2",
+                     "run.progress=true"))
     kept = sorted(path.name for path in (out / "checkpoints").iterdir())
     assert kept == ["epoch_0002.pt", "epoch_0004.pt", "last.pt"]
     assert torch.load(out / "checkpoints/epoch_0002.pt", weights_only=True)["epoch"] == 2
+    captured = capsys.readouterr()
+    assert all(f"epoch {epoch}/4: 100%" in captured.err for epoch in range(1, 5))
+    assert [line.split("  ")[0] for line in captured.out.splitlines() if "mean_loss" in line] == [
+        f"epoch {epoch}/4" for epoch in range(1, 5)]
 
 
 def test_resume_after_sigkill_gives_the_same_teacher(videos, tmp_path):
