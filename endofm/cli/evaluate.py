@@ -60,6 +60,8 @@ def _task(args: argparse.Namespace) -> int:
     print_table(f"{model.task} metrics of {args.checkpoint} on {args.data} ({args.split}):", metrics)
     if args.out:
         report = {"task": model.task, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+                  "options": {"batch_size": args.batch_size, "device": args.device, "num_heads": args.num_heads,
+                              **options},
                   "metrics": metrics}
         atomic_write_text(args.out, json.dumps(json_safe(report), indent=2) + "\n")
     return 0

@@ -272,7 +272,13 @@ def _adopt(loaded: LoadedCheckpoint, path: str) -> FinetunedModel | None:
     if loaded.classifier is None:
         return None
     return FinetunedModel("classify", loaded.backbone, loaded.classifier, loaded.classifier.config,
-                          dict(CLASSIFY_DEFAULT_DATA), path, {"source": "original fine-tuned classifier"})
+                          original_data(loaded.backbone), path, {"source": "original fine-tuned classifier"})
+
+
+def original_data(backbone: EndoFMBackbone) -> dict[str, Any]:
+    """The preprocessing of the original's fine-tuned classifier at the clip size its backbone stores (8 x 224 for
+    the released model): a file records no input size but its embeddings do."""
+    return {**CLASSIFY_DEFAULT_DATA, "num_frames": backbone.config.num_frames, "size": backbone.config.img_size[0]}
 
 
 def _load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
@@ -287,9 +293,9 @@ def _load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) ->
         raise CheckpointError(f"{path}: state_dict holds no 2-D linear.weight (the PolypDiag classifier)")
     head = LinearClassifier(weight.shape[1], weight.shape[0])
     _load_strict(head.linear, classifier_state, "classifier", str(path))
-    return LoadedFinetuned("classify", ClassifierNetwork(backbone, head).eval(), input_spec(CLASSIFY_DEFAULT_DATA),
-                           str(path), "polypdiag", {"source": "original fine-tuned PolypDiag classifier",
-                                                    "data": dict(CLASSIFY_DEFAULT_DATA)})
+    data = original_data(backbone)
+    return LoadedFinetuned("classify", ClassifierNetwork(backbone, head).eval(), input_spec(data), str(path),
+                           "polypdiag", {"source": "original fine-tuned PolypDiag classifier", "data": data})
 
 
 POLYPDIAG_LAYOUT = ReleasedLayout("polypdiag", lambda state: "backbone_state_dict" in state, _load_polypdiag)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from endofm.config import config_to_dict, save_config
@@ -25,7 +26,7 @@ from endofm.errors import ConfigError, TrainingError
 from endofm.io import atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import load_checkpoint
-from endofm.models.registry import build_model
+from endofm.models.registry import MODEL_CONFIGS, build_model
 from endofm.tasks.config import FinetuneModelConfig
 from endofm.tasks.folder import save_finetuned
 from endofm.tasks.results import json_safe
@@ -45,6 +46,48 @@ def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:
         backbone = EndoFMBackbone(dataclasses.replace(source.config, drop_path_rate=model.drop_path_rate))
         backbone.load_state_dict(source.state_dict())
     return backbone.set_grad_checkpointing(model.grad_checkpointing)
+
+
+RECORDED_SIZES = ("embed_dim", "depth", "num_heads", "patch_size", "num_frames", "img_size")
+"""The backbone sizes a run's ``config.yaml`` names when the backbone came from ``model.init``."""
+
+
+def backbone_sizes(network: nn.Module) -> dict[str, Any]:
+    """The architecture of the Endo-FM transformer in a task network: its backbone's config, or, for the
+    TransUNet (which takes over the backbone's blocks), the transformer sizes it keeps."""
+    for module in network.modules():
+        if isinstance(module, EndoFMBackbone):
+            return dataclasses.asdict(module.config)
+    c = network.config
+    return {"embed_dim": c.hidden, "depth": c.depth, "num_heads": c.num_heads, "mlp_ratio": c.mlp_ratio,
+            "qkv_bias": c.qkv_bias}
+
+
+def architecture_name(sizes: dict[str, Any]) -> str | None:
+    """The named architecture (:data:`~endofm.models.registry.MODEL_CONFIGS`) with these sizes (those given,
+    drop-path rate aside); None when no named one has them."""
+    for name, named in MODEL_CONFIGS.items():
+        fields = dataclasses.asdict(named)
+        if all(fields[key] == value for key, value in sizes.items() if key != "drop_path_rate"):
+            return name
+    return None
+
+
+def save_run_config(config: Any, network: nn.Module, path: Path) -> Path:
+    """Write a run's ``config.yaml`` saying what ran: with ``model.init`` the backbone is the initial weights'
+    architecture, so ``model.arch`` names it (when a named one matches) and a first comment line gives its sizes;
+    the file still reads back with ``--config``."""
+    if config.model.init is None:
+        return save_config(config, path)
+    sizes = backbone_sizes(network)
+    arch = architecture_name(sizes)
+    if arch is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch))
+    shown = ", ".join(f"{key} {'x'.join(map(str, value)) if isinstance(value, tuple) else value}"
+                      for key, value in sizes.items() if key in RECORDED_SIZES)
+    header = (f"# the backbone that ran has model.init's architecture "
+              f"({arch or 'no named one; model.arch is unused'}): {shown}\n")
+    return atomic_write_text(path, header + yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def is_better(value: float, best: float | None) -> bool:
@@ -163,9 +206,9 @@ def run_finetune(config: Any, recipe_cls: type[FinetuneRecipe], datasets: tuple,
     train, val, test, names = datasets
     if config.run.batch_size > len(train):
         raise ConfigError(f"run.batch_size={config.run.batch_size} is larger than the training set ({len(train)})")
-    if context.is_main:
-        save_config(config, out_dir / "config.yaml")
     torch.manual_seed(config.run.seed)
     recipe = recipe_cls(config, context, val, test, names)
+    if context.is_main:
+        save_run_config(config, recipe.network, out_dir / "config.yaml")
     trainer = Trainer(recipe, train, collate_fn, config.run, context, config_to_dict(config))
     return trainer.fit(resume=resume)

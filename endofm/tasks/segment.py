@@ -419,10 +419,11 @@ def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "tes
                            batch_size: int = 1, empty_rule: str | None = None) -> dict[str, Any]:
     """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
     CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
-    the rule the model was trained with, else ``standard``)."""
+    the rule the model was trained with, else ``standard``; the metrics name the rule applied)."""
     rule = empty_rule or (loaded.metadata.get("data") or {}).get("empty_rule", "standard")
     dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input))
-    return evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule)
+    return {**evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule),
+            "empty_rule": rule}
 
 
 def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device,
