@@ -31,6 +31,12 @@ def is_terminal(stream: TextIO | None = None) -> bool:
     return bool(isatty and isatty())
 
 
+def bar_off(progress: bool) -> bool:
+    """tqdm's ``disable`` for a bar asked for by ``progress``: off unless standard error is a terminal (a bar
+    in a file is thousands of ``\\r`` updates)."""
+    return not (progress and is_terminal())
+
+
 def format_number(value: float) -> str:
     """A logged number as a person reads it: integers whole, very small or large values in exponent form."""
     if isinstance(value, int):

@@ -28,6 +28,7 @@ from endofm.data.datasets.polypdiag import SAMPLINGS, PolypDiagDataset, evenly_s
 from endofm.data.datasets.splits import split_by_case
 from endofm.data.transforms import eval_transform, original_view, train_transform
 from endofm.data.video import VideoReader
+from endofm.engine.logging import bar_off
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import CheckpointError, ConfigError, DatasetError
@@ -42,6 +43,7 @@ from endofm.models.checkpoint import (
 )
 from endofm.models.heads import LinearClassifier
 from endofm.models.inputs import InputSpec
+from endofm.report.labels import draw_label, font_size
 from endofm.tasks.base import (
     FinetunedModel,
     LoadedFinetuned,
@@ -200,7 +202,7 @@ def predict_probabilities(network: nn.Module, dataset: Any, batch_size: int, dev
     network.eval()
     probs, labels = [], []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=default_collate)
-    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=bar_off(progress), leave=False):
         probs.append(F.softmax(network(batch["video"].to(device)).float(), dim=1).cpu())
         labels.append(torch.as_tensor(batch["label"]))
     network.train(was_training)
@@ -331,7 +333,7 @@ def predict_classify(loaded: LoadedFinetuned, reader: VideoReader, device: torch
     if starts[-1] + span < count:
         starts.append(count - span)
     total, covered = np.zeros(count), np.zeros(count)
-    for start in tqdm(starts, desc="windows", unit="window", disable=not progress):
+    for start in tqdm(starts, desc="windows", unit="window", disable=bar_off(progress)):
         indices = [start + i for i in evenly_spaced(span, num_frames)]
         total[start : start + span] += probability(indices)[1]
         covered[start : start + span] += 1
@@ -348,13 +350,15 @@ def predict_classify(loaded: LoadedFinetuned, reader: VideoReader, device: torch
 
 def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, float],
                arrays: dict[str, np.ndarray]) -> Image.Image:
-    """The label and a bar of the polyp probability along the top."""
-    draw = ImageDraw.Draw(image)
+    """The label and the polyp probability on a dark band along the top, a bar of the probability under it."""
     p = frame["polyp_probability"]
-    width = image.width
-    draw.rectangle([0, 0, width, 22], fill=(0, 0, 0))
-    draw.rectangle([0, 18, int(width * p), 22], fill=(255, 60, 60) if p >= 0.5 else (60, 200, 60))
-    draw.text((4, 3), f"{frame['label']}  p(polyp)={p:.2f}", fill=(255, 255, 255))
+    size = font_size(image)
+    _, _, _, bottom = draw_label(image, (0, 0), f"{frame['label']}   P(polyp) {100 * p:.1f}%", size=size)
+    draw = ImageDraw.Draw(image)
+    bar = max(3, size // 4)
+    draw.rectangle([0, bottom, image.width, bottom + bar], fill=(16, 16, 16))
+    draw.rectangle([0, bottom, round(image.width * p), bottom + bar],
+                   fill=(255, 90, 90) if p >= 0.5 else (90, 220, 90))
     return image
 
 

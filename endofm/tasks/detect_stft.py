@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from endofm.data.synthetic import POLYP_CLASSES
 from endofm.data.video import VideoReader
-from endofm.engine.logging import plot_curves
+from endofm.engine.logging import bar_off, plot_curves
 from endofm.errors import CheckpointError, ConfigError, InputError, TrainingError
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
@@ -175,7 +175,7 @@ def detect_video(model: STFTDetector, read: Callable[[list[int]], torch.Tensor],
     rng = np.random.RandomState(seed)
     features = VideoFeatures(model, read, length, device)
     results = []
-    for frame in tqdm(range(1, length + 1), desc="frames", unit="frame", disable=not progress):
+    for frame in tqdm(range(1, length + 1), desc="frames", unit="frame", disable=bar_off(progress)):
         window = window_ids(frame, length)
         left, right = draw_references(rng)
         ids = [window[-MIN_OFFSET]] + [window[p] for p in left] + [window[p] for p in right]
