@@ -30,6 +30,7 @@ def _png(path: Path, colour: tuple[int, int, int]) -> str:
 def results(tmp_path) -> dict:
     figures = {
         "pretraining": [("pretraining loss", "pretrain/plots/loss.png")],
+        "classification": [("confusion matrix", "predict/classification.png")],
         "finetuning": [("classify: loss", "finetune/classify/plots/loss.png")],
         "segmentation": [("overlay", "predict/segmentation_overlay.png")],
         "detection": [("boxes", "predict/detection_frames.png")],
@@ -62,20 +63,34 @@ def test_html_is_self_contained_with_a_table_per_section(results, tmp_path):
     page = build_html(results, tmp_path)
     sections = page.count("<h2>")
     tables = page.count("<table>")
-    assert tables == 7 and sections == tables + len(results["figures"])
+    assert tables == 7 and sections == tables
     sources = re.findall(r"<img src='([^']*)'", page)
-    assert len(sources) == 5
+    assert len(sources) == 6
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
         assert image.format == "PNG"
     assert "NOT better" in page and "n/a" in page and "3.5" in page
+    assert "`" not in page.split("<body>")[1] and "<code>endofm predict</code>" in page
+
+
+def test_each_figure_sits_beside_its_table(results, tmp_path):
+    page = build_html(results, tmp_path)
+    section = {title: body for title, body in re.findall(r"<h2>([^<]*)</h2>(.*?)(?=<h2>|</body>)", page, re.S)}
+    placed = {"Pretraining": ["pretraining loss"],
+              "Fine-tuned tasks (test split)": ["confusion matrix", "classify: loss"],
+              "Prediction": ["overlay", "boxes"], "Attention": ["attention grid"]}
+    for title, captions in placed.items():
+        assert "<table>" in section[title] and section[title].index("<table>") < section[title].index("<img")
+        assert [alt for alt in re.findall(r"alt='([^']*)'", section[title])] == captions
+    results["figures"]["extra"] = [("an extra figure", "predict/classification.png")]
+    assert "<h2>Other figures</h2>" in build_html(results, tmp_path)
 
 
 def test_markdown_references_existing_files(results, tmp_path):
     text = build_markdown(results)
     paths = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(paths) == 5
+    assert len(paths) == 6
     assert all((tmp_path / p).is_file() for p in paths)
     assert "validation \\| held out" in text
     for title in ("Pretraining", "Frozen features", "Fine-tuned tasks", "Timings", "Attention"):

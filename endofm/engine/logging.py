@@ -118,6 +118,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def curve_name(key: str) -> str:
+    """A logged key in words: ``val_binary_f1`` -> ``validation binary f1``."""
+    return ("validation " + key[4:] if key.startswith("val_") else key).replace("_", " ")
+
+
 def plot_curves(records: Sequence[dict[str, Any]], keys: Sequence[str], out_dir: str | os.PathLike,
                 x_key: str = "step") -> list[Path]:
     """One PNG per key (``out_dir/<key>.png``) of that key against ``x_key`` over the step records."""
@@ -133,8 +138,10 @@ def plot_curves(records: Sequence[dict[str, Any]], keys: Sequence[str], out_dir:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         ax.plot(*zip(*points, strict=True), linewidth=1.2)
+        name = curve_name(key)
+        ax.set_title(f"{name} by {x_key}")
         ax.set_xlabel(x_key)
-        ax.set_ylabel(key.replace("_", " "))
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = Path(out_dir) / f"{key}.png"

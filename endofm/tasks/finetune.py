@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -164,7 +165,8 @@ class FinetuneRecipe(Recipe):
         if is_better(value, self.best_score):
             self.best_score, self.best_epoch = value, epoch
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
-        scalars = {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalars = {f"val_{k}": int(v) if isinstance(v, (int, np.integer)) else float(v)
+                   for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
         self.history.append({"epoch": epoch + 1, **scalars})
         return scalars
 
@@ -191,7 +193,8 @@ class FinetuneRecipe(Recipe):
                   "best_val": self.best_score, "test": test_metrics, "val_history": self.history,
                   "model": str(model_dir)}
         metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
-        keys = sorted({k for row in self.history for k in row if k != "epoch"})
+        keys = sorted({k for row in self.history for k, v in row.items() if k != "epoch" and not isinstance(v, int)})
+        # counts (val_samples, val_frames) are left out: the same number every epoch
         plot_curves(self.history, keys, out_dir / "plots", x_key="epoch")
         return {"model": str(model_dir), "metrics": str(metrics_path), "plots": str(out_dir / "plots")}
 
