@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -185,3 +186,25 @@ def test_report_renders_in_a_real_browser(results, tmp_path):
     expected_images = sum(len(items) for items in results["figures"].values())
     assert images == loaded == expected_images
     assert tables >= 5
+
+
+def test_classification_and_segmentation_figures(tmp_path):
+    from endofm.report.figures import (
+        classification_figure,
+        precision_recall_points,
+        roc_points,
+        segmentation_figure,
+    )
+
+    labels, scores = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.4, 0.1])
+    fpr, tpr = roc_points(labels, scores)
+    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1] and tpr.tolist() == [0, 0.5, 0.5, 1, 1]
+    recall, precision = precision_recall_points(labels, scores)
+    assert recall.tolist() == [0.5, 0.5, 1, 1] and precision.tolist() == [1, 0.5, 2 / 3, 0.5]
+    probabilities = np.stack([1 - scores, scores], axis=1)
+    with Image.open(classification_figure(labels, probabilities, ["normal", "polyp"], tmp_path / "c.png")) as image:
+        assert image.width > 2 * image.height  # matrix, ROC and precision-recall side by side
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((2, 16, 16), dtype=np.uint8)
+    with Image.open(segmentation_figure(frames, masks, masks, [0, 5], tmp_path / "s.png")) as image:
+        assert image.height > image.width  # rows: frame, prediction, ground truth
