@@ -83,9 +83,9 @@ def attention_grid(frames: np.ndarray, blended: np.ndarray, indices: list[int]) 
     columns = []
     for frame, overlaid, index in zip(frames, blended, indices, strict=True):
         tiles = []
-        for image, label in ((frame, f"frame {index + 1}"), (overlaid, "attention")):
+        for image, label in ((frame, f"frame {index}"), (overlaid, "attention")):
             tile = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.BICUBIC)
-            draw_label(tile, (0, 0), label)
+            draw_label(tile, (0, 0), label, size=max(14, round(0.07 * tile.height)))
             tiles.append(np.asarray(tile))
         columns.append(np.concatenate(tiles, axis=0))
     gap = np.full((columns[0].shape[0], 4, 3), 255, dtype=np.uint8)

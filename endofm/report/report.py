@@ -190,7 +190,7 @@ th{background:#f0f0f0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}img{max
 code{background:#f3f3f3;padding:0 3px;border-radius:3px}
 .pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.pair>.tables{flex:1 1 380px;min-width:0}
 .pair>.figures{flex:2 1 560px;min-width:0;display:flex;flex-wrap:wrap;gap:1em}
-figure{margin:0;flex:1 1 100%}figure.small{flex:1 1 45%}figcaption{color:#555;font-size:90%}
+figure{margin:0;flex:1 1 100%}figure.small{flex:0 1 calc(50% - 0.5em)}figcaption{color:#555;font-size:90%}
 h3{margin:0;font-size:100%;flex:1 1 100%}"""
 
 
