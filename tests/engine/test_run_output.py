@@ -41,3 +41,20 @@ def test_loader_processes_are_capped_at_the_usable_cores(monkeypatch: pytest.Mon
     assert cpu.loader_workers(1) == 1 and cpu.loader_workers(2) == 2
     assert cpu.loader_workers(4) == 2 and cpu.loader_workers(4) == 2
     assert capsys.readouterr().err.count("run.num_workers=4 but this process may use 2 CPU core(s)") == 1
+
+
+def test_retention_keeps_the_latest_and_every_kth_epoch(tmp_path) -> None:
+    from endofm.engine.retention import kept_epochs, prune_epoch_files, wants_epoch_file
+    from endofm.engine.trainer import RunConfig
+    from endofm.errors import ConfigError
+
+    assert kept_epochs([1, 2, 3, 4, 5, 6], 2, 0) == {5, 6} and kept_epochs([1, 2, 3, 4, 5, 6], 1, 4) == {4, 6}
+    assert kept_epochs([1, 2, 3], -1, 0) == {1, 2, 3} and kept_epochs([1, 2, 3], 0, 0) == set()
+    assert not wants_epoch_file(3, 0, 2) and wants_epoch_file(4, 0, 2) and wants_epoch_file(3, 1, 0)
+    for name in ("epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt", "last.pt", "epoch_notes.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [path.name for path in prune_epoch_files(tmp_path, 1, 0)] == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_0003.pt", "epoch_notes.pt", "last.pt"]
+    for bad in ({"keep_checkpoints": -2}, {"keep_every": -1}):
+        with pytest.raises(ConfigError, match="keep"):
+            RunConfig(**bad)
