@@ -34,7 +34,7 @@ from endofm.data.datasets.cvc import read_sequence_list
 from endofm.data.datasets.kumc import read_voc
 from endofm.data.synthetic import POLYP_CLASSES, write_polypdiag, write_synthetic_corpus
 from endofm.data.video import VideoReader
-from endofm.engine.logging import read_jsonl
+from endofm.engine.logging import curve_name, read_jsonl
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
@@ -279,7 +279,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         figures = {
             "pretraining": [(f"pretraining {caption}", f"pretrain/plots/{key}.png") for key, caption in plots
                             if (pre_dir / "plots" / f"{key}.png").exists()],
-            "finetuning": [(f"{task}: {key}", f"finetune/{task}/plots/{key}.png") for task, metrics in finetune.items()
+            "finetuning": [(f"{task}: {curve_name(key)}", f"finetune/{task}/plots/{key}.png")
+                           for task, metrics in finetune.items()
                            for key in ("loss", f"val_{metrics['selection_metric']}")
                            if (out / "finetune" / task / "plots" / f"{key}.png").exists()],
             "classification": [("classifier on the held-out test videos: confusion matrix, ROC and precision-recall "
