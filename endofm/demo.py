@@ -7,7 +7,8 @@ linear probe, of the CLS token and of the max-pooled patch tokens, on a separate
 set); fine-tune classification (on that set: 60 test videos rather than the 20 of the corpus's PolypDiag
 layout), segmentation and detection from the teacher (the ``*_cpu`` recipes, or with ``original_models`` the
 original's TransUNet and STFT); run ``predict`` with
-the segmenter on one video; draw the teacher's attention on one clip; and write ``report.md`` and
+the segmenter on a CVC test sequence (drawn beside its ground truth) and draw the classifier's confusion
+matrix, ROC and precision-recall curves; draw the teacher's attention on one clip; and write ``report.md`` and
 ``report.html`` (see :mod:`endofm.report.report`). Everything lands in one run folder.
 """
 
@@ -29,16 +30,20 @@ import yaml
 from PIL import Image, ImageDraw
 
 from endofm.config import load_config
+from endofm.data.datasets.cvc import read_sequence_list
 from endofm.data.datasets.kumc import read_voc
 from endofm.data.synthetic import POLYP_CLASSES, write_polypdiag, write_synthetic_corpus
 from endofm.data.video import VideoReader
-from endofm.engine.logging import read_jsonl
+from endofm.engine.logging import curve_name, read_jsonl
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.report.attention import attention_maps, save_attention
+from endofm.report.figures import classification_figure, segmentation_figure
+from endofm.report.labels import draw_label
 from endofm.report.report import FROZEN_PROBES, write_report
+from endofm.tasks.classify import polypdiag_dataset, predict_probabilities
 from endofm.tasks.finetuned import load_finetuned
 from endofm.tasks.predict import predict_video
 from endofm.tasks.probe import evaluate_frozen_pools
@@ -123,18 +128,39 @@ def _polyp_video(polypdiag: Path) -> Path:
     return polypdiag / "videos" / name
 
 
-def segmentation_overlay(video: Path, masks: np.ndarray, count: int = 4) -> Image.Image:
-    """``count`` frames of ``video`` side by side, the predicted mask blended in green."""
-    with VideoReader(video) as reader:
+def cvc_test_sequence(cvc: Path, out: Path) -> Path:
+    """The frames of the first test sequence of a CVC-ClinicDB-layout set, copied into the frame folder ``out``
+    (a video ``endofm predict`` reads); their ground-truth masks stay in the set."""
+    sequence = read_sequence_list(cvc / "splits" / "test.txt")[0]
+    out.mkdir(parents=True, exist_ok=True)
+    for k, number in enumerate(sequence.frames):
+        shutil.copyfile(cvc / "Original" / f"{number}.tif", out / f"{k + 1:04d}.tif")
+    return out
+
+
+def segmentation_overlay(cvc: Path, frames_dir: Path, masks: np.ndarray, path: Path, count: int = 4) -> Path:
+    """``count`` frames of the CVC test sequence in ``frames_dir`` with the predicted masks and the ground
+    truth, each column titled with its Dice (:func:`~endofm.report.figures.segmentation_figure`)."""
+    sequence = read_sequence_list(cvc / "splits" / "test.txt")[0]
+    with VideoReader(frames_dir) as reader:
         indices = np.linspace(0, len(reader) - 1, count).round().astype(int).tolist()
         frames = reader.read(indices).permute(0, 2, 3, 1).numpy()
-    tiles = []
-    for frame, index in zip(frames, indices, strict=True):
-        mask = Image.fromarray(masks[index] * 255).resize(frame.shape[1::-1], Image.NEAREST)
-        on = np.asarray(mask)[..., None] > 0
-        tinted = np.where(on, (0.5 * frame + 0.5 * np.array([0, 255, 0])).astype(np.uint8), frame)
-        tiles.append(np.concatenate([frame, tinted], axis=0))
-    return Image.fromarray(np.concatenate(tiles, axis=1))
+    size = frames.shape[2], frames.shape[1]
+    predicted = np.stack([np.asarray(Image.fromarray(masks[i] * 255).resize(size, Image.NEAREST)) for i in indices])
+    truth = np.stack([np.asarray(Image.open(cvc / "Ground Truth" / f"{sequence.start + i}.tif").convert("L")
+                                 .resize(size, Image.NEAREST)) for i in indices])
+    return segmentation_figure(frames, predicted, truth, indices, path,
+                               title=f"segmenter on CVC test sequence {sequence.name}")
+
+
+def classification_results(model_dir: Path, root: Path, split: str, device: str, path: Path) -> Path:
+    """The fine-tuned classifier's confusion matrix, ROC and precision-recall curves on a split."""
+    model = load_finetuned(model_dir)
+    data = model.metadata["data"]
+    probabilities, labels = predict_probabilities(model.model, polypdiag_dataset(root, split, data), 4,
+                                                  torch.device(device))
+    return classification_figure(labels, probabilities, data.get("classes") or ["normal", "polyp"], path,
+                                 title=f"fine-tuned classifier on the {split} split")
 
 
 def detection_frames(model_dir: Path, kumc: Path, device: str, count: int = 4) -> Image.Image:
@@ -159,7 +185,8 @@ def detection_frames(model_dir: Path, kumc: Path, device: str, count: int = 4) -
         if boxes:
             best = max(boxes, key=lambda b: b["score"])
             draw.rectangle([2 * v for v in best["box"]], outline=(255, 0, 0), width=2)
-            draw.text((2 * best["box"][0] + 2, 2 * best["box"][1] + 2), f"{best['score']:.2f}", fill=(255, 0, 0))
+            draw_label(image, (2 * best["box"][0], 2 * best["box"][1]), f"{best['label']} {100 * best['score']:.1f}%",
+                       background=(200, 0, 0), anchor_bottom=True)
         tiles.append(np.asarray(image))
     return Image.fromarray(np.concatenate(tiles, axis=1))
 
@@ -226,15 +253,21 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         with stage(task, f"fine-tuning {task}"):
             finetune[task] = _finetune(task, config, teacher, data / layout, out / "finetune" / task)
 
-    with stage("predict", "predict with the segmenter on one video"):
-        video = _polyp_video(data / "polypdiag")
-        written = predict_video(video, out / "finetune" / "segment" / "model", out / "predict", device=config.device)
+    with stage("predict", "predict with the segmenter on a CVC test sequence"):
+        sequence = cvc_test_sequence(data / "cvc", out / "predict" / "sequence")
+        written = predict_video(sequence, out / "finetune" / "segment" / "model", out / "predict",
+                                device=config.device)
         masks = np.load(out / "predict" / "masks.npz")["masks"]
-        _save_png(out / "predict" / "segmentation_overlay.png", segmentation_overlay(video, masks))
+        segmentation_overlay(data / "cvc", sequence, masks, out / "predict" / "segmentation_overlay.png")
         _save_png(out / "predict" / "detection_frames.png",
                   detection_frames(out / "finetune" / "detect" / "model", data / "kumc", config.device))
-        predict = {"task": json.loads(Path(written["json"]).read_text())["task"], "video": str(video.relative_to(out)),
-                   "frames": len(masks), "mean predicted polyp fraction": float(masks.mean())}
+        classification_results(out / "finetune" / "classify" / "model", data / "probe",
+                               finetune["classify"]["splits"]["test"], config.device,
+                               out / "predict" / "classification.png")
+        predict = {"task": json.loads(Path(written["json"]).read_text())["task"],
+                   "video": str(sequence.relative_to(out)), "frames": len(masks),
+                   "mean predicted polyp fraction": float(masks.mean())}
+        video = _polyp_video(data / "polypdiag")
 
     with stage("attention", "attention maps of the pretrained backbone"):
         maps = attention_maps(video, backbone, device=config.device)
@@ -246,11 +279,14 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         figures = {
             "pretraining": [(f"pretraining {caption}", f"pretrain/plots/{key}.png") for key, caption in plots
                             if (pre_dir / "plots" / f"{key}.png").exists()],
-            "finetuning": [(f"{task}: {key}", f"finetune/{task}/plots/{key}.png") for task, metrics in finetune.items()
+            "finetuning": [(f"{task}: {curve_name(key)}", f"finetune/{task}/plots/{key}.png")
+                           for task, metrics in finetune.items()
                            for key in ("loss", f"val_{metrics['selection_metric']}")
                            if (out / "finetune" / task / "plots" / f"{key}.png").exists()],
-            "segmentation": [("segmenter on a PolypDiag test video: frames (top), predicted mask in green (bottom)",
-                              "predict/segmentation_overlay.png")],
+            "classification": [("classifier on the held-out test videos: confusion matrix, ROC and precision-recall "
+                                "curves", "predict/classification.png")],
+            "segmentation": [("segmenter on a CVC test sequence: frames (top), predicted mask in green (middle), "
+                              "ground truth in blue (bottom)", "predict/segmentation_overlay.png")],
             "detection": [("KUMC test frames: ground truth green, highest-scoring prediction red (score shown, "
                            "any score)", "predict/detection_frames.png")],
             "attention": [("frames (top) and attention (bottom)", "attention/attention_grid.png")],

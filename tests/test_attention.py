@@ -5,6 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import torch
+from PIL import Image
 
 from endofm import build_model, save_pretrained
 from endofm.cli.main import main
@@ -36,5 +37,7 @@ def test_overlay_blends_and_command_writes_pngs_and_video(tmp_path, tiny_video):
     assert main(["visualize", "attention", str(tiny_video), "--checkpoint", str(model_dir), "--out", str(out),
                  "--frames", "4", "--size", "32"]) == 0
     assert len(list(out.glob("attention_frame*.png"))) == 4 and (out / "attention_grid.png").exists()
+    with Image.open(out / "attention_grid.png") as grid:  # frames enlarged to be readable, frame over attention
+        assert min(grid.size) >= 2 * 224 and grid.width > grid.height
     with av.open(str(out / "attention.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 4

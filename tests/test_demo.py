@@ -17,7 +17,7 @@ def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
     for name in ("report.md", "report.html", "results.json", "config.yaml", "pretrain/teacher/config.json",
                  "finetune/classify/metrics.json", "finetune/segment/metrics.json", "finetune/detect/metrics.json",
                  "predict/predictions.json", "predict/segmentation_overlay.png", "predict/detection_frames.png",
-                 "attention/attention_grid.png"):
+                 "predict/classification.png", "attention/attention_grid.png"):
         assert (out / name).is_file(), name
     assert results["pretrain"]["steps"] == 2
     assert set(results["timings"]) == set(STAGES)

@@ -49,7 +49,8 @@ def test_features_of_a_polypdiag_layout_and_the_command(tmp_path, capsys):
     assert main(["evaluate", "knn", "--data", str(root), "--model", "endofm_vit_micro", "--frames", "2",
                  "--size", "32", "--quiet", "--out", str(out), "--k", "1"]) == 0
     assert "k-NN accuracy" in capsys.readouterr().out and out.exists()
-    assert json.loads(out.read_text())["pool"] == "cls"
+    report = json.loads(out.read_text())
+    assert report["pool"] == "cls" and report["options"]["k"] == 1 and report["options"]["frames"] == 2
 
 
 def test_pooled_features_are_the_patch_tokens_maximum(tmp_path):

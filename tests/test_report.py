@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -30,6 +31,7 @@ def _png(path: Path, colour: tuple[int, int, int]) -> str:
 def results(tmp_path) -> dict:
     figures = {
         "pretraining": [("pretraining loss", "pretrain/plots/loss.png")],
+        "classification": [("confusion matrix", "predict/classification.png")],
         "finetuning": [("classify: loss", "finetune/classify/plots/loss.png")],
         "segmentation": [("overlay", "predict/segmentation_overlay.png")],
         "detection": [("boxes", "predict/detection_frames.png")],
@@ -62,20 +64,34 @@ def test_html_is_self_contained_with_a_table_per_section(results, tmp_path):
     page = build_html(results, tmp_path)
     sections = page.count("<h2>")
     tables = page.count("<table>")
-    assert tables == 7 and sections == tables + len(results["figures"])
+    assert tables == 7 and sections == tables
     sources = re.findall(r"<img src='([^']*)'", page)
-    assert len(sources) == 5
+    assert len(sources) == 6
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
         assert image.format == "PNG"
     assert "NOT better" in page and "n/a" in page and "3.5" in page
+    assert "`" not in page.split("<body>")[1] and "<code>endofm predict</code>" in page
+
+
+def test_each_figure_sits_beside_its_table(results, tmp_path):
+    page = build_html(results, tmp_path)
+    section = {title: body for title, body in re.findall(r"<h2>([^<]*)</h2>(.*?)(?=<h2>|</body>)", page, re.S)}
+    placed = {"Pretraining": ["pretraining loss"],
+              "Fine-tuned tasks (test split)": ["confusion matrix", "classify: loss"],
+              "Prediction": ["overlay", "boxes"], "Attention": ["attention grid"]}
+    for title, captions in placed.items():
+        assert "<table>" in section[title] and section[title].index("<table>") < section[title].index("<img")
+        assert [alt for alt in re.findall(r"alt='([^']*)'", section[title])] == captions
+    results["figures"]["extra"] = [("an extra figure", "predict/classification.png")]
+    assert "<h2>Other figures</h2>" in build_html(results, tmp_path)
 
 
 def test_markdown_references_existing_files(results, tmp_path):
     text = build_markdown(results)
     paths = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(paths) == 5
+    assert len(paths) == 6
     assert all((tmp_path / p).is_file() for p in paths)
     assert "validation \\| held out" in text
     for title in ("Pretraining", "Frozen features", "Fine-tuned tasks", "Timings", "Attention"):
@@ -170,3 +186,25 @@ def test_report_renders_in_a_real_browser(results, tmp_path):
     expected_images = sum(len(items) for items in results["figures"].values())
     assert images == loaded == expected_images
     assert tables >= 5
+
+
+def test_classification_and_segmentation_figures(tmp_path):
+    from endofm.report.figures import (
+        classification_figure,
+        precision_recall_points,
+        roc_points,
+        segmentation_figure,
+    )
+
+    labels, scores = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.4, 0.1])
+    fpr, tpr = roc_points(labels, scores)
+    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1] and tpr.tolist() == [0, 0.5, 0.5, 1, 1]
+    recall, precision = precision_recall_points(labels, scores)
+    assert recall.tolist() == [0.5, 0.5, 1, 1] and precision.tolist() == [1, 0.5, 2 / 3, 0.5]
+    probabilities = np.stack([1 - scores, scores], axis=1)
+    with Image.open(classification_figure(labels, probabilities, ["normal", "polyp"], tmp_path / "c.png")) as image:
+        assert image.width > 2 * image.height  # matrix, ROC and precision-recall side by side
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((2, 16, 16), dtype=np.uint8)
+    with Image.open(segmentation_figure(frames, masks, masks, [0, 5], tmp_path / "s.png")) as image:
+        assert image.height > image.width  # rows: frame, prediction, ground truth

@@ -35,6 +35,10 @@ def _frozen(args: argparse.Namespace) -> int:
     )
     metrics["backbone"] = args.checkpoint or f"{args.model} (random initialisation)"
     metrics["pool"] = args.pool
+    metrics["options"] = {"train_split": args.train_split, "split": args.split, "k": args.k,
+                          "frames": args.frames or backbone.config.num_frames,
+                          "size": args.size or backbone.config.img_size[0], "normalization": args.normalization,
+                          "pool": args.pool, "num_heads": args.num_heads, "device": args.device}
     print(f"{'metric':<24}value")
     print(f"{'k-NN accuracy (k=' + str(args.k) + ')':<24}{metrics['knn_accuracy']:.4f}")
     print(f"{'linear-probe accuracy':<24}{metrics['linear_probe_accuracy']:.4f}")
@@ -60,6 +64,8 @@ def _task(args: argparse.Namespace) -> int:
     print_table(f"{model.task} metrics of {args.checkpoint} on {args.data} ({args.split}):", metrics)
     if args.out:
         report = {"task": model.task, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+                  "options": {"batch_size": args.batch_size, "device": args.device, "num_heads": args.num_heads,
+                              **options},
                   "metrics": metrics}
         atomic_write_text(args.out, json.dumps(json_safe(report), indent=2) + "\n")
     return 0

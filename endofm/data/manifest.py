@@ -41,6 +41,7 @@ from endofm.data.video import (
     output_size,
     random_access_options,
 )
+from endofm.engine.logging import bar_off
 from endofm.errors import DatasetError, EndoFMError, InputError
 from endofm.io import atomic_write
 
@@ -289,7 +290,7 @@ def scan_videos(
     if progress:
         from tqdm import tqdm
 
-        paths_iter = tqdm(paths, desc="scanning", unit="video")
+        paths_iter = tqdm(paths, desc="scanning", unit="video", disable=bar_off(True))
     else:
         paths_iter = paths
     rows: list[ManifestRow] = []
@@ -432,7 +433,7 @@ def transcode_videos(
     if progress:
         from tqdm import tqdm
 
-        sources = tqdm(sources, desc="transcoding", unit="video")
+        sources = tqdm(sources, desc="transcoding", unit="video", disable=bar_off(True))
     summary = TranscodeSummary([], [], [])
     for source in sources:
         target = (out / source.relative_to(src.resolve())).with_suffix(".mp4")

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -87,3 +89,25 @@ def apply_cpu_settings() -> None:
     """
     start_thread_pool_flushing_denormals()
     keep_freed_memory()
+
+
+_WORKER_CAPS_SAID: set[tuple[int, int]] = set()
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    sched_getaffinity = getattr(os, "sched_getaffinity", None)
+    return len(sched_getaffinity(0)) if sched_getaffinity else os.cpu_count() or 1
+
+
+def loader_workers(requested: int, setting: str = "run.num_workers") -> int:
+    """``requested`` DataLoader processes, at most one per usable core (more only slow the run down and make
+    PyTorch warn on every loader); the first time a request is cut, it is said once."""
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    if (requested, cores) not in _WORKER_CAPS_SAID:
+        _WORKER_CAPS_SAID.add((requested, cores))
+        print(f"{setting}={requested} but this process may use {cores} CPU core(s): using {cores} loader "
+              "process(es)", file=sys.stderr, flush=True)
+    return cores

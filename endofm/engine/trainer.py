@@ -9,7 +9,8 @@ Run folder::
 
     config.yaml          the resolved config (written by the caller)
     log.jsonl            one record per step and per epoch
-    checkpoints/last.pt  the latest training state (also epoch_NNNN.pt at epoch ends)
+    checkpoints/last.pt  the latest training state (epoch_NNNN.pt copies as run.keep_checkpoints and
+                         run.keep_every say; see endofm.engine.retention)
     plots/*.png          curves of the logged values
 """
 
@@ -31,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from endofm.engine.cpu import denormals_flushed
+from endofm.engine.cpu import denormals_flushed, loader_workers
 from endofm.engine.distributed import DistributedContext, all_gather_objects, all_reduce_sum, barrier
-from endofm.engine.logging import JsonlLogger, plot_curves, read_jsonl
+from endofm.engine.logging import EpochProgress, JsonlLogger, epoch_line, plot_curves, read_jsonl
+from endofm.engine.retention import epoch_file, prune_epoch_files, wants_epoch_file
 from endofm.engine.sampler import ShardedBatchSampler
 from endofm.engine.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 from endofm.errors import ConfigError, TrainingError
@@ -60,6 +62,12 @@ class RunConfig:
     seed: int = 0
     checkpoint_every: int = 0
     """Also write ``last.pt`` every this many steps (0: at epoch ends only)."""
+    keep_checkpoints: int = 0
+    """Epoch-end training states kept as ``checkpoints/epoch_NNNN.pt`` beside ``last.pt``: the latest this many
+    (0: none, -1: every epoch's). The selected model (``model/``, ``teacher/``) is written whatever this says."""
+    keep_every: int = 0
+    """Also keep the epoch-end state of every epoch that is a multiple of this (0: none; the original
+    pretraining's ``--saveckp_freq``)."""
     max_steps: int | None = None
     """Stop after this many steps in all (a short run; the schedules still span ``epochs``)."""
     drop_last: bool = True
@@ -81,8 +89,10 @@ class RunConfig:
             raise ConfigError(f"run.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.epoch_steps is not None and self.epoch_steps < 1:
             raise ConfigError(f"run.epoch_steps must be at least 1, got {self.epoch_steps}")
-        if self.num_workers < 0 or self.checkpoint_every < 0:
-            raise ConfigError("run.num_workers and run.checkpoint_every must not be negative")
+        if self.num_workers < 0 or self.checkpoint_every < 0 or self.keep_every < 0:
+            raise ConfigError("run.num_workers, run.checkpoint_every and run.keep_every must not be negative")
+        if self.keep_checkpoints < -1:
+            raise ConfigError(f"run.keep_checkpoints must be -1 (all), 0 or more, got {self.keep_checkpoints}")
         if self.dist_timeout <= 0:
             raise ConfigError(f"run.dist_timeout must be positive (seconds), got {self.dist_timeout}")
 
@@ -214,7 +224,10 @@ class Trainer:
             }
             save_training_state(self.last_checkpoint, state)
             if epoch_end:
-                save_training_state(self.checkpoint_dir / f"epoch_{epoch:04d}.pt", state)
+                keep = self.run.keep_checkpoints, self.run.keep_every
+                if wants_epoch_file(epoch, *keep):
+                    save_training_state(epoch_file(self.checkpoint_dir, epoch), state)
+                prune_epoch_files(self.checkpoint_dir, *keep)
         barrier()
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
@@ -241,7 +254,8 @@ class Trainer:
         self._epoch_losses = list(state.get("epoch_losses", []))
         self.logger.truncate_after(state["global_step"])
         if self.context.is_main:
-            tqdm.write(f"resuming at step {state['global_step']}, epoch {state['epoch'] + 1}")
+            tqdm.write(f"resuming at epoch {state['epoch'] + 1}, step {state['next_step'] + 1} (step "
+                       f"{state['global_step'] + 1} of the run) from {self.last_checkpoint}")
         return state["epoch"], state["next_step"]
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -270,6 +284,9 @@ class Trainer:
                 break
             summary = {"event": "epoch", "epoch": epoch, **epoch_stats, **self.recipe.on_epoch_end(epoch)}
             self.logger.log(summary)
+            if self.context.is_main:
+                tqdm.write(epoch_line(epoch + 1, self.run.epochs, {k: v for k, v in summary.items()
+                                                                    if k not in ("event", "epoch", "skipped")}))
             self._save(optimizer, epoch + 1, 0, global_step, epoch_end=True)
             if time.perf_counter() - self._plotted_at >= PLOT_INTERVAL_S:
                 self._plot(global_step)
@@ -304,7 +321,7 @@ class Trainer:
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
-            num_workers=self.run.num_workers,
+            num_workers=loader_workers(self.run.num_workers),
             collate_fn=self.collate_fn,
             pin_memory=self.context.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.run.seed + epoch),
@@ -312,12 +329,11 @@ class Trainer:
         network.train()
         losses, skipped = self._epoch_losses if start_step else [], []
         self._epoch_losses = losses
-        progress = tqdm(loader, total=self.steps_per_epoch - start_step, initial=0,
-                        desc=f"epoch {epoch + 1}/{self.run.epochs}", unit="step", dynamic_ncols=True,
-                        disable=not (self.run.progress and self.context.is_main))
+        progress = EpochProgress(self.steps_per_epoch - start_step, f"epoch {epoch + 1}/{self.run.epochs}",
+                                 enabled=self.run.progress and self.context.is_main)
         finished = True
         tick = time.perf_counter()
-        for offset, batch in enumerate(progress):
+        for offset, batch in enumerate(loader):
             step_in_epoch = start_step + offset
             scheduled = self.recipe.before_step(global_step, epoch, optimizer)
             keys = sample_keys(self.run.seed, epoch, self.sampler.indices(step_in_epoch))
@@ -334,8 +350,7 @@ class Trainer:
             if self.context.device.type == "cuda":
                 record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.context.device) / 2**30
             self.logger.log(record)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduled.get('lr', 0):.2e}",
-                                 clips_s=f"{clips_per_s:.1f}")
+            progress.update(loss=loss_value, lr=scheduled.get("lr", 0.0), clips_s=clips_per_s)
             at_limit = self.run.max_steps is not None and global_step >= self.run.max_steps
             if at_limit or (self.run.checkpoint_every and global_step % self.run.checkpoint_every == 0):
                 self._save(optimizer, epoch, step_in_epoch + 1, global_step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,11 @@ import torch.nn.functional as F
 from endofm.data.video import VideoReader, normalize, write_video
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
+from endofm.report.labels import draw_label
 from endofm.tasks.embed import center_crop, sample_indices
+
+GRID_TILE = 224
+"""The least side of a frame in the attention grid (a 64-pixel frame is enlarged 4 times)."""
 
 
 @dataclass
@@ -68,6 +73,25 @@ def attention_maps(
     return AttentionMaps(frames.permute(0, 2, 3, 1).numpy(), maps.numpy(), indices)
 
 
+def attention_grid(frames: np.ndarray, blended: np.ndarray, indices: list[int]) -> np.ndarray:
+    """One column per frame, the frame above its attention overlay, each tile enlarged to at least
+    :data:`GRID_TILE` pixels and labelled (frame number, "attention")."""
+    from PIL import Image
+
+    side = frames.shape[1]
+    scale = max(1, math.ceil(GRID_TILE / side))
+    columns = []
+    for frame, overlaid, index in zip(frames, blended, indices, strict=True):
+        tiles = []
+        for image, label in ((frame, f"frame {index}"), (overlaid, "attention")):
+            tile = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.BICUBIC)
+            draw_label(tile, (0, 0), label, size=max(14, round(0.07 * tile.height)))
+            tiles.append(np.asarray(tile))
+        columns.append(np.concatenate(tiles, axis=0))
+    gap = np.full((columns[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([part for column in columns for part in (column, gap)][:-1], axis=1)
+
+
 def save_attention(result: AttentionMaps, out_dir: str | os.PathLike, fps: float = 4.0) -> dict[str, Path]:
     """Write one overlay PNG per frame, a grid PNG of all frames and an mp4 of the overlays."""
     from PIL import Image
@@ -78,8 +102,7 @@ def save_attention(result: AttentionMaps, out_dir: str | os.PathLike, fps: float
     for frame_index, image in zip(result.indices, blended, strict=True):
         path = out / f"attention_frame{frame_index:05d}.png"
         atomic_write(path, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
-    grid = np.concatenate([np.concatenate([f, b], axis=0) for f, b in zip(result.frames, blended, strict=True)],
-                          axis=1)
+    grid = attention_grid(result.frames, blended, result.indices)
     written["grid"] = atomic_write(out / "attention_grid.png",
                                    lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
     even = blended[:, : blended.shape[1] // 2 * 2, : blended.shape[2] // 2 * 2]

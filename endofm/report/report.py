@@ -28,11 +28,16 @@ FROZEN_PROBES = {"knn_accuracy": "k-NN accuracy", "linear_probe_accuracy": "line
 """Frozen-feature scores the report shows (those present), with their column titles."""
 FIGURE_SECTIONS = {
     "pretraining": "Pretraining curves",
+    "classification": "Classification on the test split",
     "finetuning": "Fine-tuning curves",
-    "segmentation": "Segmentation overlay",
+    "segmentation": "Segmentation on a CVC sequence",
     "detection": "Detection frames",
     "attention": "Attention of the pretrained backbone",
 }
+"""Figure groups of the results' ``figures``, with their titles."""
+SECTION_FIGURES = {"Pretraining": ("pretraining",), "Fine-tuned tasks (test split)": ("classification", "finetuning"),
+                   "Prediction": ("segmentation", "detection"), "Attention": ("attention",)}
+"""The figure groups shown beside each table section (groups no section names follow at the end)."""
 
 
 def _fmt(value: Any) -> str:
@@ -104,7 +109,7 @@ def finetune_caveats(finetune: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
-    """Sections as (title, text, header, rows)."""
+    """Sections as (title, text, header, rows); the text may quote commands in backticks."""
     sections = []
     settings = results.get("settings", {})
     sections.append(("Settings", "What this run used (synthetic data only; nothing real is involved).",
@@ -134,7 +139,8 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[lis
         "on tiny synthetic sets; the numbers show the pipeline runs end to end, not the model's real-world accuracy.",
         *finetune_caveats(results["finetune"])]), ["task", "test metrics", "best epoch", "protocol"], rows))
     pred = results.get("predict", {})
-    sections.append(("Prediction on one video", "`endofm predict` with the fine-tuned model on one synthetic video.",
+    sections.append(("Prediction", "`endofm predict` with the fine-tuned segmenter on a synthetic CVC test sequence "
+                     "(its masks beside the ground truth), and the detector on KUMC test frames.",
                      ["quantity", "value"], [[k, _fmt(v)] for k, v in pred.items()]))
     att = results.get("attention", {})
     sections.append(("Attention", "CLS-to-patch attention of the pretrained backbone's last block (mean over heads), "
@@ -146,30 +152,46 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[lis
     return sections
 
 
-def _figures(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+def _figures(results: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The figure groups ``keys`` that the results hold, as (title, [(caption, path)])."""
     figures = results.get("figures", {})
-    return [(FIGURE_SECTIONS.get(key, key), [(c, p) for c, p in figures[key]]) for key in FIGURE_SECTIONS
-            if figures.get(key)]
+    return [(FIGURE_SECTIONS.get(key, key), [(c, p) for c, p in figures[key]]) for key in keys if figures.get(key)]
+
+
+def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str]], list]]:
+    """Table sections, each with the figure groups shown beside it; a last section holds any group left over."""
+    tables = _tables(results)
+    placed = {key for title, *_ in tables for key in SECTION_FIGURES.get(title, ())}
+    sections = [(*table, _figures(results, SECTION_FIGURES.get(table[0], ()))) for table in tables]
+    rest = tuple(key for key in (*FIGURE_SECTIONS, *results.get("figures", {})) if key not in placed)
+    leftover = _figures(results, tuple(dict.fromkeys(rest)))
+    if leftover:
+        sections.append(("Other figures", "", [], [], leftover))
+    return sections
 
 
 def build_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown; images are referenced by their paths relative to the run folder."""
     lines = ["# Endo-FM demo report", ""]
-    for title, text, header, rows in _tables(results):
-        lines += [f"## {title}", "", text, "", "| " + " | ".join(header) + " |",
-                  "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-        lines.append("")
-    for title, items in _figures(results):
-        lines += [f"## {title}", ""]
-        lines += [f"![{caption}]({path})\n\n*{caption}*\n" for caption, path in items]
+    for title, text, header, rows, figures in _sections(results):
+        lines += [f"## {title}", "", text, ""]
+        if header:
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines.append("")
+        for _, items in figures:
+            lines += [f"![{caption}]({path})\n\n*{caption}*\n" for caption, path in items]
     return "\n".join(lines)
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0 0 1em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f0f0f0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}img{max-width:100%}
-figure{margin:1em 0}figcaption{color:#555;font-size:90%}"""
+code{background:#f3f3f3;padding:0 3px;border-radius:3px}
+.pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.pair>.tables{flex:1 1 380px;min-width:0}
+.pair>.figures{flex:2 1 560px;min-width:0;display:flex;flex-wrap:wrap;gap:1em}
+figure{margin:0;flex:1 1 100%}figure.small{flex:0 1 calc(50% - 0.5em)}figcaption{color:#555;font-size:90%}
+h3{margin:0;font-size:100%;flex:1 1 100%}"""
 
 
 def data_uri(path: str | Path) -> str:
@@ -177,20 +199,36 @@ def data_uri(path: str | Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def html_text(text: str) -> str:
+    """Plain text as HTML, with `quoted` commands set as code (never shown as literal backticks)."""
+    return "".join(f"<code>{html.escape(part)}</code>" if k % 2 else html.escape(part)
+                   for k, part in enumerate(text.split("`")))
+
+
 def build_html(results: dict[str, Any], run_dir: str | Path) -> str:
-    """The report as one self-contained HTML page (images embedded from ``run_dir``)."""
+    """The report as one self-contained HTML page (images embedded from ``run_dir``), each section's figures
+    beside its table."""
     esc = html.escape
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>Endo-FM demo report</title>",
              f"<style>{CSS}</style></head><body>", "<h1>Endo-FM demo report</h1>"]
-    for title, text, header, rows in _tables(results):
-        parts += [f"<h2>{esc(title)}</h2>", f"<p>{esc(text)}</p>", "<table>",
-                  "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
-        parts += ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows]
-        parts.append("</table>")
-    for title, items in _figures(results):
-        parts.append(f"<h2>{esc(title)}</h2>")
-        parts += [f"<figure><img src='{data_uri(Path(run_dir) / path)}' alt='{esc(caption)}'>"
-                  f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, path in items]
+    for title, text, header, rows, figures in _sections(results):
+        parts += [f"<h2>{esc(title)}</h2>", "<div class='pair'><div class='tables'>"]
+        if text:
+            parts.append(f"<p>{html_text(text)}</p>")
+        if header:
+            parts += ["<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+            parts += ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows]
+            parts.append("</table>")
+        parts.append("</div>")
+        if figures:
+            parts.append("<div class='figures'>")
+            for group, items in figures:
+                small = " class='small'" if len(items) > 1 else ""
+                parts.append(f"<h3>{esc(group)}</h3>")
+                parts += [f"<figure{small}><img src='{data_uri(Path(run_dir) / path)}' alt='{esc(caption)}'>"
+                          f"<figcaption>{html_text(caption)}</figcaption></figure>" for caption, path in items]
+            parts.append("</div>")
+        parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

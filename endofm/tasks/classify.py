@@ -29,6 +29,7 @@ from endofm.data.datasets.splits import split_by_case
 from endofm.data.transforms import eval_transform, original_view, train_transform
 from endofm.data.video import VideoReader
 from endofm.engine.distributed import gather_shards, shard
+from endofm.engine.logging import bar_off
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import CheckpointError, ConfigError, DatasetError
@@ -43,6 +44,7 @@ from endofm.models.checkpoint import (
 )
 from endofm.models.heads import LinearClassifier
 from endofm.models.inputs import InputSpec
+from endofm.report.labels import draw_label, font_size
 from endofm.tasks.base import (
     FinetunedModel,
     LoadedFinetuned,
@@ -203,7 +205,7 @@ def predict_probabilities(network: nn.Module, dataset: Any, batch_size: int, dev
     probs, labels = [], []
     loader = DataLoader(Subset(dataset, shard(len(dataset))), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=default_collate)
-    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=bar_off(progress), leave=False):
         probs += F.softmax(network(batch["video"].to(device)).float(), dim=1).cpu().unbind(0)
         labels += torch.as_tensor(batch["label"]).unbind(0)
     network.train(was_training)
@@ -275,7 +277,13 @@ def _adopt(loaded: LoadedCheckpoint, path: str) -> FinetunedModel | None:
     if loaded.classifier is None:
         return None
     return FinetunedModel("classify", loaded.backbone, loaded.classifier, loaded.classifier.config,
-                          dict(CLASSIFY_DEFAULT_DATA), path, {"source": "original fine-tuned classifier"})
+                          original_data(loaded.backbone), path, {"source": "original fine-tuned classifier"})
+
+
+def original_data(backbone: EndoFMBackbone) -> dict[str, Any]:
+    """The preprocessing of the original's fine-tuned classifier at the clip size its backbone stores (8 x 224 for
+    the released model): a file records no input size but its embeddings do."""
+    return {**CLASSIFY_DEFAULT_DATA, "num_frames": backbone.config.num_frames, "size": backbone.config.img_size[0]}
 
 
 def _load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
@@ -290,9 +298,9 @@ def _load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) ->
         raise CheckpointError(f"{path}: state_dict holds no 2-D linear.weight (the PolypDiag classifier)")
     head = LinearClassifier(weight.shape[1], weight.shape[0])
     _load_strict(head.linear, classifier_state, "classifier", str(path))
-    return LoadedFinetuned("classify", ClassifierNetwork(backbone, head).eval(), input_spec(CLASSIFY_DEFAULT_DATA),
-                           str(path), "polypdiag", {"source": "original fine-tuned PolypDiag classifier",
-                                                    "data": dict(CLASSIFY_DEFAULT_DATA)})
+    data = original_data(backbone)
+    return LoadedFinetuned("classify", ClassifierNetwork(backbone, head).eval(), input_spec(data), str(path),
+                           "polypdiag", {"source": "original fine-tuned PolypDiag classifier", "data": data})
 
 
 POLYPDIAG_LAYOUT = ReleasedLayout("polypdiag", lambda state: "backbone_state_dict" in state, _load_polypdiag)
@@ -328,7 +336,7 @@ def predict_classify(loaded: LoadedFinetuned, reader: VideoReader, device: torch
     if starts[-1] + span < count:
         starts.append(count - span)
     total, covered = np.zeros(count), np.zeros(count)
-    for start in tqdm(starts, desc="windows", unit="window", disable=not progress):
+    for start in tqdm(starts, desc="windows", unit="window", disable=bar_off(progress)):
         indices = [start + i for i in evenly_spaced(span, num_frames)]
         total[start : start + span] += probability(indices)[1]
         covered[start : start + span] += 1
@@ -345,13 +353,15 @@ def predict_classify(loaded: LoadedFinetuned, reader: VideoReader, device: torch
 
 def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, float],
                arrays: dict[str, np.ndarray]) -> Image.Image:
-    """The label and a bar of the polyp probability along the top."""
-    draw = ImageDraw.Draw(image)
+    """The label and the polyp probability on a dark band along the top, a bar of the probability under it."""
     p = frame["polyp_probability"]
-    width = image.width
-    draw.rectangle([0, 0, width, 22], fill=(0, 0, 0))
-    draw.rectangle([0, 18, int(width * p), 22], fill=(255, 60, 60) if p >= 0.5 else (60, 200, 60))
-    draw.text((4, 3), f"{frame['label']}  p(polyp)={p:.2f}", fill=(255, 255, 255))
+    size = font_size(image)
+    _, _, _, bottom = draw_label(image, (0, 0), f"{frame['label']}   P(polyp) {100 * p:.1f}%", size=size)
+    draw = ImageDraw.Draw(image)
+    bar = max(3, size // 4)
+    draw.rectangle([0, bottom, image.width, bottom + bar], fill=(16, 16, 16))
+    draw.rectangle([0, bottom, round(image.width * p), bottom + bar],
+                   fill=(255, 90, 90) if p >= 0.5 else (90, 220, 90))
     return image
 
 

@@ -41,6 +41,7 @@ from endofm.data.datasets.kumc import KUMCDataset
 from endofm.data.transforms import VideoTransform
 from endofm.data.video import VideoReader
 from endofm.engine.distributed import all_reduce_sum, gather_shards, shard, world_size
+from endofm.engine.logging import bar_off
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, InputError
@@ -48,6 +49,7 @@ from endofm.metrics.detection import detection_metrics
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.inputs import InputSpec
 from endofm.models.stft import STFTDetector
+from endofm.report.labels import draw_label
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, PaperResult, Prediction, Task, TaskOption, preset_input
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.detect_stft import LAYOUT as STFT_LAYOUT
@@ -334,7 +336,7 @@ def predict_fcos(loaded: LoadedFinetuned, reader: VideoReader, device: torch.dev
     classes = data.get("classes") or [str(i) for i in range((loaded.metadata.get("head") or {}).get("num_classes", 1))]
     count = len(reader)
     frames = []
-    for chunk in tqdm(_chunks(count, 8), desc="frames", unit="batch", disable=not progress):
+    for chunk in tqdm(_chunks(count, 8), desc="frames", unit="batch", disable=bar_off(progress)):
         clips = []
         for k in chunk:
             indices = [min(max(k + o, 0), count - 1) for o in offsets] + [k]
@@ -361,15 +363,22 @@ def predict_detect(loaded: LoadedFinetuned, reader: VideoReader, device: torch.d
     return Prediction(predict_fcos(loaded, reader, device, score_threshold, progress))
 
 
+BOX_COLOUR = (255, 230, 0)
+"""Predicted boxes and their tabs: yellow stands out on red and pink tissue."""
+
+
 def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, float],
                arrays: dict[str, np.ndarray]) -> Image.Image:
-    """Every box with its label and score."""
+    """Every box in yellow with its label and score in dark text on a yellow tab above it (inside it at the top
+    of the frame)."""
     draw = ImageDraw.Draw(image)
+    width = max(2, round(min(image.size) / 180))
     for item in frame["boxes"]:
         x1, y1, x2, y2 = item["box"]
         box = [x1 * scale[1], y1 * scale[0], x2 * scale[1], y2 * scale[0]]
-        draw.rectangle(box, outline=(255, 255, 0), width=2)
-        draw.text((box[0] + 2, max(box[1] - 12, 0)), f"{item['label']} {item['score']:.2f}", fill=(255, 255, 0))
+        draw.rectangle(box, outline=BOX_COLOUR, width=width)
+        draw_label(image, (box[0], box[1]), f"{item['label']} {100 * item['score']:.1f}%", fill=(0, 0, 0),
+                   background=BOX_COLOUR, anchor_bottom=True)
     return image
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from endofm.data.synthetic import POLYP_CLASSES
 from endofm.data.video import VideoReader
-from endofm.engine.logging import plot_curves
+from endofm.engine.logging import bar_off, plot_curves
 from endofm.errors import CheckpointError, ConfigError, InputError, TrainingError
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
@@ -175,7 +175,7 @@ def detect_video(model: STFTDetector, read: Callable[[list[int]], torch.Tensor],
     rng = np.random.RandomState(seed)
     features = VideoFeatures(model, read, length, device)
     results = []
-    for frame in tqdm(range(1, length + 1), desc="frames", unit="frame", disable=not progress):
+    for frame in tqdm(range(1, length + 1), desc="frames", unit="frame", disable=bar_off(progress)):
         window = window_ids(frame, length)
         left, right = draw_references(rng)
         ids = [window[-MIN_OFFSET]] + [window[p] for p in left] + [window[p] for p in right]
@@ -498,7 +498,8 @@ class STFTRecipe(FinetuneRecipe):
             self.best_score, self.best_iteration, self.best_metrics = value, iteration, metrics
             if self.config.iterations.keep == "best":
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
-        scalars = {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalars = {f"val_{k}": int(v) if isinstance(v, (int, np.integer)) else float(v)
+                   for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
         self.history.append({"iteration": iteration, **scalars})
         self.pending = scalars
 
@@ -558,7 +559,8 @@ class STFTRecipe(FinetuneRecipe):
                   "best_epoch": max(1, math.ceil(chosen / self.steps_per_epoch)), "best_val": self.best_score,
                   "test": test_metrics, "val_history": self.history, "model": str(model_dir)}
         metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
-        keys = sorted({k for row in self.history for k in row if k != "iteration"})
+        keys = sorted({k for row in self.history for k, v in row.items()
+                       if k != "iteration" and not isinstance(v, int)})  # counts are the same every evaluation
         plot_curves(self.history, keys, out_dir / "plots", x_key="iteration")
         return {"model": str(model_dir), "metrics": str(metrics_path), "plots": str(out_dir / "plots")}
 

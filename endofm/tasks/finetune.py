@@ -11,11 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
 from endofm.config import config_to_dict, save_config
+from endofm.engine.cpu import loader_workers
 from endofm.engine.distributed import DistributedContext, init_distributed
 from endofm.engine.logging import plot_curves
 from endofm.engine.optim import build_optimizer
@@ -26,7 +29,7 @@ from endofm.errors import ConfigError, TrainingError
 from endofm.io import atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import load_checkpoint
-from endofm.models.registry import build_model
+from endofm.models.registry import MODEL_CONFIGS, build_model
 from endofm.models.streams import derive, sample_keys
 from endofm.tasks.config import FinetuneModelConfig
 from endofm.tasks.folder import save_finetuned
@@ -47,6 +50,48 @@ def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:
         backbone = EndoFMBackbone(dataclasses.replace(source.config, drop_path_rate=model.drop_path_rate))
         backbone.load_state_dict(source.state_dict())
     return backbone.set_grad_checkpointing(model.grad_checkpointing)
+
+
+RECORDED_SIZES = ("embed_dim", "depth", "num_heads", "patch_size", "num_frames", "img_size")
+"""The backbone sizes a run's ``config.yaml`` names when the backbone came from ``model.init``."""
+
+
+def backbone_sizes(network: nn.Module) -> dict[str, Any]:
+    """The architecture of the Endo-FM transformer in a task network: its backbone's config, or, for the
+    TransUNet (which takes over the backbone's blocks), the transformer sizes it keeps."""
+    for module in network.modules():
+        if isinstance(module, EndoFMBackbone):
+            return dataclasses.asdict(module.config)
+    c = network.config
+    return {"embed_dim": c.hidden, "depth": c.depth, "num_heads": c.num_heads, "mlp_ratio": c.mlp_ratio,
+            "qkv_bias": c.qkv_bias}
+
+
+def architecture_name(sizes: dict[str, Any]) -> str | None:
+    """The named architecture (:data:`~endofm.models.registry.MODEL_CONFIGS`) with these sizes (those given,
+    drop-path rate aside); None when no named one has them."""
+    for name, named in MODEL_CONFIGS.items():
+        fields = dataclasses.asdict(named)
+        if all(fields[key] == value for key, value in sizes.items() if key != "drop_path_rate"):
+            return name
+    return None
+
+
+def save_run_config(config: Any, network: nn.Module, path: Path) -> Path:
+    """Write a run's ``config.yaml`` saying what ran: with ``model.init`` the backbone is the initial weights'
+    architecture, so ``model.arch`` names it (when a named one matches) and a first comment line gives its sizes;
+    the file still reads back with ``--config``."""
+    if config.model.init is None:
+        return save_config(config, path)
+    sizes = backbone_sizes(network)
+    arch = architecture_name(sizes)
+    if arch is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch))
+    shown = ", ".join(f"{key} {'x'.join(map(str, value)) if isinstance(value, tuple) else value}"
+                      for key, value in sizes.items() if key in RECORDED_SIZES)
+    header = (f"# the backbone that ran has model.init's architecture "
+              f"({arch or 'no named one; model.arch is unused'}): {shown}\n")
+    return atomic_write_text(path, header + yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def is_better(value: float, best: float | None) -> bool:
@@ -84,7 +129,8 @@ class FinetuneRecipe(Recipe):
     def evaluate(self, dataset: Any) -> dict[str, Any]:
         """Metrics of the current network on a dataset."""
         run = self.config.run
-        return type(self).evaluator(self.network, dataset, run.batch_size, self.device, run.num_workers)
+        workers = loader_workers(run.num_workers)
+        return type(self).evaluator(self.network, dataset, run.batch_size, self.device, workers)
 
     def head_config(self) -> dict[str, Any]:
         """Constructor arguments of the head (recorded in the model folder)."""
@@ -124,7 +170,8 @@ class FinetuneRecipe(Recipe):
         if is_better(value, self.best_score):
             self.best_score, self.best_epoch = value, epoch
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
-        scalars = {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalars = {f"val_{k}": int(v) if isinstance(v, (int, np.integer)) else float(v)
+                   for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
         self.history.append({"epoch": epoch + 1, **scalars})
         return scalars
 
@@ -156,7 +203,8 @@ class FinetuneRecipe(Recipe):
                   "best_val": self.best_score, "test": test_metrics, "val_history": self.history,
                   "model": str(model_dir)}
         metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
-        keys = sorted({k for row in self.history for k in row if k != "epoch"})
+        keys = sorted({k for row in self.history for k, v in row.items() if k != "epoch" and not isinstance(v, int)})
+        # counts (val_samples, val_frames) are left out: the same number every epoch
         plot_curves(self.history, keys, out_dir / "plots", x_key="epoch")
         return {"model": str(model_dir), "metrics": str(metrics_path), "plots": str(out_dir / "plots")}
 
@@ -203,10 +251,10 @@ def run_finetune(config: Any, recipe_cls: type[FinetuneRecipe], datasets: tuple,
     if config.run.batch_size % context.world_size:
         raise ConfigError(f"run.batch_size={config.run.batch_size} (the global batch) does not divide over "
                           f"{context.world_size} processes: use a multiple of {context.world_size}")
-    if context.is_main:
-        save_config(config, out_dir / "config.yaml")
     torch.manual_seed(config.run.seed)
     recipe = recipe_cls(config, context, val, test, names)
+    if context.is_main:
+        save_run_config(config, recipe.network, out_dir / "config.yaml")
     trainer = Trainer(recipe, KeyedSamples(train, config.run.seed), collate_fn, config.run, context,
                       config_to_dict(config))
     return trainer.fit(resume=resume)

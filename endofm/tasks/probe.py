@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from endofm.data.datasets.polypdiag import PolypDiagDataset
 from endofm.data.transforms import eval_transform
+from endofm.engine.logging import bar_off
 from endofm.errors import InputError
 from endofm.metrics.knn import knn_accuracy
 from endofm.models.backbone import EndoFMBackbone
@@ -63,7 +64,7 @@ def extract_pooled_features(
     backbone = backbone.to(device).eval()
     features: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
     labels = []
-    for batch in tqdm(loader, desc=f"features of {split}", unit="batch", disable=not progress):
+    for batch in tqdm(loader, desc=f"features of {split}", unit="batch", disable=bar_off(progress)):
         for pool, embedding in backbone.forward_pools(batch["video"].to(device), pools).items():
             features[pool].append(embedding.float().cpu())
         labels.append(batch["label"])

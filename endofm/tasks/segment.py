@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset, default_collate
 from torchvision import tv_tensors
@@ -33,7 +33,9 @@ from torchvision.transforms import InterpolationMode, v2
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
 from endofm.data.video import VideoReader
+from endofm.engine.cpu import loader_workers
 from endofm.engine.distributed import all_gather_objects, global_sum, shard, shared_loss, world_size
+from endofm.engine.logging import bar_off
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError, DatasetError, InputError
@@ -41,6 +43,7 @@ from endofm.metrics.segmentation import EMPTY_RULES, segmentation_metrics
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.inputs import InputSpec
 from endofm.models.transunet import TransUNet
+from endofm.report.labels import draw_label
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, PaperResult, Prediction, Task, TaskOption, preset_input
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
@@ -383,8 +386,8 @@ class SegmentRecipe(FinetuneRecipe):
 
     def evaluate(self, dataset: Any) -> dict[str, Any]:
         run = self.config.run
-        return evaluate_segmenter(self.network, dataset, run.batch_size, self.device, run.num_workers,
-                                  self.config.empty_rule)
+        return evaluate_segmenter(self.network, dataset, run.batch_size, self.device,
+                                  loader_workers(run.num_workers), self.config.empty_rule)
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         logits = network(batch["video"].to(self.device, non_blocking=True))
@@ -429,10 +432,11 @@ def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "tes
                            batch_size: int = 1, empty_rule: str | None = None) -> dict[str, Any]:
     """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
     CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
-    the rule the model was trained with, else ``standard``)."""
+    the rule the model was trained with, else ``standard``; the metrics name the rule applied)."""
     rule = empty_rule or (loaded.metadata.get("data") or {}).get("empty_rule", "standard")
     dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input))
-    return evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule)
+    return {**evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule),
+            "empty_rule": rule}
 
 
 def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device,
@@ -449,7 +453,7 @@ def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.
     count = len(reader)
     masks = np.zeros((count, *loaded.input.size), dtype=np.uint8)
     length = loaded.input.frames or min(PREDICT_WINDOW, count)
-    for window in tqdm(_windows(list(range(count)), length), desc="windows", unit="window", disable=not progress):
+    for window in tqdm(_windows(list(range(count)), length), desc="windows", unit="window", disable=bar_off(progress)):
         video = transform(reader.read(window))["video"].unsqueeze(0).to(device)
         with torch.inference_mode():
             masks[window] = network(video).argmax(1)[0].cpu().numpy().astype(np.uint8)
@@ -464,7 +468,7 @@ def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.
 
 def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, float],
                arrays: dict[str, np.ndarray]) -> Image.Image:
-    """The predicted mask blended in green, and the polyp fraction."""
+    """The predicted mask blended in green, and the share of the frame it covers on a dark box."""
     mask = arrays.get("masks")
     if mask is None:
         return image
@@ -472,7 +476,7 @@ def draw_frame(image: Image.Image, frame: dict[str, Any], scale: tuple[float, fl
     pixels = np.asarray(image).copy()
     pixels[overlay] = (0.5 * pixels[overlay] + 0.5 * np.array([0, 255, 0])).astype(np.uint8)
     image = Image.fromarray(pixels)
-    ImageDraw.Draw(image).text((4, 3), f"polyp {100 * frame['polyp_fraction']:.1f}%", fill=(255, 255, 255))
+    draw_label(image, (0, 0), f"polyp area {100 * frame['polyp_fraction']:.1f}%")
     return image
 
 

@@ -152,7 +152,7 @@ def test_an_elastic_restart_resumes_a_run_of_the_same_config(data: list[Path], t
         pretrain(config)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert pretrain(config)["global_step"] == 2
-    assert "resuming at step 2, epoch 2" in capsys.readouterr().out
+    assert "resuming at epoch 2, step " in (out := capsys.readouterr().out) and "(step 3 of the run)" in out
     other = load_config(PretrainConfig, overrides=[*TOY, f"data.manifest={data[0]}", f"run.out_dir={tmp_path}",
                                                    "run.seed=5"])
     with pytest.raises(TrainingError, match="already holds a run"):

@@ -17,6 +17,7 @@ from endofm import load_checkpoint
 from endofm.config import load_config
 from endofm.data.synthetic import render_video
 from endofm.data.video import write_video
+from endofm.engine import logging
 from endofm.errors import ConfigError, DatasetError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.pretrain.loss import DINOLoss
@@ -68,7 +69,7 @@ def test_a_run_writes_everything_a_user_needs(videos, tmp_path):
     out = tmp_path / "run"
     summary = pretrain(_config(videos, out))
     assert summary["global_step"] == 4 and summary["epoch"] == 1
-    for name in ("config.yaml", "log.jsonl", "manifest.csv", "checkpoints/last.pt", "checkpoints/epoch_0002.pt",
+    for name in ("config.yaml", "log.jsonl", "manifest.csv", "checkpoints/last.pt",
                  "plots/loss.png", "plots/lr.png", "plots/momentum.png", "plots/teacher_entropy.png"):
         assert (out / name).exists(), name
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -81,16 +82,33 @@ def test_a_run_writes_everything_a_user_needs(videos, tmp_path):
     assert ours.dino_head is not None and original.info.layout == "teacher_flat"
     torch.testing.assert_close(ours.backbone.state_dict(), original.backbone.state_dict())
     first_block = "backbone.blocks.0.attn.qkv.weight"
-    start = torch.load(out / "checkpoints/epoch_0002.pt", weights_only=True)
+    assert not list((out / "checkpoints").glob("epoch_*.pt")), "only last.pt is kept by default"
+    start = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert not torch.equal(start["network"][first_block], start["recipe"]["teacher"][first_block])
     last_teacher = load_checkpoint(out / "checkpoints/last.pt")
     assert last_teacher.info.layout == "training" and last_teacher.backbone.config.num_heads == 2
     torch.testing.assert_close(last_teacher.backbone.state_dict(), ours.backbone.state_dict(), rtol=0, atol=0)
     torch.testing.assert_close(last_teacher.dino_head.state_dict(), ours.dino_head.state_dict(), rtol=0, atol=0)
-    student = load_checkpoint(out / "checkpoints/epoch_0002.pt", which="student").backbone
+    student = load_checkpoint(out / "checkpoints/last.pt", which="student").backbone
     assert torch.equal(student.state_dict()["blocks.0.attn.qkv.weight"], start["network"][first_block])
     with pytest.raises(TrainingError, match="already holds a run"):
         pretrain(_config(videos, out))
+
+
+def test_epoch_states_are_kept_as_the_settings_say(videos, tmp_path, monkeypatch, capsys):
+    """run.keep_checkpoints keeps the latest epoch states, run.keep_every every k-th; the rest are removed.
+    On a terminal each epoch's bar ends at 100%, and each epoch prints a line with its figures."""
+    monkeypatch.setattr(logging, "is_terminal", lambda stream=None: True)
+    out = tmp_path / "run"
+    pretrain(_config(videos, out, "run.epochs=4", "run.batch_size=8", "run.keep_checkpoints=1", "run.keep_every=2",
+                     "run.progress=true"))
+    kept = sorted(path.name for path in (out / "checkpoints").iterdir())
+    assert kept == ["epoch_0002.pt", "epoch_0004.pt", "last.pt"]
+    assert torch.load(out / "checkpoints/epoch_0002.pt", weights_only=True)["epoch"] == 2
+    captured = capsys.readouterr()
+    assert all(f"epoch {epoch}/4: 100%" in captured.err for epoch in range(1, 5))
+    assert [line.split("  ")[0] for line in captured.out.splitlines() if "mean_loss" in line] == [
+        f"epoch {epoch}/4" for epoch in range(1, 5)]
 
 
 def test_resume_after_sigkill_gives_the_same_teacher(videos, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import av
@@ -31,6 +32,7 @@ def check_run(out: Path, task: str, capsys: pytest.CaptureFixture) -> dict:
     assert "validation split" in report["protocol"]
     assert report["splits"]["val"] != report["splits"]["test"]
     assert (out / "config.yaml").exists() and (out / "checkpoints" / "last.pt").exists()
+    assert not list((out / "checkpoints").glob("epoch_*.pt")), "only last.pt and model/ are kept by default"
     assert (out / "model" / "config.json").exists() and (out / "model" / "task_head.safetensors").exists()
     assert list((out / "plots").glob("*.png"))
     assert "test metrics" in capsys.readouterr().out
@@ -109,11 +111,17 @@ def test_classify_select_on_test_says_so(polypdiag_root: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_classify_resume(polypdiag_root: Path, tmp_path: Path) -> None:
+def test_classify_resume(polypdiag_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--resume`` says where it continues; each epoch prints its validation figures (progress bars off)."""
     out = tmp_path / "run"
     assert finetune("classify", polypdiag_root, out, "run.epochs=2", "run.max_steps=3", "data.size=32") == 0
     assert not (out / "metrics.json").exists() or json.loads((out / "metrics.json").read_text())
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    capsys.readouterr()
     assert finetune("classify", polypdiag_root, out, "--resume", "run.epochs=2", "data.size=32") == 0
+    printed = capsys.readouterr().out
+    assert f"resuming at epoch {state['epoch'] + 1}, step {state['next_step'] + 1} " in printed
+    assert re.search(r"^epoch 2/2  mean_loss \S+  val_binary_f1 ", printed, re.MULTILINE), printed
     report = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in report["val_history"]] == [1, 2]
     with pytest.raises(CheckpointError, match="fine-tuning run's training checkpoint; load the run's model/"):

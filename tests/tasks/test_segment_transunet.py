@@ -78,7 +78,10 @@ def test_a_released_layout_file_runs_as_it_is(tmp_path: Path, user_video: Path, 
     masks = np.load(tmp_path / "pred" / "masks.npz")["masks"]
     assert masks.shape == (10, 224, 224)
     assert main(["evaluate", "segment", "--checkpoint", str(tmp_path / "cvc.pth"), "--num-heads", "2",
-                 "--data", str(cvc_root), "--empty-rule", "original"]) == 0
+                 "--data", str(cvc_root), "--empty-rule", "original", "--out", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())  # the evaluation options are recorded
+    assert report["options"] == {"batch_size": 2, "device": "cpu", "num_heads": 2, "empty_rule": "original"}
+    assert report["metrics"]["empty_rule"] == "original"
 
 
 def _fake_clinicdb(root: Path) -> Path:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from endofm.data.manifest import ClipRef, read_manifest
 from endofm.data.video import VideoReader
 from endofm.data.views import MultiViewSampler
+from endofm.engine.logging import bar_off
 from endofm.errors import DatasetError, EndoFMError, InputError
 
 
@@ -67,7 +68,7 @@ class PretrainClips(Dataset):
         replacement at sample time. Returns the bytes held; raises :class:`DatasetError` past ``max_bytes``."""
         held = 0
         for index, clip in enumerate(tqdm(self.clips, desc="decoding clips into memory", unit="clip",
-                                          disable=not progress)):
+                                          disable=bar_off(progress))):
             try:
                 with self.sampler.open_video(clip.path) as reader:
                     frames = reader.read(range(clip.start, clip.start + self._length(clip, reader)))
