@@ -160,8 +160,9 @@ def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, pad
     """Deformable convolution (stride 1, no bias) with the original CUDA kernel's semantics: tap ``(i, j)`` of
     output ``(y, x)`` samples ``(y - pad + i + dy, x - pad + j + dx)`` bilinearly, zero outside the map;
     ``offset [N, groups * 2 * kh * kw, H, W]``, per group the taps row-major, each ``(dy, dx)``.
-    ``torchvision.ops.deform_conv2d``, or on the CPU :func:`endofm.models.cpu_kernels.deform_conv`."""
-    if kernels.deform_conv_applies(x, offset):
+    ``torchvision.ops.deform_conv2d``, or on the CPU and in an ONNX export (standard operators)
+    :func:`endofm.models.cpu_kernels.deform_conv`."""
+    if kernels.deform_conv_applies(x, offset) or torch.onnx.is_in_onnx_export():
         return kernels.deform_conv(x, offset, weight, padding)
     return deform_conv2d(x, offset, weight, padding=(padding, padding))
 

@@ -54,8 +54,14 @@ class _Window:
         self.frames.append(prepare(frame, self.spec))
 
     def clip(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        """``[1, 3, T, H, W]`` of the frames at ``indices`` (default: all), oldest first."""
-        chosen = list(self.frames) if indices is None else [self.frames[i] for i in indices]
+        """``[1, 3, T, H, W]`` of the frames at ``indices``, oldest first; by default the whole window, the
+        first frame repeated before it while fewer frames than its size have come (the original's rule at a
+        video's start)."""
+        if indices is None:
+            missing = self.frames.maxlen - len(self.frames)
+            chosen = [self.frames[0]] * missing + list(self.frames)
+        else:
+            chosen = [self.frames[i] for i in indices]
         return np.stack(chosen, axis=1)[None]
 
 
