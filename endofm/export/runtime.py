@@ -18,10 +18,17 @@ from typing import Any
 import numpy as np
 
 from endofm.errors import ExportError, InputError
-from endofm.stream.steps import CausalPredictor, PastDetector, WindowClassifier, WindowEmbedder, WindowSegmenter
+from endofm.stream.steps import (
+    DEFAULT_SEGMENT_WINDOW,
+    CausalPredictor,
+    PastDetector,
+    WindowClassifier,
+    WindowEmbedder,
+    WindowSegmenter,
+    refuse_options,
+)
 
 POLYP_CLASSES = ("adenomatous", "hyperplastic")
-DEFAULT_SEGMENT_WINDOW = 8
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 POSTPROCESS = {"score_thresh": 0.05, "pre_nms_top_n": 1000, "nms_thresh": 0.6, "detections_per_img": 300,
                "bbox_std": (0.5, 0.5, 0.5, 0.5)}
@@ -202,16 +209,17 @@ def load_exported(path: str | os.PathLike, providers: Sequence[str] | None = Non
     return info, OnnxNet(session)
 
 
-def onnx_predictor(path: str | os.PathLike, embed: bool = False, window: int | None = None, seed: int = 0,
-                   score_threshold: float = 0.5, num_heads: int | None = None,
-                   providers: Sequence[str] | None = None) -> CausalPredictor:
+def onnx_predictor(path: str | os.PathLike, embed: bool = False, window: int | None = None,
+                   seed: int | None = None, score_threshold: float | None = None, num_heads: int | None = None,
+                   model_name: str | None = None, providers: Sequence[str] | None = None) -> CausalPredictor:
     """The causal predictor (:mod:`endofm.stream.steps`) of an exported file, run by ONNX Runtime. ``embed``
     asks for a backbone's embeddings (and is refused for another model); ``num_heads`` applies to PyTorch
     checkpoints only."""
-    if num_heads is not None:
-        raise InputError(f"{path}: --num-heads applies to released PyTorch checkpoints, not to an ONNX file")
+    if num_heads is not None or model_name is not None:
+        raise InputError(f"{path}: --num-heads and --model apply to PyTorch checkpoints, not to an ONNX file")
     info, net = load_exported(path, providers)
     kind, spec, metadata = info["kind"], info["input"], info.get("metadata") or {}
+    refuse_options(info["task"], window, seed, score_threshold)
     if embed != (kind == "backbone"):
         raise ExportError(f"{path}: an exported {kind} model; " + (
             "embeddings need an exported backbone (endofm export --embed)" if embed else
@@ -223,5 +231,8 @@ def onnx_predictor(path: str | os.PathLike, embed: bool = False, window: int | N
         frames = int(spec.get("frames") or data.get("num_frames") or 8)
         return WindowClassifier(net, spec, frames, data.get("classes") or ("normal", "abnormal"), span=window)
     if kind == "segment":
+        if window is not None and spec.get("frames") and window != spec["frames"]:
+            raise InputError(f"{path}: exported for clips of {spec['frames']} frames; --window {window} differs")
         return WindowSegmenter(net, spec, int(spec.get("frames") or window or DEFAULT_SEGMENT_WINDOW))
-    return PastDetector(net, spec, metadata.get("classes") or list(POLYP_CLASSES), seed, score_threshold)
+    return PastDetector(net, spec, metadata.get("classes") or list(POLYP_CLASSES), seed or 0,
+                        0.5 if score_threshold is None else score_threshold)

@@ -23,9 +23,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from endofm.errors import InputError
 from endofm.stream.frames import prepare, softmax
 
 STFT_REACH, STFT_REFERENCES = 9, 10
+DEFAULT_SEGMENT_WINDOW = 8
+"""Frames per clip of a segmenter that takes any count (the TransUNet), when none is asked for."""
 """The original STFT test path: references within 9 frames of the key, 10 of them (5 before, 5 after)."""
 
 
@@ -37,6 +40,16 @@ class CausalPredictor(Protocol):
     def push(self, frame: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]: ...
 
     def reset(self) -> None: ...
+
+
+def refuse_options(task: str, window: int | None, seed: int | None, score_threshold: float | None) -> None:
+    """An :class:`InputError` for an option the task's predictor does not take (options are applied or
+    refused): ``window`` is not the detector's, ``seed`` and ``score_threshold`` are the detector's only."""
+    given = [name for name, value in (("window", window),) if value is not None and task == "detect"]
+    given += [name for name, value in (("reference seed", seed), ("score threshold", score_threshold))
+              if value is not None and task != "detect"]
+    if given:
+        raise InputError(f"a {task} model takes no {' or '.join(given)} option")
 
 
 def evenly_spaced(count: int, frames: int) -> list[int]:

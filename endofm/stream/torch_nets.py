@@ -18,17 +18,15 @@ from endofm.errors import InputError
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.stft import STFTDetector
 from endofm.stream.steps import (
+    DEFAULT_SEGMENT_WINDOW,
     CausalPredictor,
     PastDetector,
     WindowClassifier,
     WindowEmbedder,
     WindowSegmenter,
+    refuse_options,
 )
 from endofm.tasks.base import LoadedFinetuned, preset_input
-
-DEFAULT_SEGMENT_WINDOW = 8
-"""Frames per clip of a segmenter that takes any count (the TransUNet), when none is asked for."""
-
 
 class TorchNet:
     """numpy in, numpy out through a module under inference mode on ``device``."""
@@ -62,10 +60,11 @@ class TorchDetector:
 
 
 def finetuned_predictor(loaded: LoadedFinetuned, device: str | torch.device = "cpu", window: int | None = None,
-                        seed: int = 0, score_threshold: float = 0.5) -> CausalPredictor:
+                        seed: int | None = None, score_threshold: float | None = None) -> CausalPredictor:
     """The causal predictor of a fine-tuned model: ``window`` frames per clip (default: the model's frame
     count; a segmenter taking any count, :data:`DEFAULT_SEGMENT_WINDOW`), ``seed`` and ``score_threshold`` for
     the detector."""
+    refuse_options(loaded.task, window, seed, score_threshold)
     device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     spec = loaded.input.to_dict()
     if loaded.task == "classify":
@@ -78,7 +77,8 @@ def finetuned_predictor(loaded: LoadedFinetuned, device: str | torch.device = "c
                                window or loaded.input.frames or DEFAULT_SEGMENT_WINDOW)
     if loaded.task == "detect" and isinstance(loaded.model, STFTDetector):
         return PastDetector(TorchDetector(loaded.model, device), spec,
-                            loaded.metadata.get("classes") or list(POLYP_CLASSES), seed, score_threshold)
+                            loaded.metadata.get("classes") or list(POLYP_CLASSES), seed or 0,
+                            0.5 if score_threshold is None else score_threshold)
     raise InputError(f"{loaded.path}: a {loaded.task} model of layout {loaded.layout} has no live mode "
                      "(live detection runs the STFT detector)")
 
@@ -111,9 +111,12 @@ def load_predictor(checkpoint: str | os.PathLike, device: str = "cpu", embed: bo
         from endofm.models.checkpoint import load_checkpoint
         from endofm.models.factory import create_model
 
+        window = options.get("window")
         backbone = (create_model(model_name, pretrained=checkpoint) if model_name
                     else load_checkpoint(checkpoint, num_heads=num_heads).backbone)
-        return embed_predictor(backbone, device, options.get("window"))
+        refuse_options("embed", options.pop("window", None), options.pop("seed", None),
+                       options.pop("score_threshold", None))
+        return embed_predictor(backbone, device, window)
     from endofm.tasks.finetuned import load_finetuned
 
     return finetuned_predictor(load_finetuned(checkpoint, num_heads), device, **options)
