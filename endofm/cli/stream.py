@@ -8,9 +8,8 @@ import sys
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from endofm.stream import load_predictor, run_stream
-
     from endofm.errors import InputError
+    from endofm.stream import load_predictor, run_stream
 
     if args.model and not args.embed:
         raise InputError("--model names a backbone for embeddings: add --embed")

@@ -59,10 +59,7 @@ def prepare(frame: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     x = resize(frame, spec).astype(np.float32).transpose(2, 0, 1)
     if spec.get("channel_order", "RGB") == "BGR":
         x = x[::-1]
-    if spec.get("minmax"):
-        x = (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
-    else:
-        x = x / np.float32(255.0)
+    x = (x - x.min()) / max(float(x.max() - x.min()), 1e-12) if spec.get("minmax") else x / np.float32(255.0)
     mean = np.asarray(spec.get("mean", (0, 0, 0)), dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(spec.get("std", (1, 1, 1)), dtype=np.float32).reshape(3, 1, 1)
     return np.ascontiguousarray((x * np.float32(spec.get("value_scale", 1.0)) - mean) / std, dtype=np.float32)

@@ -28,6 +28,7 @@ from endofm.stream.steps import (
 )
 from endofm.tasks.base import LoadedFinetuned, preset_input
 
+
 class TorchNet:
     """numpy in, numpy out through a module under inference mode on ``device``."""
 
