@@ -49,7 +49,7 @@ def refuse_options(task: str, window: int | None, seed: int | None, score_thresh
     given += [name for name, value in (("reference seed", seed), ("score threshold", score_threshold))
               if value is not None and task != "detect"]
     if given:
-        raise InputError(f"a {task} model takes no {' or '.join(given)} option")
+        raise InputError(f"the {task} predictor takes no {' or '.join(given)} option")
 
 
 def evenly_spaced(count: int, frames: int) -> list[int]:
