@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _stream(args: argparse.Namespace) -> int:
@@ -28,7 +29,7 @@ def _stream(args: argparse.Namespace) -> int:
     print(f"frames in {summary['frames_in']}, out {summary['frames_out']}, dropped {summary['frames_dropped']}; "
           f"latency p50 {latency['p50']} ms, p95 {latency['p95']} ms, max {latency['max']} ms; "
           f"{summary['sustained_fps']} frames/s", file=sys.stderr)
-    print(f"summary: {args.out}/summary.json", file=sys.stderr)
+    print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
     if summary["ended"] in ("broken", "stalled"):
         print(f"endofm: error: {summary['message']} (what was predicted is kept in {args.out})", file=sys.stderr)
         return 1
