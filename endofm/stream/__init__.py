@@ -27,11 +27,14 @@ def load_predictor(checkpoint: str | os.PathLike, device: str = "cpu", embed: bo
                    ) -> CausalPredictor:
     """The causal predictor of a model file: an ``endofm export`` ONNX file (ONNX Runtime, no PyTorch), or any
     model :func:`endofm.load_finetuned` reads (``embed``: a backbone, :func:`endofm.create_model` with
-    ``model_name``). ``options``: ``window``, ``seed``, ``score_threshold``, ``num_heads``."""
+    ``model_name``). ``options``: ``window``, ``seed``, ``score_threshold``, ``num_heads``. An ONNX file runs
+    on ONNX Runtime's CUDA provider for a ``cuda`` device (where the installed ONNX Runtime has it), else on
+    the CPU."""
     if str(checkpoint).endswith(".onnx"):
         from endofm.export.runtime import onnx_predictor
 
-        return onnx_predictor(checkpoint, embed=embed, **options)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        return onnx_predictor(checkpoint, embed=embed, providers=providers, **options)
     from endofm.stream.torch_nets import load_predictor as load_torch
 
     return load_torch(checkpoint, device, embed, **options)

@@ -107,6 +107,8 @@ def predict_video(video: str | os.PathLike, checkpoint: str | os.PathLike, out_d
     if unknown:
         raise InputError(f"unknown prediction options {unknown}")
     out = Path(out_dir)
+    if runtime == "onnxruntime" and device not in ("auto", "cpu"):
+        raise InputError(f"--runtime onnxruntime runs on the CPU here; --device {device} applies to torch")
     model = _load(checkpoint, num_heads, runtime)
     task = TASKS[model.task]
     own = {option.dest for option in task.predict_options}
