@@ -11,6 +11,8 @@
 #   compile_ckpt6  the same with checkpointing of the first 6 blocks (fewer launches may make recompute cheap)
 #   engine    `endofm pretrain` with the endofm_vit_base recipe on a synthetic corpus
 #   demo      `endofm demo --quick --device cuda` (every task end to end)
+#   stream    benchmarks/stream.py: the released ViT-B classifier, STFT and TransUNet on a live 30 frames/s video
+#             (sustained frames/s, latency p50/p95), PyTorch then ONNX Runtime
 # Results land in $OUT (or ./gpu_results): step*.json, pretrain_log.jsonl, demo_report.md, summary.json, gpu.log.
 # Usage: bash benchmarks/gpu.sh; RUNS="compile" bash benchmarks/gpu.sh (repository root; PYTHON picks the
 # interpreter; wheels in .whl/ are installed first where the machine lacks packages, e.g. PyAV)
@@ -28,7 +30,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv || true
 
-RUNS=${RUNS:-flash onegraph auto ckpt ckpt6 original engine demo}
+RUNS=${RUNS:-flash onegraph auto ckpt ckpt6 original engine demo stream}
 STEP="timeout 150 $PYTHON benchmarks/gpu_pretrain_step.py"
 for run in $RUNS; do
   echo "== $run =="
@@ -48,10 +50,15 @@ for run in $RUNS; do
         data.manifest="$WORK/corpus/pretrain" run.out_dir="$WORK/pretrain" run.batch_size=8 run.max_steps=30 \
         run.num_workers=12 run.checkpoint_every=0
       cp "$WORK/pretrain/log.jsonl" "$OUTDIR/pretrain_log.jsonl" ;;
+    stream)
+      timeout 240 "$PYTHON" benchmarks/stream.py --arch endofm_vit_base --device cuda --seconds 10 \
+        --out "$OUTDIR/stream.json"
+      timeout 240 "$PYTHON" benchmarks/stream.py --arch endofm_vit_base --device cuda --seconds 10 \
+        --runtime onnxruntime --out "$OUTDIR/stream_onnx.json" ;;
     demo)
       timeout 240 "$PYTHON" -m endofm demo --quick --device cuda --out "$WORK/demo"
       cp "$WORK/demo/report.md" "$OUTDIR/demo_report.md" ;;
-    *) echo "unknown run $run (flash onegraph auto ckpt ckpt6 original compile compile_ckpt6 engine demo)" ;;
+    *) echo "unknown run $run (flash onegraph auto ckpt ckpt6 original compile compile_ckpt6 engine demo stream)" ;;
   esac
 done
 

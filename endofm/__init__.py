@@ -14,30 +14,42 @@ The public API, in a few lines::
     pooled = model.forward_pooled(clips, "max")            # or "mean": over the patch tokens -> [B, 768]
     ckpt = endofm.load_checkpoint("runs/x/checkpoints/last.pt")  # a pretraining run's teacher at that step
     endofm.save_pretrained("my-model", ckpt.backbone)      # safetensors + config.json
+    endofm.export_onnx("polypdiag.pth", "polypdiag.onnx")  # ONNX, checked by ONNX Runtime (endofm[onnx])
     seg = endofm.load_finetuned("cvc.pth", num_heads=12)   # any fine-tuned model: .task, .model, .input
 
 Errors a user can cause are :class:`EndoFMError` subclasses with messages that name the file or key.
 """
 
-from endofm.engine.cpu import apply_cpu_settings
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from endofm.errors import CheckpointError, ConfigError, DatasetError, EndoFMError, InputError, VideoError
-from endofm.models import (
-    BackboneConfig,
-    DINOHead,
-    EndoFMBackbone,
-    InputSpec,
-    LinearClassifier,
-    ModelSpec,
-    build_model,
-    create_model,
-    export_original,
-    list_models,
-    load_checkpoint,
-    model_spec,
-    save_pretrained,
-)
-from endofm.tasks.embed import VideoEmbedding, embed_video
-from endofm.tasks.finetuned import LoadedFinetuned, load_finetuned, save_finetuned
+
+_LAZY = {
+    "apply_cpu_settings": "endofm.engine.cpu",
+    **dict.fromkeys(("BackboneConfig", "DINOHead", "EndoFMBackbone", "InputSpec", "LinearClassifier", "ModelSpec",
+                     "build_model", "create_model", "export_original", "list_models", "load_checkpoint",
+                     "model_spec", "save_pretrained"), "endofm.models"),
+    "VideoEmbedding": "endofm.tasks.embed",
+    "embed_video": "endofm.tasks.embed",
+    "LoadedFinetuned": "endofm.tasks.finetuned",
+    "load_finetuned": "endofm.tasks.finetuned",
+    "save_finetuned": "endofm.tasks.finetuned",
+    "export_onnx": "endofm.export.onnx",
+}
+"""The public names that need PyTorch, imported on first use: ``import endofm`` alone imports no PyTorch, so
+the ONNX Runtime path (:mod:`endofm.export.runtime`, :mod:`endofm.stream`) runs without it."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'endofm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -60,6 +72,7 @@ __all__ = [
     "build_model",
     "create_model",
     "embed_video",
+    "export_onnx",
     "export_original",
     "list_models",
     "load_checkpoint",

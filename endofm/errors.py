@@ -34,3 +34,11 @@ class DatasetError(EndoFMError):
 
 class TrainingError(EndoFMError):
     """A training run that cannot go on (a non-finite loss, a resume that does not fit the config)."""
+
+
+class StreamError(EndoFMError):
+    """A live source that cannot be opened, is busy, stalls or breaks off."""
+
+
+class ExportError(EndoFMError):
+    """A model that cannot be exported, or an exported file that is not the model a command needs."""

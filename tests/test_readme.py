@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 PAGES = [README] + [DOCS / f"{name}.md" for name in
-                    ("checkpoints", "data", "pretraining", "finetuning", "prediction", "performance", "differences")]
+                    ("checkpoints", "data", "pretraining", "finetuning", "prediction", "performance", "deployment",
+                     "differences")]
 """The pages in the order they run: a page may use what an earlier page's commands wrote."""
 
 RUN = ["run.num_workers=0", "run.progress=false", "run.device=cpu"]
@@ -115,6 +116,12 @@ TINY: dict[str, list[str]] = {
     "endofm embed my_videos/ --checkpoint models/endo_fm --out feats_int8.npz --int8": QUIET,
     "endofm pretrain --config cpu_tiny data.manifest=manifest.csv run.out_dir=runs/tiny_ckpt "
     "model.grad_checkpointing=true model.checkpoint_blocks=2": PRETRAIN,
+    # docs/deployment.md
+    "endofm stream case.mp4 --checkpoint polypdiag.pth --out live/ --video": ["--device", "cpu"],
+    "endofm export polypdiag.pth polypdiag.onnx --int8": [],
+    "endofm predict case.mp4 --checkpoint polypdiag.onnx --runtime onnxruntime --out predictions_onnx/":
+        ["--device", "cpu", "--quiet"],
+    "endofm stream case.mp4 --checkpoint polypdiag.onnx --out live_onnx/ --as-fast-as-possible": [],
 }
 # What a command must leave behind (beyond exiting with 0), by the command's first words.
 OUTPUTS = {
@@ -138,11 +145,15 @@ OUTPUTS = {
     "endofm reproduce --data datasets/ --checkpoint": "runs/paper/reproduce.md",
     "endofm reproduce --data datasets/ --out runs/released": "runs/released/reproduce.json",
     "endofm visualize": "attention/attention_grid.png",
+    "endofm stream case.mp4 --checkpoint polypdiag.pth": "live/summary.json",
+    "endofm export": "polypdiag.int8.onnx",
+    "endofm predict case.mp4 --checkpoint polypdiag.onnx": "predictions_onnx/predictions.json",
+    "endofm stream case.mp4 --checkpoint polypdiag.onnx": "live_onnx/frames.jsonl",
 }
 # Set-up commands, checked rather than run: `make` targets against the Makefile's recipes, `pip` against
 # pyproject.toml.
 MAKE = {"make demo": "$(VENV)/bin/endofm demo", "make test": "$(PY) -m pytest -q"}
-PIP = {"pip install .", "pip wheel --no-deps -w dist .", "pip install .[hub]"}
+PIP = {"pip install .", "pip wheel --no-deps -w dist .", "pip install .[hub]", "pip install .[onnx]"}
 # Python blocks: the released sizes -> the mini model's.
 PYTHON_TINY = {'"endofm_vit_base"': '"endofm_vit_mini"', "(2, 3, 8, 224, 224)": "(2, 3, 2, 64, 64)",
                "(1, 3, 8, 224, 224)": "(1, 3, 2, 64, 64)"}

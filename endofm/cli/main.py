@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from endofm.errors import EndoFMError
 
 COMMAND_MODULES = ("demo", "models", "data", "pretrain", "evaluate", "visualize", "finetune", "predict",
-                   "reproduce")
+                   "reproduce", "stream", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ def _predict(args: argparse.Namespace) -> int:
     from endofm.tasks.predict import predict_video
 
     written = predict_video(args.video, args.checkpoint, args.out, device=args.device, progress=not args.quiet,
-                            num_heads=args.num_heads, **{dest: getattr(args, dest) for dest in args.task_options})
+                            num_heads=args.num_heads, runtime=args.runtime,
+                            **{dest: getattr(args, dest) for dest in args.task_options})
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="torch device (default: GPU if available)")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="attention heads of a released checkpoint (default: embed dim / 64)")
+    parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
+                        help="onnxruntime: run an .onnx file of endofm export in ONNX Runtime (default: torch)")
     options = {option.flag: option for task in TASKS.values() for option in task.predict_options}
     for option in options.values():
         parser.add_argument(option.flag, type=option.type, default=option.default, choices=option.choices,

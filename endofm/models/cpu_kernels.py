@@ -293,3 +293,26 @@ def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, pad
                                 align_corners=True)
         outputs.append(columns @ sampled.reshape(channels * taps, height * width))
     return torch.stack(outputs).view(n, out_channels, height, width)
+
+
+def deform_conv_batched(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """:func:`deform_conv` with every frame in one ``grid_sample`` and one batched matrix product: the form an
+    ONNX export takes (a traced loop over frames would repeat the graph per frame). Maps of at least two
+    pixels on each side."""
+    n, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    taps = kh * kw
+    groups = offset.shape[1] // (2 * taps)
+    tap_y, tap_x = torch.meshgrid(torch.arange(kh, dtype=x.dtype), torch.arange(kw, dtype=x.dtype), indexing="ij")
+    pos_y, pos_x = torch.meshgrid(torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype),
+                                  indexing="ij")
+    base_y = (pos_y - padding).view(1, 1, 1, height, width) + tap_y.reshape(1, 1, taps, 1, 1)
+    base_x = (pos_x - padding).view(1, 1, 1, height, width) + tap_x.reshape(1, 1, taps, 1, 1)
+    shift = offset.view(n, groups, taps, 2, height, width)
+    grid = torch.stack(((base_x + shift[:, :, :, 1]) * (2 / (width - 1)) - 1,
+                        (base_y + shift[:, :, :, 0]) * (2 / (height - 1)) - 1), dim=-1)
+    sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width),
+                            grid.reshape(n * groups, taps * height, width, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=True)
+    columns = weight.reshape(out_channels, channels * taps)
+    return (columns @ sampled.reshape(n, channels * taps, height * width)).view(n, out_channels, height, width)

@@ -91,6 +91,15 @@ def _merge_heads(out: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
     return out.permute(2, 0, 1, 3).reshape(length, batch, heads * head_dim)
 
 
+def _with_cls(x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """``x [T, B, 1 + S, D]`` with its CLS slots set to ``cls`` (``[T or 1, B, 1, D]``): in place, or in an ONNX
+    export, whose tracer fixes the batch size of an indexed assignment, by concatenation."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.cat((cls.expand(x.shape[0], -1, -1, -1), x[:, :, 1:]), dim=2)
+    x[:, :, 0] = cls[:, :, 0]
+    return x
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with the original's ``qkv`` and ``proj`` layers.
 
@@ -221,9 +230,7 @@ class DividedSpaceTimeBlock(nn.Module):
         heads = self.temporal_attn.split_heads(qkv, batch_first=False)
         out, _ = self.temporal_attn.attend(heads, batch_first=False)
         out = linear(self.drop_path(linear(out, self.temporal_attn.proj), dim=1), self.temporal_fc, residual=flat)
-        out = out.view(x.shape)
-        out[:, :, 0] = x[:, :, 0]
-        return out
+        return _with_cls(out.view(x.shape), x[:, :, :1])
 
     def _spatial_qkv(self, x: torch.Tensor) -> torch.Tensor:
         frames, batch, tokens, dim = x.shape
@@ -241,7 +248,7 @@ class DividedSpaceTimeBlock(nn.Module):
         else:
             x = linear(out, self.attn.proj, residual=x.view(frames * batch, tokens, dim)).view(x.shape)
         # the CLS slots of x were equal over frames, so their mean is the original's CLS + mean of the CLS results
-        x[:, :, 0] = x[:, :, 0].mean(dim=0)
+        x = _with_cls(x, x[:, :, :1].mean(dim=0, keepdim=True))
         flat = x.view(frames, batch * tokens, dim)
         if dropping:
             return x + self.drop_path(mlp(self.norm2(flat), self.mlp).view(x.shape), dim=1, part=2)

@@ -160,7 +160,12 @@ def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, pad
     """Deformable convolution (stride 1, no bias) with the original CUDA kernel's semantics: tap ``(i, j)`` of
     output ``(y, x)`` samples ``(y - pad + i + dy, x - pad + j + dx)`` bilinearly, zero outside the map;
     ``offset [N, groups * 2 * kh * kw, H, W]``, per group the taps row-major, each ``(dy, dx)``.
-    ``torchvision.ops.deform_conv2d``, or on the CPU :func:`endofm.models.cpu_kernels.deform_conv`."""
+    ``torchvision.ops.deform_conv2d``, or on the CPU :func:`endofm.models.cpu_kernels.deform_conv`, and in an
+    ONNX export (standard operators) :func:`~endofm.models.cpu_kernels.deform_conv_batched`."""
+    if torch.onnx.is_in_onnx_export():  # a map under 2 pixels padded with zeros: zero outside it, as the rule
+        height, width = x.shape[-2:]
+        pad = (0, max(0, 2 - width), 0, max(0, 2 - height))
+        return kernels.deform_conv_batched(F.pad(x, pad), F.pad(offset, pad), weight, padding)[..., :height, :width]
     if kernels.deform_conv_applies(x, offset):
         return kernels.deform_conv(x, offset, weight, padding)
     return deform_conv2d(x, offset, weight, padding=(padding, padding))

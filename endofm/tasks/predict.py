@@ -32,7 +32,7 @@ from endofm.data.video import VideoReader, encode_mp4
 from endofm.engine.distributed import resolve_device
 from endofm.errors import InputError
 from endofm.io import atomic_write, atomic_write_text
-from endofm.tasks.base import Task
+from endofm.tasks.base import LoadedFinetuned, Task
 from endofm.tasks.finetuned import load_finetuned
 from endofm.tasks.registry import TASKS
 from endofm.tasks.results import json_safe
@@ -72,19 +72,44 @@ def write_annotated(path: Path, reader: VideoReader, task: Task, frames: list[di
         display.close()
 
 
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def _load(checkpoint: str | os.PathLike, num_heads: int | None, runtime: str) -> LoadedFinetuned:
+    """The model to predict with: PyTorch (:func:`load_finetuned`) or an exported file in ONNX Runtime."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}; choose from {list(RUNTIMES)}")
+    is_onnx = str(checkpoint).endswith(".onnx")
+    if runtime == "torch":
+        if is_onnx:
+            raise InputError(f"{checkpoint}: an ONNX file; run it with --runtime onnxruntime")
+        return load_finetuned(checkpoint, num_heads)
+    if not is_onnx:
+        raise InputError(f"{checkpoint}: --runtime onnxruntime runs an .onnx file of endofm export; export the "
+                         "model first (endofm export)")
+    if num_heads is not None:
+        raise InputError("--num-heads applies to released PyTorch checkpoints, not to an ONNX file")
+    from endofm.export.module import load_onnx_finetuned
+
+    return load_onnx_finetuned(checkpoint)
+
+
 def predict_video(video: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                   device: str = "auto", progress: bool = False, num_heads: int | None = None,
-                  **options: Any) -> dict[str, str]:
+                  runtime: str = "torch", **options: Any) -> dict[str, str]:
     """Apply a fine-tuned model to a video; returns the paths written (see the module docstring).
     ``num_heads`` is for released checkpoints (not stored in them); ``options`` are the tasks' own
     (:attr:`Task.predict_options <endofm.tasks.base.Task.predict_options>`: ``score_threshold``, the lowest
     box score reported, and ``reference_seed``, the seed of the STFT detector's reference draws); a task
-    takes those it declares."""
+    takes those it declares. ``runtime="onnxruntime"`` runs a model exported by ``endofm export`` (an ``.onnx``
+    file) in ONNX Runtime, the rest as with PyTorch."""
     unknown = sorted(set(options) - {option.dest for task in TASKS.values() for option in task.predict_options})
     if unknown:
         raise InputError(f"unknown prediction options {unknown}")
     out = Path(out_dir)
-    model = load_finetuned(checkpoint, num_heads)
+    if runtime == "onnxruntime" and device not in ("auto", "cpu"):
+        raise InputError(f"--runtime onnxruntime runs on the CPU here; --device {device} applies to torch")
+    model = _load(checkpoint, num_heads, runtime)
     task = TASKS[model.task]
     own = {option.dest for option in task.predict_options}
     torch_device = resolve_device(device)
