@@ -163,3 +163,33 @@ def original_view(size: int = 224, train: bool = True, normalization: str = "pol
     else:
         geometric = ShortSideScaleCrop(size, (size, size), "first")
     return VideoTransform(geometric, normalization)
+
+
+def nearest_source(in_size: int, out_size: int) -> torch.Tensor:
+    """For each of ``out_size`` output rows (or columns), the source row a nearest-neighbour resize from
+    ``in_size`` reads, with PIL's arithmetic (the original's masks: ``Image.resize(..., NEAREST)``): the
+    coordinate starts at half a step and grows by ``in_size / out_size`` per output pixel, added up in double
+    precision, and is truncated. Torch's ``nearest`` starts at 0 instead (half a source pixel off) and
+    ``nearest-exact`` computes each coordinate anew, which differs where a sum lands next to an integer."""
+    step = in_size / out_size
+    position, rows = step * 0.5, []
+    for _ in range(out_size):
+        rows.append(min(int(position), in_size - 1))
+        position += step
+    return torch.tensor(rows)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``[..., H, W]`` mask resized to ``size`` (height, width) by :func:`nearest_source` (PIL's nearest)."""
+    rows, cols = nearest_source(mask.shape[-2], size[0]), nearest_source(mask.shape[-1], size[1])
+    return mask[..., rows[:, None], cols[None, :]]
+
+
+class Resize(v2.Resize):
+    """``v2.Resize`` whose masks are resized by :func:`resize_mask` (PIL's nearest-neighbour arithmetic, as the
+    original's ``Resize`` of PIL masks); frames and boxes as ``v2.Resize`` does."""
+
+    def transform(self, inpt: object, params: dict) -> object:
+        if isinstance(inpt, tv_tensors.Mask) and len(self.size or ()) == 2:
+            return tv_tensors.wrap(resize_mask(inpt.as_subclass(torch.Tensor), tuple(self.size)), like=inpt)
+        return super().transform(inpt, params)

@@ -32,6 +32,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
+from endofm.data.transforms import Resize
 from endofm.data.video import VideoReader
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
@@ -72,6 +73,9 @@ class SegmentDataConfig:
     minmax: bool = True
     """Scale every frame to [0, 1] by its own minimum and maximum (the original) instead of dividing by 255."""
     normalization: str = "half"
+    mask_threshold: int = 128
+    """A mask pixel is polyp when its grey level is at least this: 128 (above mid-grey) or 255 (only white,
+    the original's ``label == 255``). Masks of only 0 and 255 give the same labels either way."""
     splits: SplitsConfig = field(default_factory=lambda: SplitsConfig(test="test"))
 
     def __post_init__(self) -> None:
@@ -79,6 +83,8 @@ class SegmentDataConfig:
             raise ConfigError(f"data.channel_order must be RGB or BGR, got {self.channel_order!r}")
         if self.clip_length is not None and self.clip_length < 1:
             raise ConfigError(f"data.clip_length must be positive or null, got {self.clip_length}")
+        if not 1 <= self.mask_threshold <= 255:
+            raise ConfigError(f"data.mask_threshold must be a grey level in 1..255, got {self.mask_threshold}")
         if self.resize and self.resize < self.size:
             raise ConfigError(f"data.resize {self.resize} is smaller than the crop data.size {self.size}")
 
@@ -270,14 +276,14 @@ def segment_transforms(data: SegmentDataConfig) -> tuple[SegmentTransform, Segme
     """Train (resize to ``resize``, random crop to ``size``, flip, rotation) and eval (resize to ``size``)
     transforms, with the input normalisation of ``data``."""
     size = [data.size, data.size]
-    steps: list[v2.Transform] = ([v2.Resize([data.resize] * 2, antialias=True), v2.RandomCrop(size)] if data.resize
-                                 else [v2.Resize(size, antialias=True)])
+    steps: list[v2.Transform] = ([Resize([data.resize] * 2, antialias=True), v2.RandomCrop(size)] if data.resize
+                                 else [Resize(size, antialias=True)])
     steps.append(v2.RandomHorizontalFlip(data.hflip))
     if data.rotation:
         steps.append(v2.RandomRotation(data.rotation, interpolation=InterpolationMode.BILINEAR))
     spec = data.input_spec()
     return (SegmentTransform(v2.Compose(steps), spec, data.per_frame_augment),
-            SegmentTransform(v2.Resize(size, antialias=True), spec))
+            SegmentTransform(Resize(size, antialias=True), spec))
 
 
 def _keep(dataset: CVCDataset, names: set[str]) -> CVCDataset:
@@ -296,7 +302,8 @@ def segment_datasets(data: SegmentDataConfig, select_on_test: bool = False,
     test_name = "test" if splits.test == "auto" else splits.test
 
     def make(split: str, transform: SegmentTransform) -> CVCDataset:
-        return CVCDataset(data.root, split, clip_length=data.clip_length, transform=transform)
+        return CVCDataset(data.root, split, clip_length=data.clip_length, transform=transform,
+                          mask_threshold=data.mask_threshold)
 
     train, test = make(splits.train, train_tf), make(test_name, eval_tf)
     names = {"train": splits.train, "test": test_name}
