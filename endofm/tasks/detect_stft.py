@@ -187,6 +187,59 @@ def detect_video(model: STFTDetector, read: Callable[[list[int]], torch.Tensor],
     return results
 
 
+QUEUES = ("video", "list")
+
+
+def list_queue_windows(lengths: list[int]) -> list[list[int]]:
+    """The original's queue read literally with its own list files, for videos of ``lengths`` frames run one
+    after the other: per call (every frame of every video, in order) the 19 ids of the queue, numbered over
+    the videos joined (1-based). The list writer puts 0 in the column the reader takes for the frame number,
+    so the queue is built once, at the first call (the key 10 times, then frames 0+1 .. 0+9), and never reset:
+    each later call pushes frame ``k + 9`` (clamped to its video) of the current video. The keys of frames
+    2-10 of the first video lag one frame, and frames 1-9 of each later video take the previous video's last
+    frame as key."""
+    starts = np.cumsum([0, *lengths[:-1]]).tolist()
+    queue = [1] * (1 - MIN_OFFSET) + [min(i, lengths[0]) for i in range(1, MAX_OFFSET + 1)]
+    windows = [queue[:]]
+    for video, length in enumerate(lengths):
+        for frame in range(2 if video == 0 else 1, length + 1):
+            queue = queue[1:] + [starts[video] + min(frame + MAX_OFFSET, length)]
+            windows.append(queue)
+    return windows
+
+
+def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.Tensor]], lengths: list[int],
+                  device: torch.device | str = "cpu", seed: int = 0, queue: str = "video") -> list[list[dict[str, Any]]]:
+    """:func:`detect_video` of several videos: ``queue="video"`` resets the queue (and the reference draws'
+    seed) at each video's start (:func:`window_ids`); ``queue="list"`` keeps one queue and one draw stream over
+    the videos, as the original with its own list files (:func:`list_queue_windows`)."""
+    if queue not in QUEUES:
+        raise ConfigError(f"stft.queue must be one of {', '.join(QUEUES)}, got {queue!r}")
+    if queue == "video":
+        return [detect_video(model, read, length, device, seed) for read, length in zip(reads, lengths, strict=True)]
+    starts = np.cumsum([0, *lengths[:-1]]).tolist()
+
+    def read_joined(ids: list[int]) -> torch.Tensor:
+        owner = [int(np.searchsorted(starts, i - 1, side="right")) - 1 for i in ids]
+        return torch.cat([reads[v]([i - starts[v]]) for v, i in zip(owner, ids, strict=True)])
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    rng = np.random.RandomState(seed)
+    features = VideoFeatures(model, read_joined, sum(lengths), device)
+    results: list[list[dict[str, Any]]] = [[] for _ in lengths]
+    calls = [(v, k) for v, length in enumerate(lengths) for k in range(length)]
+    for (video, _), window in zip(calls, list_queue_windows(lengths), strict=True):
+        left, right = draw_references(rng)
+        ids = [window[-MIN_OFFSET]] + [window[p] for p in left] + [window[p] for p in right]
+        with torch.inference_mode():
+            detections = model.detect_parts(features.get(ids), features.image_size)["detections"]
+        results[video].append({"frame_ids": [i - starts[video] for i in ids],
+                               **{k: v.cpu() for k, v in detections.items()}})
+        features.release_before(min(window))
+    return results
+
+
 def predict_stft(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device, score_threshold: float = 0.5,
                  seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Boxes (input-video pixels) scoring at least ``score_threshold`` for every frame of a video."""
@@ -305,12 +358,14 @@ def clip_to_image(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.T
 
 
 def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int | tuple[int, int] = 640,
-                  device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+                  device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5,
+                  queue: str = "video") -> dict[str, Any]:
     """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
     (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
     original's frame-level F1 at ``score_threshold``, box-level P/R/F1 at IoU 0.5, COCO mAP, and the COCO AP
     at IoU 0.5 of polyp boxes whatever their class (``map_50_class_agnostic``). Boxes are clipped to the frame
-    and empty ones dropped (:func:`clip_to_image`), as the original's evaluation."""
+    and empty ones dropped (:func:`clip_to_image`), as the original's evaluation. ``queue`` as
+    :func:`detect_videos` says (``list``: every video of the split, in order, through one queue)."""
     from endofm.data.datasets.kumc import KUMCDataset, _load_rgb, read_voc
     from endofm.metrics.detection import coco_map, detection_metrics
 
@@ -320,16 +375,16 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
     for v, k, xml in index.samples:
         annotated.setdefault(v, {})[k] = xml
     predictions, truths = [], []
-    for v, (_, paths) in enumerate(index.videos):
-        if v not in annotated:
-            continue
+    videos = [v for v in range(len(index.videos)) if v in annotated or queue == "list"]
 
-        def read(ids: list[int], paths: list[Path] = paths) -> torch.Tensor:
-            return STFT_INPUT.normalize(resize_frames(np.stack([_load_rgb(paths[i - 1]) for i in ids]), size)
-                                        ).transpose(0, 1)
+    def reader(paths: list[Path]) -> Callable[[list[int]], torch.Tensor]:
+        return lambda ids: STFT_INPUT.normalize(resize_frames(np.stack([_load_rgb(paths[i - 1]) for i in ids]),
+                                                              size)).transpose(0, 1)
 
-        per_frame = detect_video(model, read, len(paths), device, seed)
-        for k, xml in sorted(annotated[v].items()):
+    detected = detect_videos(model, [reader(index.videos[v][1]) for v in videos],
+                             [len(index.videos[v][1]) for v in videos], device, seed, queue)
+    for v, per_frame in zip(videos, detected, strict=True):
+        for k, xml in sorted(annotated.get(v, {}).items()):
             boxes, labels, (height, width) = read_voc(xml, POLYP_CLASSES)
             det = per_frame[k]
             scale = torch.tensor([width / input_w, height / input_h] * 2)
@@ -373,7 +428,14 @@ class STFTSizes:
     ``skip_iteration`` (the original: drawn, and their iteration skipped with no optimiser or learning-rate
     step, counted in ``iterations.max_iter``) or ``train`` on them, every location a negative."""
 
+    queue: str = "video"
+    """Test-time reference queue: ``video`` (reset at each video's first frame, as the model intends) or
+    ``list`` (the original with its own list files: one queue over the split's videos, never reset;
+    :func:`list_queue_windows`)."""
+
     def __post_init__(self) -> None:
+        if self.queue not in QUEUES:
+            raise ConfigError(f"stft.queue must be one of {', '.join(QUEUES)}, got {self.queue!r}")
         if self.empty_frames not in EMPTY_FRAMES:
             raise ConfigError(f"stft.empty_frames must be one of {', '.join(EMPTY_FRAMES)}, got {self.empty_frames!r}")
         if self.out_channels < 32 or self.out_channels % 32:
@@ -480,7 +542,7 @@ class STFTRecipe(FinetuneRecipe):
         sizes = self.config.stft
         try:
             return evaluate_stft(self.network, self.config.data.root, split, sizes.size, self.device,
-                                 sizes.reference_seed)
+                                 sizes.reference_seed, queue=sizes.queue)
         finally:
             self.network.train()
 
