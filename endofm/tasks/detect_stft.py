@@ -209,7 +209,8 @@ def list_queue_windows(lengths: list[int]) -> list[list[int]]:
 
 
 def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.Tensor]], lengths: list[int],
-                  device: torch.device | str = "cpu", seed: int = 0, queue: str = "video") -> list[list[dict[str, Any]]]:
+                  device: torch.device | str = "cpu", seed: int = 0,
+                  queue: str = "video") -> list[list[dict[str, Any]]]:
     """:func:`detect_video` of several videos: ``queue="video"`` resets the queue (and the reference draws'
     seed) at each video's start (:func:`window_ids`); ``queue="list"`` keeps one queue and one draw stream over
     the videos, as the original with its own list files (:func:`list_queue_windows`)."""
