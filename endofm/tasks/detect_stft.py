@@ -351,8 +351,8 @@ def train_step(model: STFTDetector, sample: dict[str, Any],
 
 def clip_to_image(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """xyxy ``boxes`` clamped to ``[0, width - 1] x [0, height - 1]`` and the mask of those left non-empty: the
-    original's ``BoxList.clip_to_image(remove_empty=True)``, applied to the ground truth and to the detections
-    scaled back to the frame."""
+    original's ``BoxList.clip_to_image(remove_empty=True)`` of the detections scaled back to the frame (its
+    ground truth is clamped alike when read, and kept)."""
     limits = torch.tensor([width - 1, height - 1] * 2, dtype=boxes.dtype)
     clipped = torch.minimum(boxes.clamp(min=0), limits)
     return clipped, (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
@@ -364,8 +364,8 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
     """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
     (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
     original's frame-level F1 at ``score_threshold``, box-level P/R/F1 at IoU 0.5, COCO mAP, and the COCO AP
-    at IoU 0.5 of polyp boxes whatever their class (``map_50_class_agnostic``). Boxes are clipped to the frame
-    and empty ones dropped (:func:`clip_to_image`), as the original's evaluation. ``queue`` as
+    at IoU 0.5 of polyp boxes whatever their class (``map_50_class_agnostic``). Boxes are clamped to the frame
+    and detections left empty dropped (:func:`clip_to_image`), as the original's evaluation. ``queue`` as
     :func:`detect_videos` says (``list``: every video of the split, in order, through one queue)."""
     from endofm.data.datasets.kumc import KUMCDataset, _load_rgb, read_voc
     from endofm.metrics.detection import coco_map, detection_metrics
@@ -391,8 +391,7 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
             scale = torch.tensor([width / input_w, height / input_h] * 2)
             pred, keep = clip_to_image(det["boxes"] * scale, height, width)
             predictions.append({"boxes": pred[keep], "scores": det["scores"][keep], "labels": det["labels"][keep] - 1})
-            boxes, keep = clip_to_image(boxes, height, width)
-            truths.append({"boxes": boxes[keep], "labels": labels[keep]})
+            truths.append({"boxes": clip_to_image(boxes, height, width)[0], "labels": labels})
     agnostic = coco_map([{**p, "labels": torch.zeros_like(p["labels"])} for p in predictions],
                         [{**t, "labels": torch.zeros_like(t["labels"])} for t in truths], 1)
     return {**detection_metrics(predictions, truths, len(POLYP_CLASSES), score_threshold=score_threshold),

@@ -1,5 +1,5 @@
-"""The original protocols' remaining details: PolypDiag's pretrained start, the STFT's skipped iterations on
-frames without boxes, its test-time queue read from the original's list files, its evaluation's box cleanup."""
+"""The original KUMC protocol's remaining details: the skipped iterations on frames without boxes, the
+test-time queue read from the original's list files, the evaluation's box cleanup."""
 
 from __future__ import annotations
 
