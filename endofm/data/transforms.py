@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
@@ -185,11 +186,25 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return mask[..., rows[:, None], cols[None, :]]
 
 
+def resize_frames_pil(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` frames resized to ``size`` (height, width) one by one with PIL's bilinear filter
+    (antialiased, PIL's rounding), as the original resizes its PIL images."""
+    from PIL import Image
+
+    flat = frames.reshape(-1, *frames.shape[-3:]).permute(0, 2, 3, 1).contiguous().numpy()
+    out = [np.asarray(Image.fromarray(frame).resize(size[::-1], Image.BILINEAR)) for frame in flat]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).reshape(*frames.shape[:-2], *size).contiguous()
+
+
 class Resize(v2.Resize):
-    """``v2.Resize`` whose masks are resized by :func:`resize_mask` (PIL's nearest-neighbour arithmetic, as the
-    original's ``Resize`` of PIL masks); frames and boxes as ``v2.Resize`` does."""
+    """``v2.Resize`` to a (height, width) size with PIL's arithmetic, as the original's ``Resize`` of PIL images:
+    uint8 frames by :func:`resize_frames_pil`, masks by :func:`resize_mask` (nearest neighbour); anything else
+    as ``v2.Resize`` does."""
 
     def transform(self, inpt: object, params: dict) -> object:
-        if isinstance(inpt, tv_tensors.Mask) and len(self.size or ()) == 2:
+        if len(self.size or ()) == 2 and isinstance(inpt, tv_tensors.Mask):
             return tv_tensors.wrap(resize_mask(inpt.as_subclass(torch.Tensor), tuple(self.size)), like=inpt)
+        if (len(self.size or ()) == 2 and isinstance(inpt, (tv_tensors.Video, tv_tensors.Image))
+                and inpt.dtype == torch.uint8 and inpt.shape[-3] == 3):
+            return tv_tensors.wrap(resize_frames_pil(inpt.as_subclass(torch.Tensor), tuple(self.size)), like=inpt)
         return super().transform(inpt, params)

@@ -118,7 +118,7 @@ def test_polypdiag_indices_and_test_view_match_the_original():
         assert math.floor(max(case["frame_hw"]) / min(case["frame_hw"]) * 224) == max(case["resized_hw"])
 
 
-def test_cvc_mask_labels_match_the_original_exactly():
+def test_cvc_masks_exactly_and_frames_match_the_original():
     from endofm.config import load_config
     from endofm.data.transforms import resize_mask
     from endofm.tasks.segment import SegmentConfig, segment_transforms
@@ -132,6 +132,7 @@ def test_cvc_mask_labels_match_the_original_exactly():
         assert torch.equal(resize_mask(labels, (256, 256)), case["outputs"]["256"]["label"]), case["name"]
         out = evaluate(case["image_rgb"].permute(0, 3, 1, 2).contiguous(), mask=labels)
         assert torch.equal(out["mask"], case["outputs"]["224"]["label"].long()), case["name"]
+        torch.testing.assert_close(out["video"].transpose(0, 1), case["outputs"]["224"]["image"], atol=1e-5, rtol=0)
         if case["grey_levels"]:  # grey levels 128..254 inside the polyp are background to the original
             assert not torch.equal(resize_mask((case["mask"] > 127).to(torch.uint8), (224, 224)),
                                    case["outputs"]["224"]["label"])
