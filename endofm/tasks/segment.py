@@ -402,7 +402,8 @@ class SegmentRecipe(FinetuneRecipe):
     def data_config(self) -> dict[str, Any]:
         data = self.config.data
         return {"clip_length": data.clip_length, "size": data.size, "normalization": data.normalization,
-                "channel_order": data.channel_order, "minmax": data.minmax, "empty_rule": self.config.empty_rule}
+                "channel_order": data.channel_order, "minmax": data.minmax, "empty_rule": self.config.empty_rule,
+                "mask_threshold": data.mask_threshold}
 
 
 def finetune_segment(config: SegmentConfig, resume: bool = False) -> dict[str, Any]:
@@ -417,17 +418,21 @@ cut into windows of this many frames."""
 
 
 def input_transform(spec: InputSpec) -> SegmentTransform:
-    """The evaluation transform of a model's input: resize (stretch) to its size and normalise as it expects."""
-    return SegmentTransform(v2.Resize(list(spec.size), antialias=True), spec)
+    """The evaluation transform of a model's input: resize (stretch) to its size (PIL's arithmetic, as in
+    training) and normalise as it expects."""
+    return SegmentTransform(Resize(list(spec.size), antialias=True), spec)
 
 
 def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
                            batch_size: int = 1, empty_rule: str | None = None) -> dict[str, Any]:
     """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
     CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
-    the rule the model was trained with, else ``standard``)."""
-    rule = empty_rule or (loaded.metadata.get("data") or {}).get("empty_rule", "standard")
-    dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input))
+    the rule the model was trained with, else ``standard``), masks read with the grey-level threshold it was
+    trained with (else 128)."""
+    data = loaded.metadata.get("data") or {}
+    rule = empty_rule or data.get("empty_rule", "standard")
+    dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input),
+                         mask_threshold=data.get("mask_threshold", 128))
     return evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule)
 
 
