@@ -30,12 +30,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         results = reproduce(args.data, args.out, args.checkpoint, quick=args.quick, device=args.device,
                             evaluate_only={task: paths[0] for task, paths in released.items()},
-                            overrides=_pairs(args.set or [], "--set"), num_heads=args.num_heads)
+                            overrides=_pairs(args.set or [], "--set"), num_heads=args.num_heads,
+                            runs=args.runs)
     finally:
         shutdown()
     print(f"\n{args.out}/reproduce.md, {args.out}/reproduce.json:")
     for result in results:
         value = "-" if result.value is None else f"{result.value:.1f}"
+        if result.std is not None:
+            value += f" ± {result.std:.1f} ({len(result.values)} runs)"
         print(f"  {result.task}: {value} ({result.protocol or result.note}; {result.model or 'not run'})")
     return 1 if any(result.note.startswith("failed") for result in results) else 0
 
@@ -69,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder (a run folder per task and the table)")
     parser.add_argument("--quick", action="store_true", help="a few steps per protocol: checks that everything "
                         "runs; the figures are not results")
+    parser.add_argument("--runs", type=int, default=1, help="independent runs per task (seeds 0 .. N-1), "
+                        "reported as mean ± std as the paper's (3 runs); default 1, the recipe's seed")
     parser.add_argument("--device", default="cpu", help="torch device of every run (default cpu; e.g. cuda)")
     parser.add_argument("--evaluate-only", nargs="+", metavar="TASK=CHECKPOINT", default=None,
                         help="evaluate released fine-tuned models instead of training those tasks")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
@@ -163,3 +164,47 @@ def original_view(size: int = 224, train: bool = True, normalization: str = "pol
     else:
         geometric = ShortSideScaleCrop(size, (size, size), "first")
     return VideoTransform(geometric, normalization)
+
+
+def nearest_source(in_size: int, out_size: int) -> torch.Tensor:
+    """For each of ``out_size`` output rows (or columns), the source row a nearest-neighbour resize from
+    ``in_size`` reads, with PIL's arithmetic (the original's masks: ``Image.resize(..., NEAREST)``): the
+    coordinate starts at half a step and grows by ``in_size / out_size`` per output pixel, added up in double
+    precision, and is truncated. Torch's ``nearest`` starts at 0 instead (half a source pixel off) and
+    ``nearest-exact`` computes each coordinate anew, which differs where a sum lands next to an integer."""
+    step = in_size / out_size
+    position, rows = step * 0.5, []
+    for _ in range(out_size):
+        rows.append(min(int(position), in_size - 1))
+        position += step
+    return torch.tensor(rows)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``[..., H, W]`` mask resized to ``size`` (height, width) by :func:`nearest_source` (PIL's nearest)."""
+    rows, cols = nearest_source(mask.shape[-2], size[0]), nearest_source(mask.shape[-1], size[1])
+    return mask[..., rows[:, None], cols[None, :]]
+
+
+def resize_frames_pil(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` frames resized to ``size`` (height, width) one by one with PIL's bilinear filter
+    (antialiased, PIL's rounding), as the original resizes its PIL images."""
+    from PIL import Image
+
+    flat = frames.reshape(-1, *frames.shape[-3:]).permute(0, 2, 3, 1).contiguous().numpy()
+    out = [np.asarray(Image.fromarray(frame).resize(size[::-1], Image.BILINEAR)) for frame in flat]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).reshape(*frames.shape[:-2], *size).contiguous()
+
+
+class Resize(v2.Resize):
+    """``v2.Resize`` to a (height, width) size with PIL's arithmetic, as the original's ``Resize`` of PIL images:
+    uint8 frames by :func:`resize_frames_pil`, masks by :func:`resize_mask` (nearest neighbour); anything else
+    as ``v2.Resize`` does."""
+
+    def transform(self, inpt: object, params: dict) -> object:
+        if len(self.size or ()) == 2 and isinstance(inpt, tv_tensors.Mask):
+            return tv_tensors.wrap(resize_mask(inpt.as_subclass(torch.Tensor), tuple(self.size)), like=inpt)
+        if (len(self.size or ()) == 2 and isinstance(inpt, (tv_tensors.Video, tv_tensors.Image))
+                and inpt.dtype == torch.uint8 and inpt.shape[-3] == 3):
+            return tv_tensors.wrap(resize_frames_pil(inpt.as_subclass(torch.Tensor), tuple(self.size)), like=inpt)
+        return super().transform(inpt, params)

@@ -22,6 +22,9 @@ class FinetuneModelConfig:
     """An original checkpoint (``endo_fm.pth``, a training checkpoint), an endofm model folder (a pretraining
     export or a fine-tuned model); its architecture is used and ``arch`` is ignored."""
     num_heads: int | None = None
+    require_init: bool = False
+    """Refuse to start without ``init`` (the original protocols always fine-tune ``endo_fm.pth``);
+    ``model.require_init=false`` fine-tunes random weights on purpose (a baseline)."""
     drop_path_rate: float = 0.1
     grad_checkpointing: bool = False
     """Recompute the backbone's block activations in backward: less memory (e.g. 224 px clips on a small GPU)."""

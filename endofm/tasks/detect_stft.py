@@ -187,6 +187,60 @@ def detect_video(model: STFTDetector, read: Callable[[list[int]], torch.Tensor],
     return results
 
 
+QUEUES = ("video", "list")
+
+
+def list_queue_windows(lengths: list[int]) -> list[list[int]]:
+    """The original's queue read literally with its own list files, for videos of ``lengths`` frames run one
+    after the other: per call (every frame of every video, in order) the 19 ids of the queue, numbered over
+    the videos joined (1-based). The list writer puts 0 in the column the reader takes for the frame number,
+    so the queue is built once, at the first call (the key 10 times, then frames 0+1 .. 0+9), and never reset:
+    each later call pushes frame ``k + 9`` (clamped to its video) of the current video. The keys of frames
+    2-10 of the first video lag one frame, and frames 1-9 of each later video take the previous video's last
+    frame as key."""
+    starts = np.cumsum([0, *lengths[:-1]]).tolist()
+    queue = [1] * (1 - MIN_OFFSET) + [min(i, lengths[0]) for i in range(1, MAX_OFFSET + 1)]
+    windows = [queue[:]]
+    for video, length in enumerate(lengths):
+        for frame in range(2 if video == 0 else 1, length + 1):
+            queue = queue[1:] + [starts[video] + min(frame + MAX_OFFSET, length)]
+            windows.append(queue)
+    return windows
+
+
+def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.Tensor]], lengths: list[int],
+                  device: torch.device | str = "cpu", seed: int = 0,
+                  queue: str = "video") -> list[list[dict[str, Any]]]:
+    """:func:`detect_video` of several videos: ``queue="video"`` resets the queue (and the reference draws'
+    seed) at each video's start (:func:`window_ids`); ``queue="list"`` keeps one queue and one draw stream over
+    the videos, as the original with its own list files (:func:`list_queue_windows`)."""
+    if queue not in QUEUES:
+        raise ConfigError(f"stft.queue must be one of {', '.join(QUEUES)}, got {queue!r}")
+    if queue == "video":
+        return [detect_video(model, read, length, device, seed) for read, length in zip(reads, lengths, strict=True)]
+    starts = np.cumsum([0, *lengths[:-1]]).tolist()
+
+    def read_joined(ids: list[int]) -> torch.Tensor:
+        owner = [int(np.searchsorted(starts, i - 1, side="right")) - 1 for i in ids]
+        return torch.cat([reads[v]([i - starts[v]]) for v, i in zip(owner, ids, strict=True)])
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    rng = np.random.RandomState(seed)
+    features = VideoFeatures(model, read_joined, sum(lengths), device)
+    results: list[list[dict[str, Any]]] = [[] for _ in lengths]
+    calls = [(v, k) for v, length in enumerate(lengths) for k in range(length)]
+    for (video, _), window in zip(calls, list_queue_windows(lengths), strict=True):
+        left, right = draw_references(rng)
+        ids = [window[-MIN_OFFSET]] + [window[p] for p in left] + [window[p] for p in right]
+        with torch.inference_mode():
+            detections = model.detect_parts(features.get(ids), features.image_size)["detections"]
+        results[video].append({"frame_ids": [i - starts[video] for i in ids],
+                               **{k: v.cpu() for k, v in detections.items()}})
+        features.release_before(min(window))
+    return results
+
+
 def predict_stft(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device, score_threshold: float = 0.5,
                  seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Boxes (input-video pixels) scoring at least ``score_threshold`` for every frame of a video."""
@@ -229,7 +283,7 @@ class STFTTrainFrames(torch.utils.data.Dataset):
 
         self.index = KUMCDataset(root, split, skip_unannotated=True)
         self.size, self.hflip = size, hflip
-        if skip_empty:  # the original skips such a frame's iteration; see finetune_stft
+        if skip_empty:  # stft.empty_frames=leave_out
             self.index.samples = [s for s in self.index.samples if len(read_voc(s[2], POLYP_CLASSES)[0])]
 
     def __len__(self) -> int:
@@ -295,12 +349,24 @@ def train_step(model: STFTDetector, sample: dict[str, Any],
     return stft_losses(outputs, sample["boxes"].to(device), sample["labels"].to(device), FPN_STRIDES)
 
 
+def clip_to_image(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """xyxy ``boxes`` clamped to ``[0, width - 1] x [0, height - 1]`` and the mask of those left non-empty: the
+    original's ``BoxList.clip_to_image(remove_empty=True)`` of the detections scaled back to the frame (its
+    ground truth is clamped alike when read, and kept)."""
+    limits = torch.tensor([width - 1, height - 1] * 2, dtype=boxes.dtype)
+    clipped = torch.minimum(boxes.clamp(min=0), limits)
+    return clipped, (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+
+
 def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int | tuple[int, int] = 640,
-                  device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+                  device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5,
+                  queue: str = "video") -> dict[str, Any]:
     """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
     (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
     original's frame-level F1 at ``score_threshold``, box-level P/R/F1 at IoU 0.5, COCO mAP, and the COCO AP
-    at IoU 0.5 of polyp boxes whatever their class (``map_50_class_agnostic``)."""
+    at IoU 0.5 of polyp boxes whatever their class (``map_50_class_agnostic``). Boxes are clamped to the frame
+    and detections left empty dropped (:func:`clip_to_image`), as the original's evaluation. ``queue`` as
+    :func:`detect_videos` says (``list``: every video of the split, in order, through one queue)."""
     from endofm.data.datasets.kumc import KUMCDataset, _load_rgb, read_voc
     from endofm.metrics.detection import coco_map, detection_metrics
 
@@ -310,21 +376,22 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
     for v, k, xml in index.samples:
         annotated.setdefault(v, {})[k] = xml
     predictions, truths = [], []
-    for v, (_, paths) in enumerate(index.videos):
-        if v not in annotated:
-            continue
+    videos = [v for v in range(len(index.videos)) if v in annotated or queue == "list"]
 
-        def read(ids: list[int], paths: list[Path] = paths) -> torch.Tensor:
-            return STFT_INPUT.normalize(resize_frames(np.stack([_load_rgb(paths[i - 1]) for i in ids]), size)
-                                        ).transpose(0, 1)
+    def reader(paths: list[Path]) -> Callable[[list[int]], torch.Tensor]:
+        return lambda ids: STFT_INPUT.normalize(resize_frames(np.stack([_load_rgb(paths[i - 1]) for i in ids]),
+                                                              size)).transpose(0, 1)
 
-        per_frame = detect_video(model, read, len(paths), device, seed)
-        for k, xml in sorted(annotated[v].items()):
+    detected = detect_videos(model, [reader(index.videos[v][1]) for v in videos],
+                             [len(index.videos[v][1]) for v in videos], device, seed, queue)
+    for v, per_frame in zip(videos, detected, strict=True):
+        for k, xml in sorted(annotated.get(v, {}).items()):
             boxes, labels, (height, width) = read_voc(xml, POLYP_CLASSES)
             det = per_frame[k]
             scale = torch.tensor([width / input_w, height / input_h] * 2)
-            predictions.append({"boxes": det["boxes"] * scale, "scores": det["scores"], "labels": det["labels"] - 1})
-            truths.append({"boxes": boxes, "labels": labels})
+            pred, keep = clip_to_image(det["boxes"] * scale, height, width)
+            predictions.append({"boxes": pred[keep], "scores": det["scores"][keep], "labels": det["labels"][keep] - 1})
+            truths.append({"boxes": clip_to_image(boxes, height, width)[0], "labels": labels})
     agnostic = coco_map([{**p, "labels": torch.zeros_like(p["labels"])} for p in predictions],
                         [{**t, "labels": torch.zeros_like(t["labels"])} for t in truths], 1)
     return {**detection_metrics(predictions, truths, len(POLYP_CLASSES), score_threshold=score_threshold),
@@ -341,6 +408,9 @@ def evaluate_loaded_stft(loaded: LoadedFinetuned, root: str | os.PathLike, split
 # --- the fine-tuning recipe (``endofm finetune detect`` with ``detector: stft``) -----------------------------
 
 
+EMPTY_FRAMES = ("leave_out", "skip_iteration", "train")
+
+
 @dataclass
 class STFTSizes:
     """The STFT detector's own parts and input (``detector: stft``); the defaults are the released model's."""
@@ -353,11 +423,21 @@ class STFTSizes:
     """Frames are resized to ``size`` x ``size`` (the original: 640, aspect ratio not kept)."""
     reference_seed: int = 0
     """Seed of the test-time reference draws (the original never seeds them)."""
-    skip_empty: bool = True
-    """Leave training frames without a box out of the training set (the original draws them and skips their
-    iteration without an optimiser or scheduler step); false: train on them with the negatives' losses."""
+    empty_frames: str = "leave_out"
+    """Training frames without a box: ``leave_out`` of the training set (every iteration a step),
+    ``skip_iteration`` (the original: drawn, and their iteration skipped with no optimiser or learning-rate
+    step, counted in ``iterations.max_iter``) or ``train`` on them, every location a negative."""
+
+    queue: str = "video"
+    """Test-time reference queue: ``video`` (reset at each video's first frame, as the model intends) or
+    ``list`` (the original with its own list files: one queue over the split's videos, never reset;
+    :func:`list_queue_windows`)."""
 
     def __post_init__(self) -> None:
+        if self.queue not in QUEUES:
+            raise ConfigError(f"stft.queue must be one of {', '.join(QUEUES)}, got {self.queue!r}")
+        if self.empty_frames not in EMPTY_FRAMES:
+            raise ConfigError(f"stft.empty_frames must be one of {', '.join(EMPTY_FRAMES)}, got {self.empty_frames!r}")
         if self.out_channels < 32 or self.out_channels % 32:
             raise ConfigError(f"stft.out_channels must be a positive multiple of 32, got {self.out_channels}")
         if self.size < 32 or self.num_convs < 0:
@@ -443,13 +523,17 @@ class STFTRecipe(FinetuneRecipe):
     default_metric = "map_50"
     evaluator = evaluate_stft
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: Any, context: Any, *args: Any) -> None:
+        if config.stft.empty_frames == "skip_iteration" and (context.world_size > 1 or config.run.precision == "fp16"):
+            raise ConfigError("stft.empty_frames=skip_iteration needs one process and no fp16 loss scaling (a "
+                              "skipped iteration has no gradient); use stft.empty_frames=leave_out")
+        super().__init__(config, context, *args)
         self.total = self.config.iterations.max_iter
         self.pending: dict[str, float] = {}
         self.last_eval: tuple[int, dict[str, Any]] | None = None
         self.best_iteration, self.best_metrics = 0, None
         self.steps_per_epoch = 1
+        self.skipped_iterations, self.last_skipped = 0, False
 
     def build_network(self) -> STFTDetector:
         return build_stft_network(self.config.model, self.config.stft)
@@ -458,7 +542,7 @@ class STFTRecipe(FinetuneRecipe):
         sizes = self.config.stft
         try:
             return evaluate_stft(self.network, self.config.data.root, split, sizes.size, self.device,
-                                 sizes.reference_seed)
+                                 sizes.reference_seed, queue=sizes.queue)
         finally:
             self.network.train()
 
@@ -470,10 +554,20 @@ class STFTRecipe(FinetuneRecipe):
                                   schedule.bias_lr_factor, schedule.weight_decay_bias)
 
     def before_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        factor = self.config.iterations.factor(step)
+        # the original's scheduler steps only on the iterations it did not skip
+        factor = self.config.iterations.factor(step - self.skipped_iterations)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         return {"lr": self.config.optim.lr * factor}
+
+    def loss_parts(self, network: nn.Module, batch: dict, epoch: int) -> list[Any]:
+        """No part for a frame without boxes under ``stft.empty_frames=skip_iteration``: no gradient, so the
+        optimiser leaves every parameter (and its momentum) as it is, as the original's skipped iteration."""
+        self.last_skipped = self.config.stft.empty_frames == "skip_iteration" and not len(batch["labels"])
+        if self.last_skipped:
+            self.skipped_iterations += 1
+            return []
+        return super().loss_parts(network, batch, epoch)
 
     def compute_loss(self, network: nn.Module, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         losses = train_step(network, batch, self.device)
@@ -487,8 +581,8 @@ class STFTRecipe(FinetuneRecipe):
 
     def after_step(self, step: int) -> None:
         iteration, period = step + 1, self.config.iterations.test_period
-        if iteration != self.total and not (period and iteration % period == 0):
-            return
+        if self.last_skipped or (iteration != self.total and not (period and iteration % period == 0)):
+            return  # the original's skipped iteration passes its evaluation by too
         metrics = self.evaluate(self.split_names["val"])
         if self.metric not in metrics:
             raise ConfigError(f"selection.metric {self.metric!r} is not one of {sorted(metrics)}")
@@ -509,12 +603,13 @@ class STFTRecipe(FinetuneRecipe):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "best_iteration": self.best_iteration, "best_metrics": self.best_metrics,
-                "last_eval": self.last_eval}
+                "last_eval": self.last_eval, "skipped_iterations": self.skipped_iterations}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.best_iteration, self.best_metrics = state["best_iteration"], state["best_metrics"]
         self.last_eval = state["last_eval"]
+        self.skipped_iterations = state.get("skipped_iterations", 0)
 
     def save_model(self, directory: Path, extra: dict[str, Any]) -> Path:
         sizes = self.config.stft
@@ -587,7 +682,7 @@ def finetune_stft(config: Any, resume: bool = False) -> dict[str, Any]:
     val = test if config.selection.select_on_test else ("val" if splits.val == "auto" else splits.val)
     for split in {val, test}:
         KUMCDataset(data.root, split, skip_unannotated=True)  # the layout's errors before any training
-    train = STFTTrainFrames(data.root, splits.train, sizes.size, data.hflip, sizes.skip_empty)
+    train = STFTTrainFrames(data.root, splits.train, sizes.size, data.hflip, sizes.empty_frames == "leave_out")
     if not len(train):
         raise ConfigError(f"{data.root}: the {splits.train} split has no annotated frame with a box to train on")
     per_pass = min(len(train), run.epoch_steps or len(train))

@@ -44,6 +44,9 @@ SELECT_ON_TEST_NOTE = (
 def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:
     """The backbone to fine-tune, with ``model.init`` weights when given."""
     if model.init is None:
+        if model.require_init:
+            raise ConfigError("model.init is not set: this recipe fine-tunes pretrained weights; give --init "
+                              "endo_fm.pth (or model.require_init=false to train from random weights)")
         backbone = build_model(model.arch, drop_path_rate=model.drop_path_rate)
     else:
         source = load_checkpoint(model.init, num_heads=model.num_heads).backbone

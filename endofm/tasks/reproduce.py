@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,16 @@ class TaskResult:
     value: float | None
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    """With several runs: each run's ``run.seed``, and ``values`` its figure (``value`` is their mean)."""
+    values: list[float | None] = field(default_factory=list)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation of ``values`` (two runs or more, all with a figure)."""
+        if len(self.values) < 2 or any(v is None for v in self.values):
+            return None
+        return round(statistics.stdev(self.values), 2)  # type: ignore[arg-type]
 
 
 def find_dataset(root: Path, task: str) -> Path | None:
@@ -117,9 +128,23 @@ def _evaluate(task: str, data: Path, checkpoint: str, out: Path, device: str) ->
                       split, _percent(metrics.get(TASKS[task].paper.metric)), metrics=metrics)
 
 
+def _repeat(task: str, recipe: str, data: Path, checkpoint: str, out: Path, device: str, quick: bool,
+            overrides: Sequence[str], runs: int) -> TaskResult:
+    """``runs`` runs of a protocol with seeds 0 .. runs - 1: their mean as the figure, each run's recorded."""
+    done = [_finetune(task, recipe, data, checkpoint, out / f"run{seed}", device, quick,
+                      [*overrides, f"run.seed={seed}"]) for seed in range(runs)]
+    values = [r.value for r in done]
+    failed = [f"run {seed}: {r.note}" for seed, r in enumerate(done) if r.value is None]
+    mean = None if failed else round(statistics.fmean(values), 2)  # type: ignore[arg-type]
+    first = done[0]
+    return TaskResult(task, recipe, first.model, first.protocol, first.split, mean, "; ".join(failed),
+                      {"runs": [r.metrics for r in done]}, list(range(runs)), values)
+
+
 def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, *, quick: bool = False,
               device: str = "cpu", evaluate_only: Mapping[str, str] | None = None,
-              overrides: Mapping[str, Sequence[str]] | None = None, num_heads: int | None = None) -> list[TaskResult]:
+              overrides: Mapping[str, Sequence[str]] | None = None, num_heads: int | None = None,
+              runs: int = 1) -> list[TaskResult]:
     """Run every task's original protocol (or evaluate released models) and write the table into ``out``.
 
     Args:
@@ -132,7 +157,11 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
         evaluate_only: ``{task: fine-tuned checkpoint}``: evaluate these instead of training them.
         overrides: ``{task: ["key=value", ...]}`` added to that task's recipe.
         num_heads: attention heads of ``checkpoint`` when not ``embed_dim // 64`` (``model.num_heads``).
+        runs: independent runs per trained task (``out/<task>/run<i>``, ``run.seed=i``), reported as mean ± std
+            (the paper's figures are the mean ± std of 3 runs); 1: one run with the recipe's own seed.
     """
+    if runs < 1:
+        raise InputError(f"--runs must be at least 1, got {runs}")
     root, out = Path(data), Path(out)
     evaluate_only, overrides = dict(evaluate_only or {}), dict(overrides or {})
     unknown = sorted((set(evaluate_only) | set(overrides)) - set(TASKS))
@@ -163,7 +192,10 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
         recipe, note = recipe_for(task)
         needed, data_note = _dataset_overrides(task, recipe, folder)
         extra = [*([f"model.num_heads={num_heads}"] if num_heads else []), *needed, *overrides.get(task, ())]
-        result = _finetune(task, recipe, folder, str(checkpoint), out / task, device, quick, extra)
+        if runs == 1:
+            result = _finetune(task, recipe, folder, str(checkpoint), out / task, device, quick, extra)
+        else:
+            result = _repeat(task, recipe, folder, str(checkpoint), out / task, device, quick, extra, runs)
         notes = (result.note, note, data_note,
                  "quick: a few steps, not a result" if quick and result.value is not None else "")
         result.note = "; ".join(part for part in notes if part)
@@ -181,7 +213,8 @@ def write_table(results: Sequence[TaskResult], out: Path, quick: bool = False) -
         rows.append({"task": result.task, "metric": f"{paper.label} ({paper.metric}, %)", "ours": result.value,
                      "paper": paper.paper, "released": paper.released, "protocol": result.protocol,
                      "split": result.split, "recipe": result.recipe, "model": result.model, "note": result.note,
-                     "metrics": result.metrics})
+                     "metrics": result.metrics, "runs": len(result.values) or 1, "seeds": result.seeds,
+                     "values": result.values, "std": result.std})
     report = {"quick": quick, "paper_protocol": "selection on test (the original code picks the best epoch on the "
                                                 "split it reports)",
               "released_protocol": "the released fine-tuned models, as the original README reports them",
@@ -195,11 +228,14 @@ def write_table(results: Sequence[TaskResult], out: Path, quick: bool = False) -
               "model | note |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ours = "-" if row["ours"] is None else f"{row['ours']:.1f}"
+        if row["std"] is not None:
+            ours = f"{row['ours']:.1f} ± {row['std']:.1f} ({row['runs']} runs)"
         protocol = f"{row['protocol']} (tested on {row['split']})" if row["split"] else row["protocol"]
         lines.append(f"| {TASKS[row['task']].title} | {row['metric']} | {ours} | {protocol} | {row['paper']} | "
                      f"{row['released']} | {row['recipe']} | {row['model']} | {row['note']} |")
     lines += ["", "The paper's figures pick the best epoch on the split they report (the original code's "
               "protocol); a figure selected on a validation split is an honest estimate and is expected to be "
-              "lower. The released models' figures are the original README's.", ""]
+              "lower. The paper's figures are the mean ± std of 3 runs; with --runs N ours are too (seeds 0 .. "
+              "N-1, in reproduce.json). The released models' figures are the original README's.", ""]
     md_path = atomic_write_text(out / "reproduce.md", "\n".join(lines))
     return md_path, json_path

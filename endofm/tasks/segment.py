@@ -32,6 +32,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
+from endofm.data.transforms import Resize
 from endofm.data.video import VideoReader
 from endofm.engine.cpu import loader_workers
 from endofm.engine.distributed import all_gather_objects, global_sum, shard, shared_loss, world_size
@@ -76,6 +77,9 @@ class SegmentDataConfig:
     minmax: bool = True
     """Scale every frame to [0, 1] by its own minimum and maximum (the original) instead of dividing by 255."""
     normalization: str = "half"
+    mask_threshold: int = 128
+    """A mask pixel is polyp when its grey level is at least this: 128 (above mid-grey) or 255 (only white,
+    the original's ``label == 255``). Masks of only 0 and 255 give the same labels either way."""
     splits: SplitsConfig = field(default_factory=lambda: SplitsConfig(test="test"))
 
     def __post_init__(self) -> None:
@@ -83,6 +87,8 @@ class SegmentDataConfig:
             raise ConfigError(f"data.channel_order must be RGB or BGR, got {self.channel_order!r}")
         if self.clip_length is not None and self.clip_length < 1:
             raise ConfigError(f"data.clip_length must be positive or null, got {self.clip_length}")
+        if not 1 <= self.mask_threshold <= 255:
+            raise ConfigError(f"data.mask_threshold must be a grey level in 1..255, got {self.mask_threshold}")
         if self.resize and self.resize < self.size:
             raise ConfigError(f"data.resize {self.resize} is smaller than the crop data.size {self.size}")
 
@@ -277,14 +283,14 @@ def segment_transforms(data: SegmentDataConfig) -> tuple[SegmentTransform, Segme
     """Train (resize to ``resize``, random crop to ``size``, flip, rotation) and eval (resize to ``size``)
     transforms, with the input normalisation of ``data``."""
     size = [data.size, data.size]
-    steps: list[v2.Transform] = ([v2.Resize([data.resize] * 2, antialias=True), v2.RandomCrop(size)] if data.resize
-                                 else [v2.Resize(size, antialias=True)])
+    steps: list[v2.Transform] = ([Resize([data.resize] * 2, antialias=True), v2.RandomCrop(size)] if data.resize
+                                 else [Resize(size, antialias=True)])
     steps.append(v2.RandomHorizontalFlip(data.hflip))
     if data.rotation:
         steps.append(v2.RandomRotation(data.rotation, interpolation=InterpolationMode.BILINEAR))
     spec = data.input_spec()
     return (SegmentTransform(v2.Compose(steps), spec, data.per_frame_augment),
-            SegmentTransform(v2.Resize(size, antialias=True), spec))
+            SegmentTransform(Resize(size, antialias=True), spec))
 
 
 def _keep(dataset: CVCDataset, names: set[str]) -> CVCDataset:
@@ -303,7 +309,8 @@ def segment_datasets(data: SegmentDataConfig, select_on_test: bool = False,
     test_name = "test" if splits.test == "auto" else splits.test
 
     def make(split: str, transform: SegmentTransform) -> CVCDataset:
-        return CVCDataset(data.root, split, clip_length=data.clip_length, transform=transform)
+        return CVCDataset(data.root, split, clip_length=data.clip_length, transform=transform,
+                          mask_threshold=data.mask_threshold)
 
     train, test = make(splits.train, train_tf), make(test_name, eval_tf)
     names = {"train": splits.train, "test": test_name}
@@ -409,7 +416,8 @@ class SegmentRecipe(FinetuneRecipe):
     def data_config(self) -> dict[str, Any]:
         data = self.config.data
         return {"clip_length": data.clip_length, "size": data.size, "normalization": data.normalization,
-                "channel_order": data.channel_order, "minmax": data.minmax, "empty_rule": self.config.empty_rule}
+                "channel_order": data.channel_order, "minmax": data.minmax, "empty_rule": self.config.empty_rule,
+                "mask_threshold": data.mask_threshold}
 
 
 def finetune_segment(config: SegmentConfig, resume: bool = False) -> dict[str, Any]:
@@ -424,17 +432,21 @@ cut into windows of this many frames."""
 
 
 def input_transform(spec: InputSpec) -> SegmentTransform:
-    """The evaluation transform of a model's input: resize (stretch) to its size and normalise as it expects."""
-    return SegmentTransform(v2.Resize(list(spec.size), antialias=True), spec)
+    """The evaluation transform of a model's input: resize (stretch) to its size (PIL's arithmetic, as in
+    training) and normalise as it expects."""
+    return SegmentTransform(Resize(list(spec.size), antialias=True), spec)
 
 
 def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
                            batch_size: int = 1, empty_rule: str | None = None) -> dict[str, Any]:
     """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
     CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
-    the rule the model was trained with, else ``standard``; the metrics name the rule applied)."""
-    rule = empty_rule or (loaded.metadata.get("data") or {}).get("empty_rule", "standard")
-    dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input))
+    the rule the model was trained with, else ``standard``; the metrics name the rule applied), masks read with
+    the grey-level threshold it was trained with (else 128)."""
+    data = loaded.metadata.get("data") or {}
+    rule = empty_rule or data.get("empty_rule", "standard")
+    dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input),
+                         mask_threshold=data.get("mask_threshold", 128))
     return {**evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule),
             "empty_rule": rule}
 

@@ -15,6 +15,7 @@ from endofm.engine.optim import OptimConfig
 from endofm.engine.schedules import lr_schedule
 from endofm.errors import ConfigError
 from endofm.tasks.classify import ClassifyConfig
+from endofm.tasks.finetune import build_backbone
 
 TINY = ["model.arch=endofm_vit_micro", "model.num_heads=2", "run.progress=false", "run.num_workers=0",
         "run.device=cpu", "run.epochs=1", "run.batch_size=2", "data.num_frames=2", "data.size=32"]
@@ -54,8 +55,10 @@ def test_the_per_epoch_cosine_is_torchs_cosine_annealing_stepped_at_epoch_ends()
 
 def test_the_original_protocol_runs_and_says_it_selected_on_test(polypdiag_root: Path, tmp_path: Path):
     out = tmp_path / "original"
+    with pytest.raises(ConfigError, match="--init endo_fm.pth"):
+        build_backbone(load_config(ClassifyConfig, "classify_original", kind="finetune").model)
     assert main(["finetune", "classify", "--data", str(polypdiag_root), "--config", "classify_original",
-                 "--out", str(out), *TINY, "run.batch_size=5"]) == 0
+                 "--out", str(out), *TINY, "run.batch_size=5", "model.require_init=false"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["select_on_test"] and "select-on-test" in report["protocol"]
     train_videos = len((polypdiag_root / "splits" / "train.txt").read_text().split())

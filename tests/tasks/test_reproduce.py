@@ -92,3 +92,21 @@ def test_epoch_steps_ends_each_epoch_early_and_still_evaluates(corpus: Path, tmp
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "step" in r] == [1, 2]  # 6 training videos would make 3 steps an epoch
     assert len(json.loads((out / "metrics.json").read_text())["val_history"]) == 2
+
+
+def test_runs_give_mean_and_std_with_their_seeds(corpus: Path, tmp_path: Path) -> None:
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "polypdiag").symlink_to(corpus / "data" / "polypdiag")
+    out = tmp_path / "runs"
+    assert main(["reproduce", "--data", str(only), "--checkpoint", str(corpus / "endo_fm.pth"), "--num-heads", "2",
+                 "--out", str(out), "--quick", "--runs", "2", *TINY[:4]]) == 0
+    row = {r["task"]: r for r in json.loads((out / "reproduce.json").read_text())["rows"]}["classify"]
+    assert row["runs"] == 2 and row["seeds"] == [0, 1] and len(row["values"]) == 2
+    assert row["ours"] == pytest.approx(sum(row["values"]) / 2, abs=0.01) and row["std"] is not None
+    for seed in (0, 1):
+        config = (out / "classify" / f"run{seed}" / "config.yaml").read_text()
+        assert f"seed: {seed}" in config
+    assert f"± {row['std']:.1f} (2 runs)" in (out / "reproduce.md").read_text()
+    assert main(["reproduce", "--data", str(only), "--checkpoint", str(corpus / "endo_fm.pth"),
+                 "--out", str(tmp_path / "bad"), "--runs", "0"]) == 1

@@ -114,7 +114,7 @@ def test_before_step_sets_every_group() -> None:
     """Each parameter group gets its own base rate (biases x2) times the iteration's factor."""
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
     optimizer = original_optimizer(model, lr=0.0025, weight_decay=1e-4)  # type: ignore[arg-type]
-    recipe = SimpleNamespace(config=load_config(DetectConfig, "detect_original", kind="finetune"))
+    recipe = SimpleNamespace(config=load_config(DetectConfig, "detect_original", kind="finetune"), skipped_iterations=0)
     logged = STFTRecipe.before_step(recipe, 64000, 0, optimizer)  # type: ignore[arg-type]
     names = [name for name, _ in model.named_parameters()]
     for name, group in zip(names, optimizer.param_groups, strict=True):

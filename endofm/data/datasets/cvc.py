@@ -83,8 +83,12 @@ class CVCDataset(Dataset):
         *,
         clip_length: int | None = None,
         transform: Callable[..., dict[str, torch.Tensor]] | None = None,
+        mask_threshold: int = 128,
     ):
+        """``mask_threshold``: the grey level from which a mask pixel is polyp (255: only white, the
+        original's rule)."""
         self.root = Path(root)
+        self.mask_threshold = mask_threshold
         if not (self.root / "Original").exists() and (self.root / "CVC-ClinicDB" / "Original").exists():
             self.root = self.root / "CVC-ClinicDB"
         self.images, self.masks = self.root / "Original", self.root / "Ground Truth"
@@ -119,7 +123,7 @@ class CVCDataset(Dataset):
                 path = self.masks / f"{i}.tif"
                 raise DatasetError(f"{path}: mask size {mask.shape} differs from the frame {image.shape[:2]}")
             images.append(image)
-            masks.append(mask > 127)
+            masks.append(mask >= self.mask_threshold)
         video = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         out = self.transform(video, mask=torch.from_numpy(np.stack(masks)))
         return {

@@ -14,7 +14,6 @@ or 1 (polyp). A sample is ``{"video": float [C, T, H, W], "label": int, "meta": 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 
 from endofm.data.transforms import eval_transform
 from endofm.data.video import VideoReader
+from endofm.data.windows import PTS_PER_FRAME, decoded_window, window_span
 from endofm.errors import DatasetError, InputError
 
 
@@ -39,25 +39,24 @@ SAMPLINGS = ("original", "spread")
 
 
 def original_window(num_available: int, fps: float, num_frames: int = 8, sampling_rate: int = 32,
-                    target_fps: float = 30.0, start: float = 0.0) -> list[int]:
+                    target_fps: float = 30.0, start: float = 0.0, pts_per_frame: int = PTS_PER_FRAME) -> list[int]:
     """The original's frame indices of a window starting at frame ``start`` (a float, as its decoder draws it).
 
     The window spans ``sampling_rate * num_frames / target_fps * fps`` frames; the decoder reads from the first
-    frame at or after ``start`` and takes ``num_frames`` offsets evenly over the window, truncated to integers;
-    indices past the end repeat the last frame.
+    frame its timestamps keep (:func:`~endofm.data.windows.decoded_window`: ``floor(start)`` when the start is
+    less than one timestamp past it, else ``ceil(start)``) and takes ``num_frames`` offsets evenly over the
+    window, truncated to integers; indices past the end repeat the last frame.
     """
-    if num_available < 1:
-        raise InputError("cannot sample frames from an empty video")
-    span = sampling_rate * num_frames / target_fps * fps
-    first = math.ceil(start)
+    span = window_span(fps, num_frames, sampling_rate, target_fps)
+    first, count = decoded_window(num_available, span, start, pts_per_frame)
     offsets = torch.linspace(0, span - 1, num_frames).long()
-    return (first + offsets).clamp(max=num_available - 1).tolist()
+    return (first + offsets).clamp(max=first + count - 1).tolist()
 
 
 def original_start(num_available: int, fps: float, num_frames: int = 8, sampling_rate: int = 32,
                    target_fps: float = 30.0) -> float:
     """A random window start as the original's training draws it: uniform over the frames the window leaves."""
-    span = sampling_rate * num_frames / target_fps * fps
+    span = window_span(fps, num_frames, sampling_rate, target_fps)
     return float(torch.rand(()).item()) * max(num_available - span, 0.0)
 
 

@@ -60,6 +60,7 @@ class PretrainClips(Dataset):
         self.epoch = 0
         self.max_tries = max_tries
         self.decoded: dict[int, torch.Tensor] = {}
+        self.decoded_fps: dict[int, float] = {}
 
     def cache_decoded(self, max_bytes: int, progress: bool = False) -> int:
         """Decode every clip once (at the sampler's decode size) and keep its frames, ``uint8 [L, 3, H, W]``;
@@ -72,6 +73,7 @@ class PretrainClips(Dataset):
             try:
                 with self.sampler.open_video(clip.path) as reader:
                     frames = reader.read(range(clip.start, clip.start + self._length(clip, reader)))
+                    self.decoded_fps[index] = reader.info.fps
             except EndoFMError:
                 continue
             held += frames.numel()
@@ -102,7 +104,7 @@ class PretrainClips(Dataset):
         """Views of clip ``index`` and the clip's length in frames; raises on a bad file."""
         frames = self.decoded.get(index)
         if frames is not None:
-            return self.sampler(frames, 0, len(frames), generator), len(frames)
+            return self.sampler(frames, 0, len(frames), generator, self.decoded_fps[index]), len(frames)
         clip = self.clips[index]
         with self.sampler.open_video(clip.path) as reader:
             length = self._length(clip, reader)
