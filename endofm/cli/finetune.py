@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from endofm.cli.options import add_quiet, positive_int
+
 
 def _finetune(args: argparse.Namespace) -> int:
     from endofm.config import load_config
@@ -22,8 +24,12 @@ def _finetune(args: argparse.Namespace) -> int:
         overrides.append(f"model.init={args.init}")
     if args.out:
         overrides.append(f"run.out_dir={args.out}")
+    if args.num_heads:
+        overrides.append(f"model.num_heads={args.num_heads}")
     if args.select_on_test:
         overrides.append("selection.select_on_test=true")
+    if args.quiet:
+        overrides.append("run.progress=false")
     config = load_config(task.config_class, args.config, overrides, kind="finetune")
     try:
         summary = task.finetune(config, resume=args.resume)
@@ -60,11 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--config", default=None, help="a YAML file or the name of a shipped recipe "
                                                          f"(e.g. {task.name}_cpu; default: built-in defaults)")
         sub.add_argument("--out", default=None, help="run folder (run.out_dir)")
+        sub.add_argument("--num-heads", type=positive_int, default=None,
+                         help="attention heads of an --init .pth, which does not store them (model.num_heads; "
+                              "default: embed dim / 64)")
         sub.add_argument("--select-on-test", action="store_true",
                          help="the original protocol: choose the best epoch on the TEST split (optimistic numbers; "
                               "recorded as such in metrics.json)")
         sub.add_argument("--resume", action="store_true",
                          help="continue the run in run.out_dir from its last.pt (from the beginning if it stopped "
                               "before its first checkpoint)")
+        add_quiet(sub)
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
         sub.set_defaults(func=_finetune)

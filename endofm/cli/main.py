@@ -45,8 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EndoFMError as error:
         print(f"endofm: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a file the command could not read or write: its name and the reason
+        print(f"endofm: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("endofm: interrupted", file=sys.stderr)
+        resume = "; run the same command with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"endofm: interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -335,6 +335,8 @@ def predict_detect(loaded: LoadedFinetuned, reader: VideoReader, device: torch.d
     """Boxes (input-video pixels) scoring at least ``score_threshold`` in every frame of a video: the STFT
     with its test-time queue of 19 frames and 10 references drawn with ``reference_seed``
     (:func:`~endofm.tasks.detect_stft.predict_stft`), the FCOS with its reference frames."""
+    if not 0.0 <= score_threshold <= 1.0:
+        raise InputError(f"score_threshold (--score-threshold) is a box score in [0, 1], got {score_threshold}")
     if isinstance(loaded.model, STFTDetector):
         return Prediction(predict_stft(loaded, reader, device, score_threshold, reference_seed, progress))
     return Prediction(predict_fcos(loaded, reader, device, score_threshold, progress))
