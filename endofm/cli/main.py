@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from endofm.errors import EndoFMError
 
@@ -16,11 +17,18 @@ COMMAND_MODULES = ("demo", "models", "data", "pretrain", "evaluate", "visualize"
                    "reproduce")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command group registered."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="endofm",
         description="Foundation models for endoscopy video: Endo-FM backbone, checkpoints, data, training.",
     )
@@ -36,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     apply_cpu_settings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, or a bad argument (already printed): a status, also when called in-process
+        return exit.code if isinstance(exit.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
