@@ -13,10 +13,15 @@ from endofm.cli.options import add_quiet, positive_int
 def _finetune(args: argparse.Namespace) -> int:
     from endofm.config import load_config
     from endofm.engine.distributed import shutdown
+    from endofm.errors import ConfigError
     from endofm.tasks.registry import TASKS
     from endofm.tasks.results import print_table
 
     task = TASKS[args.task]
+    recipe_task = Path(str(args.config)).stem.split("_")[0]
+    if args.config and not Path(args.config).is_file() and recipe_task in TASKS and recipe_task != task.name:
+        raise ConfigError(f"--config {args.config}: that is a {recipe_task} recipe; use endofm finetune {recipe_task} "
+                          f"--config {args.config}, or a {task.name} recipe")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={args.data}")
