@@ -13,7 +13,7 @@ from endofm.cli.options import add_quiet, positive_int
 def _finetune(args: argparse.Namespace) -> int:
     from endofm.config import load_config
     from endofm.engine.distributed import shutdown
-    from endofm.errors import ConfigError
+    from endofm.errors import ConfigError, InputError, TrainingError
     from endofm.tasks.registry import TASKS
     from endofm.tasks.results import print_table
 
@@ -36,6 +36,11 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("run.progress=false")
     config = load_config(task.config_class, args.config, overrides, kind="finetune")
+    out_dir, init = Path(config.run.out_dir), getattr(getattr(config, "model", None), "init", None)
+    if not args.resume and (out_dir / "checkpoints" / "last.pt").exists():  # before any data is read
+        raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another --out")
+    if init and not str(init).startswith("hf-hub:") and not Path(init).exists():
+        raise InputError(f"--init {init} does not exist")
     try:
         summary = task.finetune(config, resume=args.resume)
     finally:

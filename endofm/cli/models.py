@@ -115,7 +115,7 @@ def _embed(args: argparse.Namespace) -> int:
             continue
         rows.append(result)
     if not rows:
-        raise InputError("no video could be embedded:\n  " + "\n  ".join(failures))
+        raise InputError("no video could be embedded: " + "; ".join(failures))
     arrays = {
         "features": np.concatenate([r.features for r in rows]).astype(np.float32),
         "paths": np.array([r.path for r in rows for _ in r.starts]),
