@@ -79,9 +79,14 @@ def _scan(args: argparse.Namespace) -> int:
     print(f"videos ok: {summary.videos_ok} ({summary.frames} frames), clips: {summary.clips}")
     print(f"read: {summary.scanned}, unchanged since last scan: {summary.reused}")
     print(f"failed: {len(summary.failed)}")
-    for path, reason in summary.failed:
-        print(f"  {path}: {reason}")
+    _print_failures(summary.failed)
     return 1 if summary.failed else 0
+
+
+def _print_failures(failed: list) -> None:
+    """One line per failed file, naming it once (a reason may name it already)."""
+    for path, reason in failed:
+        print(f"  {reason}" if str(reason).startswith(str(path)) else f"  {path}: {reason}")
 
 
 def _transcode(args: argparse.Namespace) -> int:
@@ -90,8 +95,7 @@ def _transcode(args: argparse.Namespace) -> int:
     summary = transcode_videos(args.src, args.out, short_side=args.short_side, progress=not args.quiet)
     counts = (len(summary.written), len(summary.up_to_date), len(summary.failed))
     print("written: {}, up to date: {}, failed: {}".format(*counts))
-    for path, reason in summary.failed:
-        print(f"  {path}: {reason}")
+    _print_failures(summary.failed)
     return 1 if summary.failed else 0
 
 

@@ -63,7 +63,8 @@ def _task(args: argparse.Namespace) -> int:
     if model.task != args.evaluate_command:
         raise InputError(f"{args.checkpoint} is a {model.task} model, not a {args.evaluate_command} model")
     options = {option.dest: getattr(args, option.dest) for option in TASKS[model.task].evaluate_options}
-    metrics = evaluate_finetuned(model, args.data, args.split, args.device, args.batch_size, **options)
+    metrics = evaluate_finetuned(model, args.data, args.split, args.device, args.batch_size,
+                                 progress=not args.quiet, **options)
     print_table(f"{model.task} metrics of {args.checkpoint} on {args.data} ({args.split}):", metrics)
     if args.out:
         report = {"task": model.task, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
@@ -116,6 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                      "unless --overwrite)")
         add_overwrite(sub)
         add_num_heads(sub)
+        add_quiet(sub)
         for option in task.evaluate_options:
             sub.add_argument(option.flag, type=option.type, default=option.default, choices=option.choices,
                              help=option.help)

@@ -217,13 +217,13 @@ def detect_frames(model: FCOS, images: list[torch.Tensor], device: torch.device)
 
 
 def evaluate_detector(model: FCOS, dataset: KUMCDataset, batch_size: int = 2, device: str | torch.device = "cpu",
-                      num_workers: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+                      num_workers: int = 0, score_threshold: float = 0.5, progress: bool = False) -> dict[str, Any]:
     """Frame-level F1 (original), box P/R/F1 at IoU 0.5 and COCO mAP of a detector on a dataset."""
     was_training = model.training
     model.eval()
     predictions, targets = [], []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection)
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
         predictions += detect_frames(model, batch["images"], torch.device(device))
         targets += batch["targets"]
     model.train(was_training)
@@ -283,17 +283,17 @@ def _assemble(found: FinetunedModel) -> tuple[nn.Module, InputSpec]:
 
 
 def evaluate_detect_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
-                          batch_size: int = 2, reference_seed: int = 0) -> dict[str, Any]:
+                          batch_size: int = 2, reference_seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Metrics of a detector (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a KUMC-layout
     dataset: the STFT through the original's test-time video path (``reference_seed`` seeds its reference
     draws), the FCOS frame by frame with the preprocessing it was trained with."""
     if isinstance(loaded.model, STFTDetector):
-        return evaluate_loaded_stft(loaded, root, split, device, reference_seed)
+        return evaluate_loaded_stft(loaded, root, split, device, reference_seed, progress)
     data = loaded.metadata["data"]
     config = DetectDataConfig(root=root, ref_offsets=tuple(data["ref_offsets"]), short_side=int(data["short_side"]),
                               max_size=int(data["max_size"]), normalization=data["normalization"])
     dataset = KUMCDataset(root, split, ref_offsets=config.ref_offsets, transform=detect_transforms(config)[1])
-    return evaluate_detector(loaded.model.to(device), dataset, batch_size, device)
+    return evaluate_detector(loaded.model.to(device), dataset, batch_size, device, progress=progress)
 
 
 def _chunks(count: int, size: int) -> list[list[int]]:

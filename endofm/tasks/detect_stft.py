@@ -296,7 +296,8 @@ def train_step(model: STFTDetector, sample: dict[str, Any],
 
 
 def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int | tuple[int, int] = 640,
-                  device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+                  device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5,
+                  progress: bool = False) -> dict[str, Any]:
     """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
     (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
     original's frame-level F1 at ``score_threshold``, box-level P/R/F1 at IoU 0.5, COCO mAP, and the COCO AP
@@ -310,7 +311,7 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
     for v, k, xml in index.samples:
         annotated.setdefault(v, {})[k] = xml
     predictions, truths = [], []
-    for v, (_, paths) in enumerate(index.videos):
+    for v, (_, paths) in enumerate(tqdm(index.videos, desc="evaluate", unit="video", disable=not progress)):
         if v not in annotated:
             continue
 
@@ -332,10 +333,11 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
 
 
 def evaluate_loaded_stft(loaded: LoadedFinetuned, root: str | os.PathLike, split: str = "test",
-                         device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+                         device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """:func:`evaluate_stft` of a detector read by ``endofm.load_finetuned`` (a released ``kumc.pth`` or a
     folder), at its own input size."""
-    return evaluate_stft(loaded.model, root, split, loaded.input.size, device, seed)  # type: ignore[arg-type]
+    return evaluate_stft(loaded.model, root, split, loaded.input.size, device, seed,  # type: ignore[arg-type]
+                         progress=progress)
 
 
 # --- the fine-tuning recipe (``endofm finetune detect`` with ``detector: stft``) -----------------------------

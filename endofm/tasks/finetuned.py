@@ -185,8 +185,9 @@ def save_finetuned(loaded: LoadedFinetuned, directory: str | os.PathLike) -> Pat
 
 
 def evaluate_finetuned(loaded: LoadedFinetuned, root: str | os.PathLike, split: str = "test", device: str = "cpu",
-                       batch_size: int = 2, **options: Any) -> dict[str, Any]:
+                       batch_size: int = 2, progress: bool = False, **options: Any) -> dict[str, Any]:
     """Metrics of a fine-tuned model (:func:`load_finetuned`) on one split of a dataset in its task's original
-    layout, with the input the model was trained with; ``options`` are the task's own
-    (:attr:`Task.evaluate_options <endofm.tasks.base.Task.evaluate_options>`, e.g. ``empty_rule``)."""
-    return _tasks()[loaded.task].evaluate(loaded, str(root), split, device, batch_size, **options)
+    layout, with the input the model was trained with; ``progress`` draws a progress bar; ``options`` are the
+    task's own (:attr:`Task.evaluate_options <endofm.tasks.base.Task.evaluate_options>`, e.g. ``empty_rule``)."""
+    return _tasks()[loaded.task].evaluate(loaded, str(root), split, device, batch_size, progress=progress,
+                                          **options)

@@ -324,9 +324,11 @@ def segment_datasets(data: SegmentDataConfig, select_on_test: bool = False,
 @torch.inference_mode()
 def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int = 2,
                        device: str | torch.device = "cpu", num_workers: int = 0,
-                       empty_rule: str = "standard") -> dict[str, Any]:
+                       empty_rule: str = "standard", progress: bool = False) -> dict[str, Any]:
     """Per-sequence Dice (empty masks by ``empty_rule``) and HD95, averaged, of a segmentation network on a
     dataset (frames of overlapping windows are counted once; whole sequences go one at a time)."""
+    from tqdm import tqdm
+
     if any(len(frames) != len(dataset.samples[0][1]) for _, frames in dataset.samples):
         batch_size = 1
     was_training = network.training
@@ -334,7 +336,7 @@ def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int 
     pred_frames: dict[str, dict[int, np.ndarray]] = {}
     true_frames: dict[str, dict[int, np.ndarray]] = {}
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=default_collate)
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
         logits = network(batch["video"].to(device))
         pred = logits.argmax(1).cpu().numpy().astype(bool)
         mask = batch["mask"][..., : pred.shape[-2], : pred.shape[-1]].numpy().astype(bool)
@@ -415,13 +417,15 @@ def input_transform(spec: InputSpec) -> SegmentTransform:
 
 
 def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
-                           batch_size: int = 1, empty_rule: str | None = None) -> dict[str, Any]:
+                           batch_size: int = 1, empty_rule: str | None = None,
+                           progress: bool = False) -> dict[str, Any]:
     """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
     CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
     the rule the model was trained with, else ``standard``)."""
     rule = empty_rule or (loaded.metadata.get("data") or {}).get("empty_rule", "standard")
     dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input))
-    return evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule)
+    return evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule,
+                              progress=progress)
 
 
 def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device,
