@@ -170,3 +170,65 @@ def test_overwrite_replaces_an_earlier_result(ws: Path, tmp_path: Path) -> None:
     assert main(["convert", str(ws / "model"), str(out)]) == 0
     assert main(["convert", str(ws / "model"), str(out)]) == 1
     assert main(["convert", str(ws / "model"), str(out), "--overwrite"]) == 0
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_transcode_names_each_failed_file_once_and_exits_1(ws: Path, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "bad.mp4").write_bytes(b"not a video")
+    code, out, _ = _run(["data", "transcode", str(tmp_path / "src"), str(tmp_path / "dst"), "--quiet"])
+    assert code == 1 and out.count("bad.mp4") == 1, out
+
+
+def test_ctrl_c_says_how_to_continue_where_resume_applies(ws: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("endofm.config.load_config", interrupted)
+    code, _, err = _run(["finetune", "classify", "--out", str(tmp_path / "run")])
+    assert code == 130 and "run the same command with --resume to continue" in err
+    monkeypatch.setattr("endofm.tasks.embed.find_videos", interrupted)
+    code, _, err = _run(["embed", str(ws / "case.mp4"), "--model", "endofm_vit_micro", "--out", str(tmp_path / "f")])
+    assert code == 130 and err.strip() == "endofm: interrupted"
+
+
+def test_options_reach_what_they_name(ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reproduce --num-heads`` reaches the evaluated models; ``--which`` and ``--quiet`` reach evaluate knn
+    and visualize; ``finetune --num-heads``/``--quiet`` become ``model.num_heads``/``run.progress``."""
+    import endofm.tasks.reproduce as reproduce
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "_cli", lambda argv: calls.append(list(argv)) or (1, "stopped"))
+    (tmp_path / "data" / "PolypDiag").mkdir(parents=True)
+    _run(["reproduce", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "rep"), "--num-heads", "4",
+          "--evaluate-only", "classify=polypdiag.pth"])
+    assert calls and calls[0][calls[0].index("--num-heads") + 1] == "4"
+
+    seen: dict[str, object] = {}
+
+    def load_checkpoint(path: object, num_heads: object = None, which: str = "teacher") -> None:
+        seen.update(which=which, num_heads=num_heads)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("endofm.models.checkpoint.load_checkpoint", load_checkpoint)
+    _run(["evaluate", "knn", "--data", "x", "--checkpoint", "c.pth", "--which", "student", "--num-heads", "2"])
+    assert seen == {"which": "student", "num_heads": 2}
+    seen.clear()
+    _run(["visualize", "attention", "v.mp4", "--checkpoint", "c.pth", "--out", str(tmp_path / "a"), "--which",
+          "student"])
+    assert seen["which"] == "student"
+
+    def load_config(cls: object, path: object, overrides: list[str], kind: str | None = None) -> None:
+        seen["overrides"] = overrides
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("endofm.config.load_config", load_config)
+    _run(["finetune", "classify", "--num-heads", "4", "--quiet"])
+    assert {"model.num_heads=4", "run.progress=false"} <= set(seen["overrides"])
