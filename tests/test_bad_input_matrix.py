@@ -133,6 +133,12 @@ CASES = [
     (["reproduce", "--data", "folder", "--out", "folder", C, "model"], "folder"),
     (["finetune", "classify", "--config", "classify_cpu", "--data", "folder", "--out", "run", "--init", "model"],
      "run"),
+    (["pretrain", "--config", "cpu_micro", "data.manifest=folder", "run.out_dir=run"], "run"),
+    (["finetune", "classify", "--config", "classify_cpu", "--out", "notes.txt"], "notes.txt"),
+    (["pretrain", "--config", "cpu_micro", "run.out_dir=notes.txt"], "notes.txt"),
+    (["predict", V, C, "classifier", "--out", "notes.txt"], "notes.txt"),
+    (["convert", "model", "notes.txt"], "notes.txt"),
+    (["pretrain", "--config", "cpu_micro", "data.manifest=missing.csv", "run.out_dir=pr"], "missing.csv"),
 ]
 
 

@@ -37,6 +37,8 @@ def _finetune(args: argparse.Namespace) -> int:
         overrides.append("run.progress=false")
     config = load_config(task.config_class, args.config, overrides, kind="finetune")
     out_dir, init = Path(config.run.out_dir), getattr(getattr(config, "model", None), "init", None)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; expected a run folder")
     if not args.resume and (out_dir / "checkpoints" / "last.pt").exists():  # before any data is read
         raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another --out")
     if init and not str(init).startswith("hf-hub:") and not Path(init).exists():

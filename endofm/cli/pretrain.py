@@ -11,11 +11,17 @@ from endofm.cli.options import add_quiet
 def _pretrain(args: argparse.Namespace) -> int:
     from endofm.config import load_config
     from endofm.engine.distributed import shutdown
+    from endofm.errors import InputError, TrainingError
     from endofm.pretrain import PretrainConfig, pretrain
 
     overrides = [*args.overrides, *(["run.progress=false"] if args.quiet else [])]
     config = load_config(PretrainConfig, args.config, overrides, kind="pretrain")
-    saved = Path(config.run.out_dir) / "config.yaml"
+    out_dir = Path(config.run.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"run.out_dir={out_dir} is a file; expected a run folder")
+    if not args.resume and (out_dir / "checkpoints" / "last.pt").exists():  # before any data is read
+        raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another run.out_dir")
+    saved = out_dir / "config.yaml"
     if args.resume and saved.is_file():
         config = load_config(PretrainConfig, saved, overrides)
     try:
