@@ -100,9 +100,10 @@ def embed_video(
     """
     num_frames = model.config.num_frames if num_frames is None else num_frames
     size = model.config.img_size[0] if size is None else size
-    if num_frames < 1 or size < model.patch_size or batch_size < 1:
-        raise InputError(f"need num_frames >= 1, size >= {model.patch_size} and batch_size >= 1, got {num_frames}, "
-                         f"{size} and {batch_size}")
+    if num_frames < 1 or size < model.patch_size:
+        raise InputError(f"need num_frames >= 1 and size >= {model.patch_size}, got {num_frames} and {size}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     features = []
