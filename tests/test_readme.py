@@ -110,7 +110,7 @@ TINY: dict[str, list[str]] = {
     "endofm predict case.mp4 --checkpoint runs/cvc/model --out predictions_cvc/": ["--device", "cpu", "--quiet"],
     "endofm predict case.mp4 --checkpoint kumc.pth --out predictions_kumc/ --reference-seed 0":
         ["--device", "cpu", "--quiet"],
-    "endofm embed my_videos/ --checkpoint models/endo_fm --out feats.npz": QUIET,
+    "endofm embed my_videos/ --checkpoint models/endo_fm --out clips.npz": QUIET,
     "endofm visualize attention case.mp4 --checkpoint models/endo_fm --out attention/": SMALL_CLIP,
     # docs/performance.md
     "endofm embed my_videos/ --checkpoint models/endo_fm --out feats_int8.npz --int8": QUIET,
@@ -127,7 +127,8 @@ TINY: dict[str, list[str]] = {
 OUTPUTS = {
     "endofm convert endo_fm.pth": "models/endo_fm/config.json", "endofm convert cvc.pth": "models/cvc/config.json",
     "endofm convert kumc.pth": "models/kumc/config.json", "endofm embed my_videos/ --checkpoint models/endo_fm "
-    "--out feats_int8.npz": "feats_int8.npz", "endofm embed": "feats.npz",
+    "--out feats_int8.npz": "feats_int8.npz", "endofm embed my_videos/ --checkpoint models/endo_fm --out clips.npz":
+    "clips.npz", "endofm embed": "feats.npz",
     "endofm data scan my_videos/ --out manifest.csv": "manifest.csv", "endofm data scan my_videos/ --out videos.csv":
     "videos.csv", "endofm data synth": "datasets/corpus.json", "endofm data transcode": "my_videos_256",
     "endofm pretrain --config cpu_tiny data.manifest=manifest.csv run.out_dir=runs/tiny_ckpt":

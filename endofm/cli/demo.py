@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from endofm.cli.options import add_overwrite, add_quiet, device
+
 
 def _demo(args: argparse.Namespace) -> int:
     from endofm.demo import DemoConfig, format_table, run_demo
+    from endofm.io import claim_output
 
-    common = {"out_dir": args.out, "seed": args.seed, "device": args.device, "original_models": args.original_models}
+    claim_output(args.out, args.overwrite, folder=True)
+    common = {"out_dir": args.out, "seed": args.seed, "device": args.device, "original_models": args.original_models,
+              "progress": not args.quiet}
     config = DemoConfig(**common)
     if args.quick:
         config = DemoConfig(videos=40, pretrain_clips=200, pretrain_steps=60, probe_videos=60, classify_epochs=5,
@@ -24,11 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo``."""
     demo = subparsers.add_parser(
         "demo", help="synthetic corpus -> pretraining -> frozen probes, fine-tuning, predict, attention -> report")
-    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo; refused if it holds "
+                                                         "anything, unless --overwrite)")
     demo.add_argument("--quick", action="store_true", help="a first look in under a minute (fewer videos and steps)")
     demo.add_argument("--original-models", action="store_true",
                       help="fine-tune the original's TransUNet and STFT (small CPU recipes) instead of the lighter "
                            "decoder and FCOS detector (slower)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the corpus and the models")
-    demo.add_argument("--device", default="cpu", help="torch device")
+    demo.add_argument("--device", type=device, default="cpu", help="torch device")
+    add_overwrite(demo)
+    add_quiet(demo)
     demo.set_defaults(func=_demo)

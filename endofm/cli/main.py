@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from endofm.errors import EndoFMError
 
@@ -16,11 +17,18 @@ COMMAND_MODULES = ("demo", "models", "data", "pretrain", "evaluate", "visualize"
                    "reproduce", "stream", "export")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command group registered."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="endofm",
         description="Foundation models for endoscopy video: Endo-FM backbone, checkpoints, data, training.",
     )
@@ -36,11 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     apply_cpu_settings()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # KEY=VALUE overrides written after an option (``--resume run.epochs=5``) join the others
-        if not hasattr(args, "overrides") or any("=" not in item or item.startswith("-") for item in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # KEY=VALUE overrides written after an option (``--resume run.epochs=5``) join the others
+            if not hasattr(args, "overrides") or any("=" not in item or item.startswith("-") for item in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = [*args.overrides, *extra]
+    except SystemExit as exit:  # --help, or a bad argument (already printed): a status, also when called in-process
+        return exit.code if isinstance(exit.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -49,8 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EndoFMError as error:
         print(f"endofm: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a file the command could not read or write: its name and the reason
+        print(f"endofm: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("endofm: interrupted", file=sys.stderr)
+        resume = "; run the same command with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"endofm: interrupted{resume}", file=sys.stderr)
         return 130
 
 

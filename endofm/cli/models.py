@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from endofm.cli.options import add_num_heads, add_overwrite, add_quiet, add_which, device, positive_int
+
 
 def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: embed dim / 64)")
-    parser.add_argument("--which", choices=("teacher", "student"), default="teacher",
-                        help="network of a full pretraining checkpoint (default: teacher)")
+    add_num_heads(parser)
+    add_which(parser)
 
 
 def _describe(ckpt) -> dict:
@@ -31,9 +32,16 @@ def _describe(ckpt) -> dict:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from endofm.errors import InputError
+    from endofm.io import claim_output
     from endofm.models.checkpoint import load_checkpoint, save_pretrained
-    from endofm.tasks.finetuned import convert_released
+    from endofm.tasks.finetuned import convert_released, released_layout
 
+    claim_output(args.out_dir, args.overwrite, folder=True, option="OUT_DIR")
+    found = released_layout(args.checkpoint)
+    if args.which != "teacher" and found is not None and found[0].save is not None:
+        raise InputError(f"--which {args.which}: {args.checkpoint} is a fine-tuned {found[0].name} model, which has "
+                         "no teacher and student")
     released = convert_released(args.checkpoint, args.out_dir, num_heads=args.num_heads)
     if released is not None:
         print(f"converted {args.checkpoint} ({released.layout}, a {released.task} model) -> {args.out_dir}")
@@ -67,13 +75,18 @@ def _embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from endofm.errors import InputError, VideoError
-    from endofm.io import atomic_write
+    from endofm.io import atomic_write, claim_output
     from endofm.models.checkpoint import load_checkpoint
     from endofm.models.registry import build_model
     from endofm.tasks.embed import embed_video, find_videos
 
     if (args.checkpoint is None) == (args.model is None):
         raise InputError("give exactly one of --checkpoint PATH or --model NAME (random weights)")
+    if args.stride is not None and args.window is None:
+        raise InputError("--stride steps between windows: give --window too (without it, one clip per video)")
+    if args.int8 and args.compile:
+        raise InputError("give one of --int8 and --compile")
+    claim_output(args.out, args.overwrite)
     videos = find_videos(args.inputs)
     if args.checkpoint is not None:
         model = load_checkpoint(args.checkpoint, num_heads=args.num_heads, which=args.which).backbone
@@ -81,8 +94,6 @@ def _embed(args: argparse.Namespace) -> int:
         print(f"warning: {args.model} has random weights; use --checkpoint for real features", file=sys.stderr)
         model = build_model(args.model)
     model.to(args.device)
-    if args.int8 and args.compile:
-        raise InputError("give one of --int8 and --compile")
     if args.compile:
         from endofm.models.compiled import compile_for_inference
 
@@ -104,7 +115,7 @@ def _embed(args: argparse.Namespace) -> int:
             continue
         rows.append(result)
     if not rows:
-        raise InputError("no video could be embedded:\n  " + "\n  ".join(failures))
+        raise InputError("no video could be embedded: " + "; ".join(failures))
     arrays = {
         "features": np.concatenate([r.features for r in rows]).astype(np.float32),
         "paths": np.array([r.path for r in rows for _ in r.starts]),
@@ -132,8 +143,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert", help="convert an original Endo-FM checkpoint to the endofm format (safetensors + config.json)")
     convert.add_argument("checkpoint", help="original .pth (pretraining, endo_fm.pth, PolypDiag fine-tuned, CVC "
                                             "TransUNet)")
-    convert.add_argument("out_dir", help="output folder")
+    convert.add_argument("out_dir", help="output folder (refused if it holds anything, unless --overwrite)")
     _add_checkpoint_args(convert)
+    add_overwrite(convert, "OUT_DIR")
     convert.set_defaults(func=_convert)
 
     info = subparsers.add_parser("info", help="print the layout, architecture and sha256 of a checkpoint")
@@ -148,19 +160,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embed.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help="video files, frame folders or folders")
     embed.add_argument("--checkpoint", help="checkpoint file or endofm model folder")
     embed.add_argument("--model", help="named config with random weights instead of a checkpoint (testing)")
-    embed.add_argument("--out", required=True, help="output .npz")
-    embed.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
-    embed.add_argument("--size", type=int, default=None, help="crop size in pixels (default: the model's)")
-    embed.add_argument("--window", type=int, default=None, help="clip length in frames (default: whole video)")
-    embed.add_argument("--stride", type=int, default=None, help="step between clips in frames (default: window)")
+    embed.add_argument("--out", required=True, help="output .npz (an existing file is refused unless --overwrite)")
+    embed.add_argument("--frames", type=positive_int, default=None, help="frames per clip (default: the model's)")
+    embed.add_argument("--size", type=positive_int, default=None, help="crop size in pixels (default: the model's)")
+    embed.add_argument("--window", type=positive_int, default=None,
+                       help="clip length in frames (default: whole video)")
+    embed.add_argument("--stride", type=positive_int, default=None,
+                       help="step between clips in frames (default: window; needs --window)")
     embed.add_argument("--normalization", default="imagenet", help="normalisation preset (default: imagenet)")
-    embed.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
-    embed.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    embed.add_argument("--batch-size", type=positive_int, default=8, help="clips per forward pass")
+    embed.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda:0")
     embed.add_argument("--int8", action="store_true",
                        help="dynamic int8 linear layers (CPU only): faster, embeddings within ~1e-2 cosine")
     embed.add_argument("--compile", action="store_true",
                        help="torch.compile with the weights frozen in: faster after about half a minute of "
                             "compiling per clip shape, same embeddings")
-    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(embed)
+    add_overwrite(embed)
     _add_checkpoint_args(embed)
     embed.set_defaults(func=_embed)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from endofm.cli.options import add_num_heads, add_overwrite, add_quiet, device
+
 
 def _predict(args: argparse.Namespace) -> int:
-    from endofm.tasks.predict import predict_video
+    from endofm.io import claim_output
+    from endofm.tasks.predict import RESULT_FILES, predict_video
 
+    claim_output(args.out, args.overwrite, folder=True, results=RESULT_FILES)
     written = predict_video(args.video, args.checkpoint, args.out, device=args.device, progress=not args.quiet,
                             num_heads=args.num_heads, runtime=args.runtime,
                             **{dest: getattr(args, dest) for dest in args.task_options})
@@ -24,20 +28,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="apply a fine-tuned model to a video (task read from the checkpoint)",
         description="Writes predictions.json (last: its presence marks a complete result), predictions.csv, "
-                    "annotated.mp4 and, for segmentation, masks.npz into --out.")
+                    "annotated.mp4 and, for segmentation, masks.npz into --out; a folder holding "
+                    "such files already is refused unless --overwrite.")
     parser.add_argument("video", help="video file or folder of frames")
     released = ", ".join(task.released_file for task in TASKS.values() if task.released_file)
     parser.add_argument("--checkpoint", required=True, help="fine-tuned model folder (run/model) or one of the "
                         f"original's released fine-tuned models ({released})")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="torch device (default: GPU if available)")
-    parser.add_argument("--num-heads", type=int, default=None,
-                        help="attention heads of a released checkpoint (default: embed dim / 64)")
+    parser.add_argument("--out", required=True, help="output folder (refused if it holds an earlier prediction, "
+                                                      "unless --overwrite)")
+    add_overwrite(parser)
+    parser.add_argument("--device", type=device, default="auto", help="torch device (default: GPU if available)")
+    add_num_heads(parser)
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
                         help="onnxruntime: run an .onnx file of endofm export in ONNX Runtime (default: torch)")
     options = {option.flag: option for task in TASKS.values() for option in task.predict_options}
     for option in options.values():
         parser.add_argument(option.flag, type=option.type, default=option.default, choices=option.choices,
                             help=option.help)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(parser)
     parser.set_defaults(func=_predict, task_options=[option.dest for option in options.values()])

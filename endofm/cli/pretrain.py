@@ -5,16 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from endofm.cli.options import add_quiet
+
 
 def _pretrain(args: argparse.Namespace) -> int:
     from endofm.config import load_config
     from endofm.engine.distributed import shutdown
+    from endofm.errors import InputError, TrainingError
     from endofm.pretrain import PretrainConfig, pretrain
 
-    config = load_config(PretrainConfig, args.config, args.overrides, kind="pretrain")
-    saved = Path(config.run.out_dir) / "config.yaml"
+    overrides = [*args.overrides, *(["run.progress=false"] if args.quiet else [])]
+    config = load_config(PretrainConfig, args.config, overrides, kind="pretrain")
+    out_dir = Path(config.run.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"run.out_dir={out_dir} is a file; expected a run folder")
+    if not args.resume and (out_dir / "checkpoints" / "last.pt").exists():  # before any data is read
+        raise TrainingError(f"{out_dir} already holds a run: pass --resume to continue it, or another run.out_dir")
+    saved = out_dir / "config.yaml"
     if args.resume and saved.is_file():
-        config = load_config(PretrainConfig, saved, args.overrides)
+        config = load_config(PretrainConfig, saved, overrides)
     try:
         summary = pretrain(config, resume=args.resume)
     finally:
@@ -42,5 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in run.out_dir from its last.pt, with the run's saved config.yaml "
                              "(from the beginning if it stopped before its first checkpoint)")
+    add_quiet(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
     parser.set_defaults(func=_pretrain)

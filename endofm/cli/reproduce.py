@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from endofm.cli.options import add_num_heads, add_overwrite, add_quiet, device
+
 
 def _pairs(values: list[str], flag: str) -> dict[str, list[str]]:
     from endofm.errors import InputError
@@ -21,17 +23,19 @@ def _pairs(values: list[str], flag: str) -> dict[str, list[str]]:
 def _reproduce(args: argparse.Namespace) -> int:
     from endofm.engine.distributed import shutdown
     from endofm.errors import InputError
+    from endofm.io import claim_output
     from endofm.tasks.reproduce import reproduce
 
     released = _pairs(args.evaluate_only or [], "--evaluate-only")
     several = [task for task, paths in released.items() if len(paths) > 1]
     if several:
         raise InputError(f"--evaluate-only names {several} more than once")
+    claim_output(args.out, args.overwrite, folder=True)
     try:
         results = reproduce(args.data, args.out, args.checkpoint, quick=args.quick, device=args.device,
                             evaluate_only={task: paths[0] for task, paths in released.items()},
                             overrides=_pairs(args.set or [], "--set"), num_heads=args.num_heads,
-                            runs=args.runs)
+                            runs=args.runs, progress=not args.quiet, overwrite=args.overwrite)
     finally:
         shutdown()
     print(f"\n{args.out}/reproduce.md, {args.out}/reproduce.json:")
@@ -67,14 +71,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"synth`) or {originals} in their original layouts")
     parser.add_argument("--checkpoint", default=None, help="pretrained weights to fine-tune from (endo_fm.pth, "
                         "a run's teacher/ or teacher_endo_fm.pth)")
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads of the checkpoint "
-                        "(default embed_dim / 64, as every released model)")
+    add_num_heads(parser)
     parser.add_argument("--out", required=True, help="output folder (a run folder per task and the table)")
+    add_overwrite(parser)
+    add_quiet(parser)
     parser.add_argument("--quick", action="store_true", help="a few steps per protocol: checks that everything "
                         "runs; the figures are not results")
     parser.add_argument("--runs", type=int, default=1, help="independent runs per task (seeds 0 .. N-1), "
                         "reported as mean ± std as the paper's (3 runs); default 1, the recipe's seed")
-    parser.add_argument("--device", default="cpu", help="torch device of every run (default cpu; e.g. cuda)")
+    parser.add_argument("--device", type=device, default="cpu",
+                        help="torch device of every run (default cpu; e.g. cuda)")
     parser.add_argument("--evaluate-only", nargs="+", metavar="TASK=CHECKPOINT", default=None,
                         help="evaluate released fine-tuned models instead of training those tasks")
     parser.add_argument("--set", action="append", metavar="TASK:KEY=VALUE", default=None,

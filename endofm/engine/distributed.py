@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from endofm.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -30,12 +32,23 @@ class DistributedContext:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> this process's GPU when there is one, else the CPU; anything else as given."""
+    """``"auto"`` -> this process's GPU when there is one, else the CPU; anything else as given, if this
+    machine has it (else an :class:`~endofm.errors.InputError` naming the device and the way out)."""
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device(f"cuda:{local_rank}")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:0, auto)") from error
+    if resolved.type == "cuda":
+        if resolved.index is None:
+            resolved = torch.device(f"cuda:{local_rank}")
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: no CUDA GPU is available here; use --device cpu (or auto)")
+        if resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r}: MPS is not available here; use --device cpu")
     return resolved
 
 

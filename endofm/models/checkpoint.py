@@ -99,7 +99,10 @@ def read_state(path: str | os.PathLike) -> dict:
             "Only tensors, containers, numbers and argparse.Namespace are accepted; nothing in the file ran."
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({error})") from error
+        reason = str(error).split(". ")[0]  # torch's zip errors go on for several sentences
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({reason})") from error
+    except (KeyError, IndexError, TypeError, AttributeError) as error:  # bytes the unpickler misreads: a text file
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") from error
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
     return dict(state)
@@ -137,7 +140,7 @@ def infer_backbone_config(state: Mapping[str, torch.Tensor], num_heads: int | No
         if dim % 64:
             raise CheckpointError(
                 f"cannot infer the number of heads for embed dim {dim} (not a multiple of 64); "
-                "pass num_heads (--num-heads on the command line)"
+                "pass num_heads (--num-heads on the command line, model.num_heads in a recipe)"
             )
         num_heads = dim // 64
     if dim % num_heads:
@@ -257,8 +260,8 @@ def load_checkpoint(
     Args:
         path: an original ``.pth`` (any released layout), a ``.safetensors`` file, a folder written by
             :func:`save_pretrained`, or a pretraining run's training checkpoint.
-        num_heads: attention heads; default ``embed_dim // 64`` (ignored for the package's own format,
-            which stores it; for a training checkpoint the default is its run's architecture).
+        num_heads: attention heads; default ``embed_dim // 64`` (the package's own format stores it, and a
+            different value is refused; for a training checkpoint the default is its run's architecture).
         which: ``"teacher"`` (default, as the original downstream code) or ``"student"``.
 
     Example:
@@ -266,9 +269,12 @@ def load_checkpoint(
         >>> ckpt.backbone(video).shape, ckpt.info.layout  # doctest: +SKIP
     """
     path = Path(path)
+    if num_heads is not None and num_heads < 1:
+        raise InputError(f"num_heads must be at least 1, got {num_heads}")
     if path.is_dir() and (path / CONFIG_FILE).exists():
-        return _load_pretrained_dir(path)
+        return _load_pretrained_dir(path, num_heads)
     state = read_state(path)
+    _refuse_finetuned_model(state, path)
     layout, backbone_state, head_state, classifier_state, extras = _split_original(state, str(path), which)
     if layout == "training":
         num_heads = num_heads or _stored_num_heads(state)
@@ -331,7 +337,20 @@ def save_pretrained(
     return directory
 
 
-def _load_pretrained_dir(directory: Path) -> LoadedCheckpoint:
+def _refuse_finetuned_model(state: Mapping, path: Path) -> None:
+    """A released fine-tuned model that holds no Endo-FM backbone with heads (the CVC TransUNet, the KUMC STFT
+    detector) is refused with the readers that take it."""
+    from endofm.tasks.registry import TASKS
+
+    for task in TASKS.values():
+        for layout in task.layouts:
+            if layout.save is not None and layout.matches(state):
+                raise CheckpointError(
+                    f"{path}: a fine-tuned {layout.name} model ({task.name}), not a backbone checkpoint; read it "
+                    f"with endofm.load_finetuned, endofm predict or endofm evaluate {task.name}")
+
+
+def _load_pretrained_dir(directory: Path, num_heads: int | None = None) -> LoadedCheckpoint:
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
     except json.JSONDecodeError as error:
@@ -350,6 +369,9 @@ def _load_pretrained_dir(directory: Path) -> LoadedCheckpoint:
         backbone = EndoFMBackbone(BackboneConfig.from_dict(config["backbone"]))
     except InputError as error:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {error}") from error
+    if num_heads is not None and num_heads != backbone.config.num_heads:
+        raise InputError(f"num_heads={num_heads} (--num-heads) differs from the {backbone.config.num_heads} heads "
+                         f"{directory / CONFIG_FILE} stores; leave it out for a folder")
     _load_strict(backbone, _strip(state, "backbone."), "backbone", str(directory))
     dino_head = classifier = None
     if config.get("dino_head"):

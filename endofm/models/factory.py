@@ -12,6 +12,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import torch
+
 from endofm.errors import CheckpointError
 from endofm.models import hub
 from endofm.models.backbone import EndoFMBackbone
@@ -38,20 +40,27 @@ def create_model(name: str = "endofm_vit_base", pretrained: str | os.PathLike | 
 
     A pretrained model is returned in eval mode, a random one in train mode (as ``torch.nn`` builds it). Its
     stored ``img_size`` and ``num_frames`` (the sizes of its position and time embeddings, resized to any
-    input) are the file's.
+    input) are the file's unless ``overrides`` name them: the stored embeddings are then resized to them
+    (nearest, as a forward pass at that size does).
     """
     spec = model_spec(name)
     model = build_model(name, **overrides)
     if pretrained is not None:
         source = hub.download(str(pretrained)) if hub.is_hub_id(str(pretrained)) else Path(pretrained)
-        loaded = load_checkpoint(source, num_heads=spec.config.num_heads).backbone
-        differ = [f"{f} {getattr(loaded.config, f)} (not {getattr(spec.config, f)})" for f in ARCHITECTURE_FIELDS
-                  if getattr(loaded.config, f) != getattr(spec.config, f)]
+        loaded = load_checkpoint(source, num_heads=model.config.num_heads).backbone
+        differ = [f"{f} {getattr(loaded.config, f)} (not {getattr(model.config, f)})" for f in ARCHITECTURE_FIELDS
+                  if getattr(loaded.config, f) != getattr(model.config, f)]
         if differ:
             raise CheckpointError(f"{pretrained}: not a {name} checkpoint: {', '.join(differ)}")
-        model = EndoFMBackbone(dataclasses.replace(model.config, img_size=loaded.config.img_size,
-                                                   num_frames=loaded.config.num_frames))
-        model.load_state_dict(loaded.state_dict())
+        sizes = {"img_size": loaded.config.img_size, "num_frames": loaded.config.num_frames}
+        sizes.update({key: getattr(model.config, key) for key in sizes if key in overrides})
+        state = loaded.state_dict()
+        model = EndoFMBackbone(dataclasses.replace(model.config, **sizes))
+        # an override of the stored sizes resizes the embeddings as a forward pass at that size would
+        with torch.no_grad():
+            state["pos_embed"] = torch.cat(loaded._resized_pos_embed(*model.config.grid), dim=1)
+            state["time_embed"] = loaded._resized_time_embed(model.config.num_frames)
+        model.load_state_dict(state)
         model.eval()
     model.input_spec = dataclasses.replace(spec.input, size=model.config.img_size, frames=model.config.num_frames)
     return model

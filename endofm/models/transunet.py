@@ -378,7 +378,8 @@ def infer_transunet_config(state: Mapping[str, torch.Tensor], num_heads: int | N
     if num_heads is None:
         if hidden % 64:
             raise CheckpointError(f"{where}: cannot infer the number of heads for hidden size {hidden} (not a "
-                                  "multiple of 64); pass num_heads (--num-heads on the command line)")
+                                  "multiple of 64); pass num_heads (--num-heads on the command line, "
+                                  "model.num_heads in a recipe)")
         num_heads = hidden // 64
     if num_heads < 1 or hidden % num_heads:
         raise CheckpointError(f"{where}: num_heads={num_heads} does not divide the hidden size {hidden} "

@@ -92,6 +92,10 @@ def attention_grid(frames: np.ndarray, blended: np.ndarray, indices: list[int]) 
     return np.concatenate([part for column in columns for part in (column, gap)][:-1], axis=1)
 
 
+RESULT_FILES = ("attention_frame*.png", "attention_grid.png", "attention.mp4")
+"""The names :func:`save_attention` writes (glob patterns)."""
+
+
 def save_attention(result: AttentionMaps, out_dir: str | os.PathLike, fps: float = 4.0) -> dict[str, Path]:
     """Write one overlay PNG per frame, a grid PNG of all frames and an mp4 of the overlays."""
     from PIL import Image

@@ -134,10 +134,11 @@ class Task:
     path)`` reads a model that records no task but holds this task's head (an original fine-tuned
     classifier), else None; ``layouts`` are the original's released files of the task.
 
-    Applying it: ``evaluate(loaded, root, split, device, batch_size, **options)`` gives the metrics on a split
-    of a dataset in ``dataset`` layout; ``predict(loaded, reader, device, progress, **options)`` gives a
-    :class:`Prediction` of a video; ``draw(image, frame, scale, arrays)`` draws one frame's predictions
-    (``scale``: display over video pixels, (y, x); ``arrays``: each of the prediction's arrays at that frame)
+    Applying it: ``evaluate(loaded, root, split, device, batch_size, progress=..., **options)`` gives the
+    metrics on a split of a dataset in ``dataset`` layout; ``predict(loaded, reader, device, progress,
+    **options)`` gives a :class:`Prediction` of a video; ``draw(image, frame, scale, arrays)`` draws one
+    frame's predictions (``scale``: display over video pixels, (y, x); ``arrays``: each of the prediction's
+    arrays at that frame)
     and ``csv_rows(frames)`` gives the CSV header and rows. ``evaluate_options`` and ``predict_options`` are
     the task's own command-line options.
 

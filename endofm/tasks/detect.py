@@ -237,7 +237,7 @@ def detect_frames(model: FCOS, images: list[torch.Tensor], device: torch.device)
 
 
 def evaluate_detector(model: FCOS, dataset: KUMCDataset, batch_size: int = 2, device: str | torch.device = "cpu",
-                      num_workers: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+                      num_workers: int = 0, score_threshold: float = 0.5, progress: bool = False) -> dict[str, Any]:
     """Frame-level F1 (original), box P/R/F1 at IoU 0.5 and COCO mAP of a detector on a dataset (in a
     distributed run each process detects in its :func:`~endofm.engine.distributed.shard` of the frames)."""
     was_training = model.training
@@ -245,7 +245,7 @@ def evaluate_detector(model: FCOS, dataset: KUMCDataset, batch_size: int = 2, de
     predictions, targets = [], []
     loader = DataLoader(Subset(dataset, shard(len(dataset))), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_detection)
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=bar_off(progress), leave=False):
         predictions += detect_frames(model, batch["images"], torch.device(device))
         targets += batch["targets"]
     model.train(was_training)
@@ -306,17 +306,17 @@ def _assemble(found: FinetunedModel) -> tuple[nn.Module, InputSpec]:
 
 
 def evaluate_detect_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
-                          batch_size: int = 2, reference_seed: int = 0) -> dict[str, Any]:
+                          batch_size: int = 2, reference_seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Metrics of a detector (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a KUMC-layout
     dataset: the STFT through the original's test-time video path (``reference_seed`` seeds its reference
     draws), the FCOS frame by frame with the preprocessing it was trained with."""
     if isinstance(loaded.model, STFTDetector):
-        return evaluate_loaded_stft(loaded, root, split, device, reference_seed)
+        return evaluate_loaded_stft(loaded, root, split, device, reference_seed, progress)
     data = loaded.metadata["data"]
     config = DetectDataConfig(root=root, ref_offsets=tuple(data["ref_offsets"]), short_side=int(data["short_side"]),
                               max_size=int(data["max_size"]), normalization=data["normalization"])
     dataset = KUMCDataset(root, split, ref_offsets=config.ref_offsets, transform=detect_transforms(config)[1])
-    return evaluate_detector(loaded.model.to(device), dataset, batch_size, device)
+    return evaluate_detector(loaded.model.to(device), dataset, batch_size, device, progress=progress)
 
 
 def _chunks(count: int, size: int) -> list[list[int]]:
@@ -358,6 +358,8 @@ def predict_detect(loaded: LoadedFinetuned, reader: VideoReader, device: torch.d
     """Boxes (input-video pixels) scoring at least ``score_threshold`` in every frame of a video: the STFT
     with its test-time queue of 19 frames and 10 references drawn with ``reference_seed``
     (:func:`~endofm.tasks.detect_stft.predict_stft`), the FCOS with its reference frames."""
+    if not 0.0 <= score_threshold <= 1.0:
+        raise InputError(f"score_threshold (--score-threshold) is a box score in [0, 1], got {score_threshold}")
     if isinstance(loaded.model, STFTDetector):
         return Prediction(predict_stft(loaded, reader, device, score_threshold, reference_seed, progress))
     return Prediction(predict_fcos(loaded, reader, device, score_threshold, progress))

@@ -210,14 +210,15 @@ def list_queue_windows(lengths: list[int]) -> list[list[int]]:
 
 def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.Tensor]], lengths: list[int],
                   device: torch.device | str = "cpu", seed: int = 0,
-                  queue: str = "video") -> list[list[dict[str, Any]]]:
+                  queue: str = "video", progress: bool = False) -> list[list[dict[str, Any]]]:
     """:func:`detect_video` of several videos: ``queue="video"`` resets the queue (and the reference draws'
     seed) at each video's start (:func:`window_ids`); ``queue="list"`` keeps one queue and one draw stream over
     the videos, as the original with its own list files (:func:`list_queue_windows`)."""
     if queue not in QUEUES:
         raise ConfigError(f"stft.queue must be one of {', '.join(QUEUES)}, got {queue!r}")
     if queue == "video":
-        return [detect_video(model, read, length, device, seed) for read, length in zip(reads, lengths, strict=True)]
+        videos = tqdm(list(zip(reads, lengths, strict=True)), desc="evaluate", unit="video", disable=bar_off(progress))
+        return [detect_video(model, read, length, device, seed) for read, length in videos]
     starts = np.cumsum([0, *lengths[:-1]]).tolist()
 
     def read_joined(ids: list[int]) -> torch.Tensor:
@@ -230,7 +231,9 @@ def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.T
     features = VideoFeatures(model, read_joined, sum(lengths), device)
     results: list[list[dict[str, Any]]] = [[] for _ in lengths]
     calls = [(v, k) for v, length in enumerate(lengths) for k in range(length)]
-    for (video, _), window in zip(calls, list_queue_windows(lengths), strict=True):
+    steps = tqdm(list(zip(calls, list_queue_windows(lengths), strict=True)), desc="evaluate", unit="frame",
+                 disable=bar_off(progress))
+    for (video, _), window in steps:
         left, right = draw_references(rng)
         ids = [window[-MIN_OFFSET]] + [window[p] for p in left] + [window[p] for p in right]
         with torch.inference_mode():
@@ -360,7 +363,7 @@ def clip_to_image(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.T
 
 def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int | tuple[int, int] = 640,
                   device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5,
-                  queue: str = "video") -> dict[str, Any]:
+                  queue: str = "video", progress: bool = False) -> dict[str, Any]:
     """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
     (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
     original's frame-level F1 at ``score_threshold``, box-level P/R/F1 at IoU 0.5, COCO mAP, and the COCO AP
@@ -383,7 +386,7 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
                                                               size)).transpose(0, 1)
 
     detected = detect_videos(model, [reader(index.videos[v][1]) for v in videos],
-                             [len(index.videos[v][1]) for v in videos], device, seed, queue)
+                             [len(index.videos[v][1]) for v in videos], device, seed, queue, progress)
     for v, per_frame in zip(videos, detected, strict=True):
         for k, xml in sorted(annotated.get(v, {}).items()):
             boxes, labels, (height, width) = read_voc(xml, POLYP_CLASSES)
@@ -399,10 +402,11 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
 
 
 def evaluate_loaded_stft(loaded: LoadedFinetuned, root: str | os.PathLike, split: str = "test",
-                         device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+                         device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """:func:`evaluate_stft` of a detector read by ``endofm.load_finetuned`` (a released ``kumc.pth`` or a
     folder), at its own input size."""
-    return evaluate_stft(loaded.model, root, split, loaded.input.size, device, seed)  # type: ignore[arg-type]
+    return evaluate_stft(loaded.model, root, split, loaded.input.size, device, seed,  # type: ignore[arg-type]
+                         progress=progress)
 
 
 # --- the fine-tuning recipe (``endofm finetune detect`` with ``detector: stft``) -----------------------------

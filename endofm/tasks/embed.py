@@ -43,8 +43,10 @@ def clip_spans(num_frames: int, window: int | None = None, stride: int | None = 
     if num_frames < 1:
         raise InputError("a video with no frames has no clips")
     if window is None:
+        if stride is not None:
+            raise InputError(f"stride={stride} steps between windows: give window too (without it, one clip)")
         return [(0, num_frames)]
-    stride = stride or window
+    stride = window if stride is None else stride
     if window < 1 or stride < 1:
         raise InputError(f"window and stride must be positive, got window={window} stride={stride}")
     if window >= num_frames:
@@ -96,10 +98,12 @@ def embed_video(
         >>> embed_video("colonoscopy.mp4", ckpt.backbone, window=32, stride=16).features.shape  # doctest: +SKIP
         (12, 768)
     """
-    num_frames = num_frames or model.config.num_frames
-    size = size or model.config.img_size[0]
+    num_frames = model.config.num_frames if num_frames is None else num_frames
+    size = model.config.img_size[0] if size is None else size
     if num_frames < 1 or size < model.patch_size:
         raise InputError(f"need num_frames >= 1 and size >= {model.patch_size}, got {num_frames} and {size}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     features = []

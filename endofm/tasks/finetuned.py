@@ -104,12 +104,21 @@ def describe_finetuned(path: str | os.PathLike, num_heads: int | None = None) ->
             "input": loaded.input.to_dict()}
 
 
+def _stored_num_heads(model: Any) -> int | None:
+    """The attention heads a folder's model was built with (its config's, or its backbone's)."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "backbone", None), "config", None)
+    config = getattr(config, "backbone", config)
+    heads = getattr(config, "num_heads", None)
+    return heads if isinstance(heads, int) else None
+
+
 def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> LoadedFinetuned:
     """Load any fine-tuned model: a released checkpoint (:func:`released_layouts`) or an ``endofm`` folder.
 
     Args:
         path: the released ``.pth`` (PolypDiag classifier, CVC-12k TransUNet, KUMC STFT), or a model folder.
-        num_heads: attention heads of a released checkpoint (not stored in it); default ``hidden // 64``.
+        num_heads: attention heads of a released checkpoint (not stored in it); default ``hidden // 64``. A
+            folder stores them: a different value is refused.
 
     Loading is strict: a missing, unexpected or misshapen key is a :class:`CheckpointError` naming it.
 
@@ -120,6 +129,8 @@ def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> Loa
         >>> logits = seg.model(clip)  # clip [1, 3, T, 224, 224] -> [1, 2, T, 224, 224]  # doctest: +SKIP
     """
     path = Path(path)
+    if num_heads is not None and num_heads < 1:
+        raise InputError(f"num_heads must be at least 1, got {num_heads}")
     if path.is_dir() and (path / CONFIG_FILE).exists():
         try:
             config = json.loads((path / CONFIG_FILE).read_text())
@@ -129,10 +140,14 @@ def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> Loa
             raise CheckpointError(f"{path / CONFIG_FILE}: not an endofm model config")
         if config.get("version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{path}: format version {config['version']} is newer than this endofm")
-        for layout in released_layouts():
-            if layout.load_folder is not None and config.get("model") == layout.name:
-                return layout.load_folder(path, config)
-        return _from_folder(path)
+        loaded = next((layout.load_folder(path, config) for layout in released_layouts()
+                       if layout.load_folder is not None and config.get("model") == layout.name), None)
+        loaded = loaded or _from_folder(path)
+        stored = _stored_num_heads(loaded.model)
+        if num_heads is not None and stored is not None and num_heads != stored:
+            raise InputError(f"num_heads={num_heads} (--num-heads) differs from the {stored} heads "
+                             f"{path / CONFIG_FILE} stores; leave it out for a folder")
+        return loaded
     state = read_state(path)
     layouts = released_layouts()
     for layout in layouts:
@@ -170,8 +185,9 @@ def save_finetuned(loaded: LoadedFinetuned, directory: str | os.PathLike) -> Pat
 
 
 def evaluate_finetuned(loaded: LoadedFinetuned, root: str | os.PathLike, split: str = "test", device: str = "cpu",
-                       batch_size: int = 2, **options: Any) -> dict[str, Any]:
+                       batch_size: int = 2, progress: bool = False, **options: Any) -> dict[str, Any]:
     """Metrics of a fine-tuned model (:func:`load_finetuned`) on one split of a dataset in its task's original
-    layout, with the input the model was trained with; ``options`` are the task's own
-    (:attr:`Task.evaluate_options <endofm.tasks.base.Task.evaluate_options>`, e.g. ``empty_rule``)."""
-    return _tasks()[loaded.task].evaluate(loaded, str(root), split, device, batch_size, **options)
+    layout, with the input the model was trained with; ``progress`` draws a progress bar; ``options`` are the
+    task's own (:attr:`Task.evaluate_options <endofm.tasks.base.Task.evaluate_options>`, e.g. ``empty_rule``)."""
+    return _tasks()[loaded.task].evaluate(loaded, str(root), split, device, batch_size, progress=progress,
+                                          **options)

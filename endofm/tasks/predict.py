@@ -37,6 +37,8 @@ from endofm.tasks.finetuned import load_finetuned
 from endofm.tasks.registry import TASKS
 from endofm.tasks.results import json_safe
 
+RESULT_FILES = ("predictions.json", "predictions.csv", "annotated.mp4", "*.npz")
+"""The names :func:`predict_video` writes (glob patterns): a folder holding one holds an earlier result."""
 DISPLAY_SHORT_SIDE = 360
 CHUNK = 64
 
@@ -112,6 +114,11 @@ def predict_video(video: str | os.PathLike, checkpoint: str | os.PathLike, out_d
     model = _load(checkpoint, num_heads, runtime)
     task = TASKS[model.task]
     own = {option.dest for option in task.predict_options}
+    defaults = {option.dest: option.default for other in TASKS.values() for option in other.predict_options}
+    foreign = sorted(key for key, value in options.items() if key not in own and value != defaults[key])
+    if foreign:
+        flags = ", ".join("--" + key.replace("_", "-") for key in foreign)
+        raise InputError(f"{flags}: not an option of a {model.task} model ({checkpoint})")
     torch_device = resolve_device(device)
     with VideoReader(video) as reader:
         prediction = task.predict(model, reader, torch_device, progress,

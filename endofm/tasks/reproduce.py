@@ -116,11 +116,14 @@ def _finetune(task: str, recipe: str, data: Path, checkpoint: str, out: Path, de
                       _percent(report["test"].get(TASKS[task].paper.metric)), metrics=report["test"])
 
 
-def _evaluate(task: str, data: Path, checkpoint: str, out: Path, device: str) -> TaskResult:
+def _evaluate(task: str, data: Path, checkpoint: str, out: Path, device: str, num_heads: int | None,
+              overwrite: bool) -> TaskResult:
     split = TASKS[task].paper.split
     metrics_path = out / "metrics.json"
     code, error = _cli(["evaluate", task, "--checkpoint", checkpoint, "--data", str(data), "--split", split,
-                        "--device", device, "--out", str(metrics_path)])
+                        "--device", device, "--out", str(metrics_path),
+                        *(["--num-heads", str(num_heads)] if num_heads else []),
+                        *(["--overwrite"] if overwrite else [])])
     if code != 0 or not metrics_path.is_file():
         return TaskResult(task, "released fine-tuned model", "", "", split, None, f"failed: {error}")
     metrics = json.loads(metrics_path.read_text())["metrics"]
@@ -144,7 +147,7 @@ def _repeat(task: str, recipe: str, data: Path, checkpoint: str, out: Path, devi
 def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, *, quick: bool = False,
               device: str = "cpu", evaluate_only: Mapping[str, str] | None = None,
               overrides: Mapping[str, Sequence[str]] | None = None, num_heads: int | None = None,
-              runs: int = 1) -> list[TaskResult]:
+              runs: int = 1, progress: bool = True, overwrite: bool = False) -> list[TaskResult]:
     """Run every task's original protocol (or evaluate released models) and write the table into ``out``.
 
     Args:
@@ -156,7 +159,11 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
         device: torch device of every run.
         evaluate_only: ``{task: fine-tuned checkpoint}``: evaluate these instead of training them.
         overrides: ``{task: ["key=value", ...]}`` added to that task's recipe.
-        num_heads: attention heads of ``checkpoint`` when not ``embed_dim // 64`` (``model.num_heads``).
+        num_heads: attention heads of ``checkpoint`` and of the ``evaluate_only`` models when not
+            ``embed_dim // 64`` (``model.num_heads``, ``--num-heads``).
+        progress: progress bars (``run.progress``).
+        overwrite: replace an evaluated model's earlier ``metrics.json`` (a task's earlier run folder is
+            refused by ``endofm finetune`` whatever this says).
         runs: independent runs per trained task (``out/<task>/run<i>``, ``run.seed=i``), reported as mean ± std
             (the paper's figures are the mean ± std of 3 runs); 1: one run with the recipe's own seed.
     """
@@ -187,11 +194,12 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
             results.append(TaskResult(task, "", "", "", "", None, f"skipped: no {names} folder under {root}"))
             continue
         if task in evaluate_only:
-            results.append(_evaluate(task, folder, evaluate_only[task], out / task, device))
+            results.append(_evaluate(task, folder, evaluate_only[task], out / task, device, num_heads, overwrite))
             continue
         recipe, note = recipe_for(task)
         needed, data_note = _dataset_overrides(task, recipe, folder)
-        extra = [*([f"model.num_heads={num_heads}"] if num_heads else []), *needed, *overrides.get(task, ())]
+        extra = [*([f"model.num_heads={num_heads}"] if num_heads else []),
+                 *([] if progress else ["run.progress=false"]), *needed, *overrides.get(task, ())]
         if runs == 1:
             result = _finetune(task, recipe, folder, str(checkpoint), out / task, device, quick, extra)
         else:

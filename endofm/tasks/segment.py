@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
+from tqdm import tqdm
 
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
@@ -338,7 +339,7 @@ def segment_datasets(data: SegmentDataConfig, select_on_test: bool = False,
 @torch.inference_mode()
 def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int = 2,
                        device: str | torch.device = "cpu", num_workers: int = 0,
-                       empty_rule: str = "standard") -> dict[str, Any]:
+                       empty_rule: str = "standard", progress: bool = False) -> dict[str, Any]:
     """Per-sequence Dice (empty masks by ``empty_rule``) and HD95, averaged, of a segmentation network on a
     dataset (frames of overlapping windows are counted once; whole sequences go one at a time; in a
     distributed run each process segments its :func:`~endofm.engine.distributed.shard` of the clips)."""
@@ -350,7 +351,7 @@ def evaluate_segmenter(network: nn.Module, dataset: CVCDataset, batch_size: int 
     true_frames: dict[str, dict[int, np.ndarray]] = {}
     loader = DataLoader(Subset(dataset, shard(len(dataset))), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=default_collate)
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=bar_off(progress), leave=False):
         logits = network(batch["video"].to(device))
         pred = logits.argmax(1).cpu().numpy().astype(bool)
         mask = batch["mask"][..., : pred.shape[-2], : pred.shape[-1]].numpy().astype(bool)
@@ -438,7 +439,8 @@ def input_transform(spec: InputSpec) -> SegmentTransform:
 
 
 def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
-                           batch_size: int = 1, empty_rule: str | None = None) -> dict[str, Any]:
+                           batch_size: int = 1, empty_rule: str | None = None,
+                           progress: bool = False) -> dict[str, Any]:
     """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
     CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
     the rule the model was trained with, else ``standard``; the metrics name the rule applied), masks read with
@@ -447,8 +449,8 @@ def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "tes
     rule = empty_rule or data.get("empty_rule", "standard")
     dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input),
                          mask_threshold=data.get("mask_threshold", 128))
-    return {**evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule),
-            "empty_rule": rule}
+    return {**evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule,
+                                 progress=progress), "empty_rule": rule}
 
 
 def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device,
@@ -456,8 +458,6 @@ def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.
     """Per-frame masks of a video (at the model's input size, the array ``masks``) and each frame's polyp
     fraction and box, by clips of the model's frame count (whole-sequence models, as the original's TransUNet:
     windows of :data:`PREDICT_WINDOW` frames)."""
-    from tqdm import tqdm
-
     from endofm.data.datasets.cvc import _windows
 
     transform = input_transform(loaded.input)
@@ -465,7 +465,8 @@ def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.
     count = len(reader)
     masks = np.zeros((count, *loaded.input.size), dtype=np.uint8)
     length = loaded.input.frames or min(PREDICT_WINDOW, count)
-    for window in tqdm(_windows(list(range(count)), length), desc="windows", unit="window", disable=bar_off(progress)):
+    windows = _windows(list(range(count)), length)
+    for window in tqdm(windows, desc="windows", unit="window", disable=bar_off(progress)):
         video = transform(reader.read(window))["video"].unsqueeze(0).to(device)
         with torch.inference_mode():
             masks[window] = network(video).argmax(1)[0].cpu().numpy().astype(np.uint8)

@@ -185,10 +185,12 @@ def test_transcode(tmp_path: Path, make_video: Callable) -> None:
 
 def test_cli_scan_prints_summary(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "manifest.csv"
-    assert main(["data", "scan", str(corpus), "--out", str(out), "--no-progress"]) == 0
+    assert main(["data", "scan", str(corpus), "--out", str(out), "--quiet"]) == 1  # a file failed
     printed = capsys.readouterr().out
     assert "videos ok: 3" in printed and "clips: 3" in printed and "failed: 1" in printed
     assert "broken.mp4" in printed and out.exists()
+    assert main(["data", "scan", str(corpus), "--out", str(out), "--no-progress"]) == 1  # the manifest is updated
+    assert "unchanged since last scan: 0" not in capsys.readouterr().out
     assert main(["data", "scan", str(tmp_path / "nope"), "--out", str(out)]) == 1
     assert "not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

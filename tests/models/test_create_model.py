@@ -40,6 +40,21 @@ def test_pretrained_weights_from_an_original_file_and_a_folder(tmp_path):
         assert model.input_spec == model_spec("endofm_vit_micro").input
 
 
+def test_size_overrides_of_a_pretrained_model_are_applied(tmp_path):
+    """``num_frames``/``img_size`` resize the stored embeddings (same outputs as the file's model at that size);
+    an architecture override that the file does not have is refused."""
+    source = build_model("endofm_vit_micro")
+    save_pretrained(tmp_path / "folder", source)
+    model = create_model("endofm_vit_micro", pretrained=tmp_path / "folder", num_frames=8, img_size=32)
+    assert model.config.num_frames == 8 and model.input_spec.frames == 8 and model.input_spec.size == (32, 32)
+    assert model.time_embed.shape[1] == 8
+    clips = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(clips), source.eval()(clips))
+    with pytest.raises(CheckpointError, match="depth 2 .not 3."):
+        create_model("endofm_vit_micro", pretrained=tmp_path / "folder", depth=3)
+
+
 def test_a_file_of_another_architecture_is_refused_naming_what_differs(tmp_path):
     export_original(tmp_path / "mini.pth", build_model("endofm_vit_mini"))
     with pytest.raises(CheckpointError, match=r"mini\.pth: not a endofm_vit_micro checkpoint: embed_dim 192"):

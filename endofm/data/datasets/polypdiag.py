@@ -91,7 +91,11 @@ class PolypDiagDataset(Dataset):
         videos, split_file = self.root / "videos", self.root / "splits" / f"{split}.txt"
         for needed in (videos, split_file):
             if not needed.exists():
-                raise DatasetError(f"PolypDiag layout: {needed} is missing (expected videos/ and splits/)")
+                held = sorted(path.stem for path in (self.root / "splits").glob("*.txt"))
+                hint = " (expected videos/ and splits/)"
+                if needed == split_file and held:  # the original's release has train and val only
+                    hint = f"; the splits here are {', '.join(held)} (--split {'val' if 'val' in held else held[0]})"
+                raise DatasetError(f"PolypDiag layout: {needed} is missing{hint}")
         self.items: list[tuple[Path, int]] = []
         for lineno, line in enumerate(split_file.read_text().splitlines(), start=1):
             if not line.strip():
