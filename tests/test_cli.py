@@ -77,3 +77,16 @@ def test_errors_print_one_line_without_traceback(tmp_path):
         assert result.returncode != 0
         assert "Traceback" not in result.stderr and result.stderr.startswith("endofm: error:"), result.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "f.npz").exists()
+
+
+def test_the_demo_default_folder_never_replaces_an_earlier_demo(tmp_path, monkeypatch) -> None:
+    from endofm.cli.demo import _free_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert _free_folder("runs/demo") == "runs/demo"
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    assert _free_folder("runs/demo") == "runs/demo"  # empty: nothing to keep
+    (tmp_path / "runs" / "demo" / "report.md").write_text("earlier")
+    (tmp_path / "runs" / "demo-2").mkdir()
+    (tmp_path / "runs" / "demo-2" / "report.md").write_text("earlier")
+    assert _free_folder("runs/demo") == "runs/demo-3"
