@@ -35,7 +35,7 @@ from endofm.data.datasets.kumc import read_voc
 from endofm.data.synthetic import POLYP_CLASSES, write_polypdiag, write_synthetic_corpus
 from endofm.data.video import VideoReader
 from endofm.engine.logging import curve_name, read_jsonl
-from endofm.io import atomic_write, atomic_write_text
+from endofm.io import atomic_write, atomic_write_text, claim_output
 from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
 from endofm.pretrain import PretrainConfig, pretrain
@@ -74,6 +74,8 @@ class DemoConfig:
     steps and epochs)."""
 
     out_dir: str = "runs/demo"
+    overwrite: bool = False
+    """Replace an earlier demo in ``out_dir`` (otherwise a folder holding anything is refused)."""
     videos: int = 100
     """Videos per labelled synthetic layout (CVC and KUMC get a fifth of this, at least 4 and 3)."""
     pretrain_clips: int = 1000
@@ -200,9 +202,10 @@ def _pretrain_summary(run_dir: Path, recipe: PretrainConfig) -> dict[str, Any]:
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage into ``config.out_dir`` (its subfolders from an earlier demo are replaced); returns the
-    results (also in ``results.json``) after writing ``report.md`` and ``report.html``."""
-    out = Path(config.out_dir)
+    """Run every stage into ``config.out_dir`` (refused if it holds anything, unless ``config.overwrite``: then
+    the subfolders of an earlier demo are replaced); returns the results (also in ``results.json``) after
+    writing ``report.md`` and ``report.html``."""
+    out = claim_output(config.out_dir, config.overwrite, folder=True, option="out_dir")
     for name in SUBFOLDERS:
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)

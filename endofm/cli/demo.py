@@ -17,7 +17,8 @@ def _demo(args: argparse.Namespace) -> int:
         if args.out != DEFAULT_OUT:
             print(f"{DEFAULT_OUT} holds an earlier demo: writing to {args.out}")
     claim_output(args.out, args.overwrite, folder=True)
-    common = {"out_dir": args.out, "seed": args.seed, "device": args.device, "original_models": args.original_models,
+    common = {"out_dir": args.out, "overwrite": args.overwrite, "seed": args.seed, "device": args.device,
+              "original_models": args.original_models,
               "progress": not args.quiet}
     config = DemoConfig(**common)
     if args.quick:

@@ -8,12 +8,10 @@ from endofm.cli.options import add_num_heads, add_overwrite, add_quiet, device
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from endofm.io import claim_output
-    from endofm.tasks.predict import RESULT_FILES, predict_video
+    from endofm.tasks.predict import predict_video
 
-    claim_output(args.out, args.overwrite, folder=True, results=RESULT_FILES)
     written = predict_video(args.video, args.checkpoint, args.out, device=args.device, progress=not args.quiet,
-                            num_heads=args.num_heads, runtime=args.runtime,
+                            num_heads=args.num_heads, runtime=args.runtime, overwrite=args.overwrite,
                             **{dest: getattr(args, dest) for dest in args.task_options})
     for name, path in written.items():
         print(f"{name}: {path}")

@@ -31,7 +31,7 @@ from PIL import Image
 from endofm.data.video import VideoReader, encode_mp4
 from endofm.engine.distributed import resolve_device
 from endofm.errors import InputError
-from endofm.io import atomic_write, atomic_write_text
+from endofm.io import atomic_write, atomic_write_text, claim_output
 from endofm.tasks.base import LoadedFinetuned, Task
 from endofm.tasks.finetuned import load_finetuned
 from endofm.tasks.registry import TASKS
@@ -98,13 +98,15 @@ def _load(checkpoint: str | os.PathLike, num_heads: int | None, runtime: str) ->
 
 def predict_video(video: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                   device: str = "auto", progress: bool = False, num_heads: int | None = None,
-                  runtime: str = "torch", **options: Any) -> dict[str, str]:
+                  runtime: str = "torch", overwrite: bool = False, **options: Any) -> dict[str, str]:
     """Apply a fine-tuned model to a video; returns the paths written (see the module docstring).
     ``num_heads`` is for released checkpoints (not stored in them); ``options`` are the tasks' own
     (:attr:`Task.predict_options <endofm.tasks.base.Task.predict_options>`: ``score_threshold``, the lowest
     box score reported, and ``reference_seed``, the seed of the STFT detector's reference draws); a task
     takes those it declares. ``runtime="onnxruntime"`` runs a model exported by ``endofm export`` (an ``.onnx``
-    file) in ONNX Runtime, the rest as with PyTorch."""
+    file) in ONNX Runtime, the rest as with PyTorch. A folder holding an earlier prediction is refused unless
+    ``overwrite``."""
+    claim_output(out_dir, overwrite, folder=True, results=RESULT_FILES)
     unknown = sorted(set(options) - {option.dest for task in TASKS.values() for option in task.predict_options})
     if unknown:
         raise InputError(f"unknown prediction options {unknown}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from endofm.errors import CheckpointError, DatasetError, VideoError
+from endofm.errors import CheckpointError, DatasetError, InputError, VideoError
 from endofm.models import build_model, save_pretrained
 from endofm.tasks.classify import ClassifyDataConfig, classify_datasets
 from endofm.tasks.detect import DetectDataConfig, detect_datasets
@@ -96,3 +96,19 @@ def test_predict_unreadable_video(polypdiag_root: Path, tmp_path: Path) -> None:
     with pytest.raises(VideoError, match="broken.mp4"):
         predict_video(bad, model, out)
     assert not (out / "predictions.json").exists() and not (out / "annotated.mp4").exists()
+
+
+def test_library_calls_refuse_an_earlier_result(tmp_path: Path) -> None:
+    from endofm.demo import DemoConfig, run_demo
+
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "predictions.json").write_text("{}")
+    with pytest.raises(InputError, match="already holds a result .*predictions.json.*--overwrite"):
+        predict_video(tmp_path / "case.mp4", tmp_path / "model", out)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "report.md").write_text("an earlier demo")
+    with pytest.raises(InputError, match="already holds a result"):
+        run_demo(DemoConfig(out_dir=str(demo)))
+    assert (out / "predictions.json").read_text() == "{}" and (demo / "report.md").read_text() == "an earlier demo"
