@@ -110,6 +110,8 @@ class Recipe(ABC):
 
     network: nn.Module
     plot_keys: tuple[str, ...] = ("loss", "lr")
+    unused_parameters: bool = False
+    """Some parameters get no gradient in a step (DDP's ``find_unused_parameters``)."""
 
     @abstractmethod
     def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
@@ -270,7 +272,8 @@ class Trainer:
             device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
             if device_ids:  # batch norm over the global batch, as one GPU (torch syncs it on GPUs only)
                 network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-            network = DistributedDataParallel(network, device_ids=device_ids)
+            network = DistributedDataParallel(network, device_ids=device_ids,
+                                              find_unused_parameters=self.recipe.unused_parameters)
         global_step = start_epoch * self.steps_per_epoch + start_step
         summary: dict[str, Any] = {}
         for epoch in range(start_epoch, self.run.epochs):

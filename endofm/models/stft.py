@@ -370,6 +370,12 @@ class STFTDetector(nn.Module):
         self.check_frames(frames)
         return self.backbone(frames.transpose(0, 1).unsqueeze(0))
 
+    def forward(self, frames: torch.Tensor, clip: bool = False) -> dict[str, Any]:
+        """:meth:`forward_frames`; with ``clip``, the training path: the key frame and its references
+        ``[1 + R, 3, H, W]`` through the backbone as one clip, the head's raw outputs on the key frame (what the
+        losses take; a module call, so that DDP synchronises the gradients)."""
+        return self.head(self.clip_features(frames)) if clip else self.forward_frames(frames)
+
     def detect(self, features: Sequence[torch.Tensor], image_size: tuple[int, int]) -> dict[str, Any]:
         """Head outputs of the key frame and its detections from per-level features ``[1 + R, C, h, w]``."""
         return self.detect_parts(self.head.frame_parts(features), image_size)
@@ -386,8 +392,6 @@ class STFTDetector(nn.Module):
         ``centerness``, ``stft_cls_logits``, ``stft_bbox_reg`` (and ``pre_bbox``, ``locations``) of the key
         frame, and ``detections``: ``boxes [N, 4]`` xyxy in input pixels, ``scores``, ``labels`` (1-based)."""
         return self.detect(self.frame_features(frames), (frames.shape[-2], frames.shape[-1]))
-
-    forward = forward_frames
 
 
 # --- the released checkpoint layout -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from endofm.data.synthetic import POLYP_CLASSES
 from endofm.data.video import VideoReader
+from endofm.engine.distributed import gather_shards, shard
 from endofm.engine.logging import bar_off, plot_curves
 from endofm.errors import CheckpointError, ConfigError, InputError, TrainingError
 from endofm.io import atomic_write, atomic_write_text
@@ -348,7 +349,7 @@ def train_step(model: STFTDetector, sample: dict[str, Any],
     from endofm.models.stft_loss import stft_losses
 
     frames = sample["frames"].to(device)
-    outputs = model.head(model.clip_features(frames))
+    outputs = model(frames, clip=True)
     return stft_losses(outputs, sample["boxes"].to(device), sample["labels"].to(device), FPN_STRIDES)
 
 
@@ -385,8 +386,11 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
         return lambda ids: STFT_INPUT.normalize(resize_frames(np.stack([_load_rgb(paths[i - 1]) for i in ids]),
                                                               size)).transpose(0, 1)
 
-    detected = detect_videos(model, [reader(index.videos[v][1]) for v in videos],
-                             [len(index.videos[v][1]) for v in videos], device, seed, queue, progress)
+    mine = videos if queue == "list" else [videos[i] for i in shard(len(videos))]  # one queue: not shared out
+    detected = detect_videos(model, [reader(index.videos[v][1]) for v in mine],
+                             [len(index.videos[v][1]) for v in mine], device, seed, queue, progress)
+    if queue != "list":
+        detected = gather_shards(detected)
     for v, per_frame in zip(videos, detected, strict=True):
         for k, xml in sorted(annotated.get(v, {}).items()):
             boxes, labels, (height, width) = read_voc(xml, POLYP_CLASSES)
@@ -531,8 +535,12 @@ class STFTRecipe(FinetuneRecipe):
         if config.stft.empty_frames == "skip_iteration" and (context.world_size > 1 or config.run.precision == "fp16"):
             raise ConfigError("stft.empty_frames=skip_iteration needs one process and no fp16 loss scaling (a "
                               "skipped iteration has no gradient); use stft.empty_frames=leave_out")
+        if config.run.batch_size != context.world_size:
+            raise ConfigError(f"detector stft trains one sample per process as the original: run.batch_size must "
+                              f"be the number of processes ({context.world_size}), got {config.run.batch_size}")
         super().__init__(config, context, *args)
         self.total = self.config.iterations.max_iter
+        self.unused_parameters = True  # the offset convolutions run without gradient, as the original's
         self.pending: dict[str, float] = {}
         self.last_eval: tuple[int, dict[str, Any]] | None = None
         self.best_iteration, self.best_metrics = 0, None
@@ -622,7 +630,20 @@ class STFTRecipe(FinetuneRecipe):
         return save_folder(directory, self.network, spec, {"detector": MODEL_NAME, "data": data, **extra})
 
     def before_finish(self) -> None:
-        """Nothing for every process: :meth:`finish` evaluates the test split on the main process."""
+        """The kept model's test metrics, evaluated by every process (each its share of the videos)."""
+        schedule, names = self.config.iterations, self.split_names
+        if schedule.keep == "best":
+            if self.best_state is None:
+                return  # :meth:`finish` says why
+            self.network.load_state_dict(self.best_state)
+        chosen = self.best_iteration if schedule.keep == "best" else self.total
+        same = names["val"] == names["test"]
+        if same and schedule.keep == "best":
+            self.test_metrics = self.best_metrics
+        elif same and self.last_eval is not None and self.last_eval[0] == chosen:
+            self.test_metrics = self.last_eval[1]
+        else:
+            self.test_metrics = self.evaluate(names["test"])
 
     def finish(self, out_dir: Path) -> dict[str, str]:
         schedule, names = self.config.iterations, self.split_names
@@ -630,7 +651,6 @@ class STFTRecipe(FinetuneRecipe):
             if self.best_state is None:
                 raise TrainingError(f"no validation result was finite in {out_dir}; nothing to select (check the "
                                     "data and the learning rate)")
-            self.network.load_state_dict(self.best_state)
             chosen = self.best_iteration
             protocol = (f"the model of iteration {chosen} of {self.total}, chosen on {names['val']} by "
                         f"{self.metric} (evaluated every {schedule.test_period or self.total} iterations)")
@@ -642,14 +662,8 @@ class STFTRecipe(FinetuneRecipe):
         if names["test"] == "val":
             protocol = (f"the original protocol: trained on {names['train']}2019, evaluated on val2019 (the "
                         f"original's DATASETS.TEST, the split the paper reports); {protocol}")
-        same = names["val"] == names["test"]
-        if same and schedule.keep == "best":
-            test_metrics = self.best_metrics
-        elif same and self.last_eval is not None and self.last_eval[0] == chosen:
-            test_metrics = self.last_eval[1]
-        else:
-            test_metrics = self.evaluate(names["test"])
-        select_on_test = schedule.keep == "best" and same
+        test_metrics = self.test_metrics
+        select_on_test = schedule.keep == "best" and names["val"] == names["test"]
         model_dir = self.save_model(out_dir / "model", {"selection": {
             "metric": self.metric, "keep": schedule.keep, "iteration": chosen, "protocol": protocol}})
         report = {"task": self.task, "detector": MODEL_NAME, "protocol": protocol, "select_on_test": select_on_test,

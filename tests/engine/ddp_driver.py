@@ -18,7 +18,10 @@ from endofm.config import load_config
 from endofm.engine.distributed import init_distributed, mean_count, shutdown
 from endofm.errors import TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
+from endofm.tasks.detect_stft import evaluate_loaded_stft
+from endofm.tasks.finetuned import load_finetuned
 from endofm.tasks.registry import TASKS
+from endofm.tasks.results import json_safe
 
 PRETRAIN = [
     "model.arch=endofm_vit_micro", "model.drop_path_rate=0.1", "model.head_out_dim=64",
@@ -30,10 +33,13 @@ PRETRAIN = [
 ]
 COMMON = ["model.drop_path_rate=0.1", "run.epochs=1", "run.epoch_steps=2", "run.progress=false",
           "run.num_workers=0", "run.dist_timeout=120"]
-TASK_RUNS = {
-    "classify": ["mode=finetune", "data.size=32", "run.batch_size=4"],
-    "segment": ["data.size=32", "run.batch_size=2"],
-    "detect": ["data.short_side=64", "data.max_size=64", "run.batch_size=2"],
+TASK_RUNS = {  # run name: task, recipe, overrides
+    "classify": ("classify", "classify_cpu", ["mode=finetune", "data.size=32", "run.batch_size=4"]),
+    "segment": ("segment", "segment_cpu", ["data.size=32", "run.batch_size=2"]),
+    "detect": ("detect", "detect_cpu", ["data.short_side=64", "data.max_size=64", "run.batch_size=2"]),
+    "detect_stft": ("detect", "detect_stft_cpu", [
+        "model.num_heads=2", "stft.size=64", "iterations.max_iter=2", "iterations.warmup_iters=1",
+        "iterations.steps=[1]", "iterations.test_period=2"]),  # one sample per process, as the original
 }
 
 
@@ -41,10 +47,12 @@ def main(out: Path, videos: Path, roots: dict[str, Path]) -> None:
     context = init_distributed("cpu", 120)
     pretrain(load_config(PretrainConfig, overrides=[*PRETRAIN, f"data.manifest={videos}",
                                                     f"run.out_dir={out / 'pretrain'}"]))
-    for name, extra in TASK_RUNS.items():
-        task = TASKS[name]
-        config = load_config(task.config_class, f"{name}_cpu", [*COMMON, *extra, f"data.root={roots[name]}",
-                                                                f"run.out_dir={out / name}"], kind="finetune")
+    for name, (task_name, recipe, extra) in TASK_RUNS.items():
+        task = TASKS[task_name]
+        config = load_config(task.config_class, recipe, [*COMMON, *extra, f"data.root={roots[task_name]}",
+                                                         f"run.out_dir={out / name}",
+                                                         *([f"run.batch_size={context.world_size}"]
+                                                           if name == "detect_stft" else [])], kind="finetune")
         task.finetune(config)
     if not context.distributed:
         return
@@ -60,6 +68,8 @@ def main(out: Path, videos: Path, roots: dict[str, Path]) -> None:
     except TrainingError as error:
         seen["unshared"] = str(error)
     seen["mean_count"] = mean_count(torch.tensor(3 * context.rank))
+    stft = load_finetuned(out / "detect_stft" / "model")  # evaluated by both processes, each its share of videos
+    seen["stft_train"] = json_safe(evaluate_loaded_stft(stft, roots["detect"], "train"))
     (out / f"rank{context.rank}.json").write_text(json.dumps(seen))
     shutdown()
 

@@ -21,6 +21,9 @@ from endofm.data.synthetic import render_video, write_cvc, write_kumc, write_pol
 from endofm.data.video import write_video
 from endofm.errors import ConfigError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
+from endofm.tasks.detect_stft import evaluate_loaded_stft
+from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.results import json_safe
 
 DRIVER = Path(__file__).with_name("ddp_driver.py")
 TASKS = ("classify", "segment", "detect")
@@ -114,6 +117,19 @@ def test_two_nodes_finetune_as_one_process(runs: tuple[Path, Path], task: str) -
         assert flat_one.keys() == flat_two.keys()
         for key, value in flat_one.items():  # evaluated in shards, gathered: the same samples, the same metrics
             assert flat_two[key] == pytest.approx(value, abs=1e-3, nan_ok=True), (split, key)
+
+
+def test_stft_trains_a_sample_per_process_and_evaluates_in_shards_as_one_process(data: list[Path],
+                                                                                  runs: tuple[Path, Path]) -> None:
+    """The original's multi-GPU STFT (one sample per process) runs; its evaluation, shared out by video over
+    the processes, gives the metrics of one process evaluating every video."""
+    _, two = runs
+    alone = _flat(json_safe(evaluate_loaded_stft(load_finetuned(two / "detect_stft" / "model"), data[3], "train")))
+    for rank in (0, 1):
+        sharded = _flat(json.loads((two / f"rank{rank}.json").read_text())["stft_train"])
+        assert sharded.keys() == alone.keys() and sharded["frames"] > 0
+        for key, value in alone.items():
+            assert sharded[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
 
 def test_a_stopped_and_resumed_ddp_run_with_drop_path_equals_an_uninterrupted_one(runs: tuple[Path, Path]) -> None:

@@ -144,8 +144,8 @@ def test_detect_original_is_the_original_recipe_value_for_value() -> None:
     assert load_config(DetectConfig, "detect_cpu", kind="finetune").detector == "fcos"
     assert load_config(DetectConfig, "detect_fcos", kind="finetune").detector == "fcos"
     assert DetectConfig().detector == "stft"
-    with pytest.raises(ConfigError, match="batch_size 1"):
-        load_config(DetectConfig, "detect", ["run.batch_size=2"], kind="finetune")
+    with pytest.raises(ConfigError, match="optim.name sgd"):
+        load_config(DetectConfig, "detect", ["optim.name=adamw"], kind="finetune")
     with pytest.raises(ConfigError, match="detector must be one of"):
         load_config(DetectConfig, "detect", ["detector=yolo"], kind="finetune")
 
