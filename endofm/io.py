@@ -13,7 +13,7 @@ from pathlib import Path
 from endofm.errors import InputError
 
 
-def _temporary_beside(path: Path, suffix: str) -> tuple[Path, int]:
+def temporary_beside(path: Path, suffix: str) -> tuple[Path, int]:
     """A new empty file in ``path``'s folder and the permissions a plain ``open(path, "w")`` would leave:
     those of ``path`` where it exists, else ``0o666`` less the umask (``tempfile.mkstemp`` makes ``0o600``,
     which would leave outputs unreadable to the user's group)."""
@@ -34,7 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise InputError(f"{path} is a folder; expected a file name")
-    tmp, mode = _temporary_beside(path, suffix)
+    tmp, mode = temporary_beside(path, suffix)
     try:
         write(str(tmp))
         os.chmod(tmp, mode)  # writers that replace the file (safetensors) leave 0o600 otherwise

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from endofm.errors import InputError, StreamError
-from endofm.io import _temporary_beside, atomic_write_text
+from endofm.io import atomic_write_text, temporary_beside
 from endofm.stream.frames import draw
 from endofm.stream.source import LiveFrames
 from endofm.stream.steps import CausalPredictor
@@ -116,7 +116,7 @@ class AnnotatedVideo:
 
     def __init__(self, path: Path, task: str) -> None:
         self.path, self.task = path, task
-        self.tmp = _temporary_beside(path, ".mp4")
+        self.tmp, self.mode = temporary_beside(path, ".mp4")
         self.container: Any = None
         self.last_pts = -1
 
@@ -148,6 +148,7 @@ class AnnotatedVideo:
         try:
             self.container.mux(self.stream.encode())
             self.container.close()
+            os.chmod(self.tmp, self.mode)
             os.replace(self.tmp, self.path)
         except BaseException:
             self.tmp.unlink(missing_ok=True)
