@@ -74,6 +74,7 @@ def _embed(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from endofm.engine.logging import bar_off
     from endofm.errors import InputError, VideoError
     from endofm.io import atomic_write, claim_output
     from endofm.models.checkpoint import load_checkpoint
@@ -105,7 +106,7 @@ def _embed(args: argparse.Namespace) -> int:
             raise InputError("--int8 runs on the CPU: use --device cpu")
         model = quantize_int8(model)
     rows, failures = [], []
-    for video in tqdm(videos, desc="embedding", unit="video", disable=args.quiet):
+    for video in tqdm(videos, desc="embedding", unit="video", disable=bar_off(not args.quiet)):
         try:
             result = embed_video(video, model, num_frames=args.frames, size=args.size, window=args.window,
                                  stride=args.stride, normalization=args.normalization,
