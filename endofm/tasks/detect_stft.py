@@ -163,14 +163,21 @@ class VideoFeatures:
             del self.cache[old]
 
 
+REFERENCES = ("original", "past")
+
+
 def detect_video(model: STFTDetector, read: Callable[[list[int]], torch.Tensor], length: int,
                  device: torch.device | str = "cpu", seed: int = 0, progress: bool = False,
-                 ) -> list[dict[str, Any]]:
+                 references: str = "original") -> list[dict[str, Any]]:
     """Per frame (0-based order) the detections of the original test path: ``{"frame_ids"`` (1-based ids of
     the key and its references, in the head's order), ``"boxes"``, ``"scores"``, ``"labels"`` (1-based)}``.
-    ``read(ids)`` returns the model's input frames ``[N, 3, H, W]`` for 1-based ids."""
+    ``read(ids)`` returns the model's input frames ``[N, 3, H, W]`` for 1-based ids. ``references="past"``
+    takes each reference the original draws ``k`` frames after the key ``k`` frames before it instead, as
+    ``endofm stream`` does live (a measure of what causality costs)."""
     if length < 1:
         raise InputError("the video has no frames")
+    if references not in REFERENCES:
+        raise ConfigError(f"references must be one of {', '.join(REFERENCES)}, got {references!r}")
     device = torch.device(device)
     model = model.to(device).eval()
     rng = np.random.RandomState(seed)
@@ -179,7 +186,10 @@ def detect_video(model: STFTDetector, read: Callable[[list[int]], torch.Tensor],
     for frame in tqdm(range(1, length + 1), desc="frames", unit="frame", disable=bar_off(progress)):
         window = window_ids(frame, length)
         left, right = draw_references(rng)
-        ids = [window[-MIN_OFFSET]] + [window[p] for p in left] + [window[p] for p in right]
+        if references == "past":  # queue position p is frame + p + MIN_OFFSET: mirror the later ones
+            ids = [frame] + [max(1, frame - abs(p + MIN_OFFSET)) for p in [*left, *right]]
+        else:
+            ids = [window[-MIN_OFFSET]] + [window[p] for p in left] + [window[p] for p in right]
         stacked = features.get(ids)
         with torch.inference_mode():
             detections = model.detect_parts(stacked, features.image_size)["detections"]
@@ -211,7 +221,8 @@ def list_queue_windows(lengths: list[int]) -> list[list[int]]:
 
 def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.Tensor]], lengths: list[int],
                   device: torch.device | str = "cpu", seed: int = 0,
-                  queue: str = "video", progress: bool = False) -> list[list[dict[str, Any]]]:
+                  queue: str = "video", progress: bool = False,
+                  references: str = "original") -> list[list[dict[str, Any]]]:
     """:func:`detect_video` of several videos: ``queue="video"`` resets the queue (and the reference draws'
     seed) at each video's start (:func:`window_ids`); ``queue="list"`` keeps one queue and one draw stream over
     the videos, as the original with its own list files (:func:`list_queue_windows`)."""
@@ -219,7 +230,9 @@ def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.T
         raise ConfigError(f"stft.queue must be one of {', '.join(QUEUES)}, got {queue!r}")
     if queue == "video":
         videos = tqdm(list(zip(reads, lengths, strict=True)), desc="evaluate", unit="video", disable=bar_off(progress))
-        return [detect_video(model, read, length, device, seed) for read, length in videos]
+        return [detect_video(model, read, length, device, seed, references=references) for read, length in videos]
+    if references != "original":
+        raise ConfigError("references=past reads each video alone (queue=video)")
     starts = np.cumsum([0, *lengths[:-1]]).tolist()
 
     def read_joined(ids: list[int]) -> torch.Tensor:
@@ -364,7 +377,7 @@ def clip_to_image(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.T
 
 def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size: int | tuple[int, int] = 640,
                   device: torch.device | str = "cpu", seed: int = 0, score_threshold: float = 0.5,
-                  queue: str = "video", progress: bool = False) -> dict[str, Any]:
+                  queue: str = "video", progress: bool = False, references: str = "original") -> dict[str, Any]:
     """Metrics of the original test path on a KUMC-layout split: every video run through :func:`detect_video`
     (its queue, its references), boxes scaled back to the frames' size, scored on the annotated frames: the
     original's frame-level F1 at ``score_threshold``, box-level P/R/F1 at IoU 0.5, COCO mAP, and the COCO AP
@@ -388,7 +401,7 @@ def evaluate_stft(model: STFTDetector, root: str | os.PathLike, split: str, size
 
     mine = videos if queue == "list" else [videos[i] for i in shard(len(videos))]  # one queue: not shared out
     detected = detect_videos(model, [reader(index.videos[v][1]) for v in mine],
-                             [len(index.videos[v][1]) for v in mine], device, seed, queue, progress)
+                             [len(index.videos[v][1]) for v in mine], device, seed, queue, progress, references)
     if queue != "list":
         detected = gather_shards(detected)
     for v, per_frame in zip(videos, detected, strict=True):

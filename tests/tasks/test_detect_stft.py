@@ -117,3 +117,25 @@ def test_video_path_matches_the_original(tmp_path):
     assert torch.equal(results[0]["labels"], expected["labels"])
     assert sorted(read_count) == list(range(1, 13))  # every frame through the backbone exactly once
     assert len(results) == 12
+
+
+def test_past_references_mirror_the_later_ones_and_never_look_ahead() -> None:
+    model = STFTDetector(STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=160, num_frames=4),
+                                    out_channels=32, num_convs=1)).eval()
+    frames = torch.randn(22, 3, 160, 160)  # P7 of 2 x 2: one frame alone through the head's group norms
+
+    def read(ids: list[int]) -> torch.Tensor:
+        return frames[[i - 1 for i in ids]]
+
+    original = detect_video(model, read, 22, seed=3)
+    past = detect_video(model, read, 22, seed=3, references="past")
+    assert any(max(r["frame_ids"][1:]) > r["frame_ids"][0] for r in original)
+    checked = 0
+    for frame, (before, after) in enumerate(zip(original, past, strict=True), start=1):
+        assert after["frame_ids"][0] == frame and max(after["frame_ids"][1:]) <= frame
+        offsets = [abs(i - frame) for i in before["frame_ids"][1:]]
+        mirrored = [max(1, frame - offset) for offset in offsets]
+        if 9 < frame <= 22 - 9:  # no clamping at either end: each reference as far, on the past side
+            assert after["frame_ids"][1:] == mirrored
+            checked = frame
+    assert checked == 13
