@@ -40,11 +40,7 @@ TASK_RUNS = {  # run name: task, recipe, overrides
     "detect_stft": ("detect", "detect_stft_cpu", [
         "model.num_heads=2", "stft.size=64", "iterations.max_iter=2", "iterations.warmup_iters=1",
         "iterations.steps=[1]", "iterations.test_period=2"]),  # one sample per process, as the original
-    "segment_transunet": ("segment", "segment_transunet_cpu", ["run.batch_size=2"]),
 }
-ALONE_TOO = ("classify", "segment", "detect")
-"""The runs compared with one process (STFT has no one-process twin; the TransUNet's batch norm is per
-process on CPUs)."""
 
 
 def main(out: Path, videos: Path, roots: dict[str, Path]) -> None:
@@ -52,8 +48,6 @@ def main(out: Path, videos: Path, roots: dict[str, Path]) -> None:
     pretrain(load_config(PretrainConfig, overrides=[*PRETRAIN, f"data.manifest={videos}",
                                                     f"run.out_dir={out / 'pretrain'}"]))
     for name, (task_name, recipe, extra) in TASK_RUNS.items():
-        if name not in ALONE_TOO and not context.distributed:
-            continue
         task = TASKS[task_name]
         config = load_config(task.config_class, recipe, [*COMMON, *extra, f"data.root={roots[task_name]}",
                                                          f"run.out_dir={out / name}",
