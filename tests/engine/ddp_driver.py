@@ -29,7 +29,7 @@ PRETRAIN = [
     "data.views.global_frames=[2,4]", "data.views.global_size=32", "data.views.local_frames=[2,2]",
     "data.views.local_size=16", "data.views.decode_short_side=40", "optim.warmup_epochs=1", "optim.lr=0.05",
     "run.epochs=2", "run.batch_size=4", "run.num_workers=0", "run.device=cpu", "run.progress=false",
-    "run.dist_timeout=120",
+    "run.dist_timeout=120", "loss.centering=sinkhorn",  # its all-reduced normalisation (the CPU recipes')
 ]
 COMMON = ["model.drop_path_rate=0.1", "run.epochs=1", "run.epoch_steps=2", "run.progress=false",
           "run.num_workers=0", "run.dist_timeout=120"]

@@ -152,18 +152,6 @@ def test_resume_before_the_first_checkpoint_starts_from_the_beginning(videos, tm
     assert [r["step"] for r in steps if "step" in r] == [1, 2] and steps[0]["loss"] != 9.0
 
 
-@pytest.mark.parametrize("centering", ["sinkhorn"])  # "center": tests/engine/test_distributed.py
-def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(videos, tmp_path, centering):
-    single, double = tmp_path / "single", tmp_path / "double"
-    subprocess.run([sys.executable, *_cli(videos, single, f"loss.centering={centering}")], check=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    "29517", *_cli(videos, double, f"loss.centering={centering}")], check=True)
-    expected, distributed = _teacher(single), _teacher(double)
-    for key in expected:
-        torch.testing.assert_close(distributed[key], expected[key], rtol=1e-4, atol=1e-5)
-    assert json.loads((double / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
-
-
 def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(videos, tmp_path, monkeypatch):
     out = tmp_path / "nan"
     pretrain(_config(videos, out, "run.max_steps=2"))
