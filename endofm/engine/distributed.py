@@ -102,6 +102,16 @@ def broadcast_object(value: Any) -> Any:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every process, as DDP sends them before each
+    training forward: after the last step each process holds the statistics of its own batches, and a model
+    evaluated in shards must be one model, the one rank 0 saves."""
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def global_sum(local: torch.Tensor) -> torch.Tensor:
     """The sum of ``local`` over all processes, differentiable in this process's share (the others' shares are
     constants): a loss term of the whole global batch, such as a soft Dice over every process's pixels."""

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from endofm.config import config_to_dict, save_config
 from endofm.engine.cpu import loader_workers
-from endofm.engine.distributed import DistributedContext, init_distributed
+from endofm.engine.distributed import DistributedContext, broadcast_buffers, init_distributed
 from endofm.engine.logging import plot_curves
 from endofm.engine.optim import build_optimizer
 from endofm.engine.runfolder import check_shared, decide_resume
@@ -166,6 +166,7 @@ class FinetuneRecipe(Recipe):
         last = epoch + 1 == self.config.run.epochs
         if (epoch + 1) % self.config.selection.every and not last:
             return {}
+        broadcast_buffers(self.network)  # one model on every process, evaluated in shards
         metrics = self.evaluate(self.val_set)
         if self.metric not in metrics:
             raise ConfigError(f"selection.metric {self.metric!r} is not one of {sorted(metrics)}")

@@ -36,7 +36,14 @@ from endofm.data.datasets.splits import find_leakage, split_by_case
 from endofm.data.transforms import Resize
 from endofm.data.video import VideoReader
 from endofm.engine.cpu import loader_workers
-from endofm.engine.distributed import all_gather_objects, global_sum, shard, shared_loss, world_size
+from endofm.engine.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    global_sum,
+    shard,
+    shared_loss,
+    world_size,
+)
 from endofm.engine.logging import bar_off
 from endofm.engine.optim import OptimConfig
 from endofm.engine.trainer import RunConfig
@@ -148,9 +155,6 @@ class SegmentConfig:
             raise ConfigError(f"dice_denominator must be squared or linear, got {self.dice_denominator!r}")
         if self.empty_rule not in EMPTY_RULES:
             raise ConfigError(f"empty_rule must be one of {EMPTY_RULES}, got {self.empty_rule!r}")
-        if self.data.clip_length is None and self.run.batch_size != 1:
-            raise ConfigError("data.clip_length null (whole sequences of different lengths) needs run.batch_size 1, "
-                              f"got {self.run.batch_size}")
         if self.segmenter == "transunet" and (self.model.grad_checkpointing or self.data.size != 224):
             raise ConfigError("segmenter transunet takes data.size 224 (its 14x14 token grid) and no "
                               f"model.grad_checkpointing; got size {self.data.size}")
@@ -379,6 +383,13 @@ class SegmentRecipe(FinetuneRecipe):
     task = "segment"
     default_metric = "dice"
     evaluator = evaluate_segmenter
+
+    def __init__(self, config: SegmentConfig, context: DistributedContext, *args: Any) -> None:
+        if config.data.clip_length is None and config.run.batch_size != context.world_size:
+            raise ConfigError("data.clip_length null (whole sequences of different lengths) trains one sequence "
+                              f"per process: run.batch_size must be the number of processes ({context.world_size}), "
+                              f"got {config.run.batch_size}")
+        super().__init__(config, context, *args)
 
     def build_network(self) -> nn.Module:
         config = self.config

@@ -40,7 +40,10 @@ TASK_RUNS = {  # run name: task, recipe, overrides
     "detect_stft": ("detect", "detect_stft_cpu", [
         "model.num_heads=2", "stft.size=64", "iterations.max_iter=2", "iterations.warmup_iters=1",
         "iterations.steps=[1]", "iterations.test_period=2"]),  # one sample per process, as the original
+    "segment_transunet": ("segment", "segment_transunet_cpu", []),  # one whole sequence per process
 }
+PER_PROCESS = ("detect_stft", "segment_transunet")
+"""Runs of one sample per process (``run.batch_size`` is the number of processes)."""
 
 
 def main(out: Path, videos: Path, roots: dict[str, Path]) -> None:
@@ -52,7 +55,7 @@ def main(out: Path, videos: Path, roots: dict[str, Path]) -> None:
         config = load_config(task.config_class, recipe, [*COMMON, *extra, f"data.root={roots[task_name]}",
                                                          f"run.out_dir={out / name}",
                                                          *([f"run.batch_size={context.world_size}"]
-                                                           if name == "detect_stft" else [])], kind="finetune")
+                                                           if name in PER_PROCESS else [])], kind="finetune")
         task.finetune(config)
     if not context.distributed:
         return

@@ -23,6 +23,7 @@ from endofm.errors import ConfigError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.tasks.detect_stft import evaluate_loaded_stft
 from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.registry import TASKS as TASKS_BY_NAME
 from endofm.tasks.results import json_safe
 
 DRIVER = Path(__file__).with_name("ddp_driver.py")
@@ -130,6 +131,20 @@ def test_stft_trains_a_sample_per_process_and_evaluates_in_shards_as_one_process
         assert sharded.keys() == alone.keys() and sharded["frames"] > 0
         for key, value in alone.items():
             assert sharded[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+def test_the_transunet_trains_a_sequence_per_process_and_evaluates_in_shards_as_one_process(
+        data: list[Path], runs: tuple[Path, Path]) -> None:
+    """The default segmenter on whole sequences (one per process): its sharded test metrics are those of one
+    process evaluating the saved model."""
+    _, two = runs
+    metrics = json.loads((two / "segment_transunet" / "metrics.json").read_text())
+    loaded = load_finetuned(two / "segment_transunet" / "model")
+    alone = _flat(json_safe(TASKS_BY_NAME["segment"].evaluate(loaded, str(data[2]), metrics["splits"]["test"])))
+    sharded = _flat(metrics["test"])
+    assert alone.keys() == sharded.keys() and sharded["frames"] > 0
+    for key, value in alone.items():
+        assert sharded[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
 
 def test_a_stopped_and_resumed_ddp_run_with_drop_path_equals_an_uninterrupted_one(runs: tuple[Path, Path]) -> None:
