@@ -25,6 +25,7 @@ import torch
 
 from endofm.data.synthetic import render_video
 from endofm.data.video import write_video
+from endofm.models.classification import ClassifierNetwork
 from endofm.models.heads import LinearClassifier
 from endofm.models.registry import build_model, model_spec
 from endofm.models.stft import STFTConfig, STFTDetector
@@ -32,7 +33,7 @@ from endofm.models.transunet import TransUNet, TransUNetConfig
 from endofm.stream import Stream
 from endofm.stream.torch_nets import finetuned_predictor
 from endofm.tasks.base import LoadedFinetuned
-from endofm.tasks.classify import CLASSIFY_DEFAULT_DATA, ClassifierNetwork, input_spec
+from endofm.tasks.classify import CLASSIFY_DEFAULT_DATA, input_spec
 from endofm.tasks.detect_stft import STFT_INPUT
 from endofm.tasks.segment_transunet import TRANSUNET_INPUT
 
