@@ -233,8 +233,9 @@ def test_a_mean_pooled_classifier_keeps_its_pooling_when_saved_and_read_back(tmp
     from endofm.config import load_config
     from endofm.errors import ConfigError
     from endofm.models import build_model
+    from endofm.models.classification import ClassifierNetwork
     from endofm.models.heads import LinearClassifier
-    from endofm.tasks.classify import ClassifierNetwork, ClassifyConfig
+    from endofm.tasks.classify import ClassifyConfig
     from endofm.tasks.finetuned import read_finetuned
     from endofm.tasks.folder import save_finetuned
 
