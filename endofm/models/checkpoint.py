@@ -179,7 +179,7 @@ def infer_dino_head(state: Mapping[str, torch.Tensor]) -> DINOHead:
     )
 
 
-def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, path: str) -> None:
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, path: str) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -216,7 +216,7 @@ def _stored_num_heads(state: Mapping) -> int | None:
     return model.get("num_heads") or (arch.num_heads if arch else None)
 
 
-def _split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, dict, dict, dict]:
+def split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, dict, dict, dict]:
     """(layout, backbone dict, head dict, classifier dict, extras) of an original-layout checkpoint."""
     if which not in ("teacher", "student"):
         raise InputError(f"which must be 'teacher' or 'student', got {which!r}")
@@ -275,18 +275,18 @@ def load_checkpoint(
         return _load_pretrained_dir(path, num_heads)
     state = read_state(path)
     _refuse_finetuned_model(state, path)
-    layout, backbone_state, head_state, classifier_state, extras = _split_original(state, str(path), which)
+    layout, backbone_state, head_state, classifier_state, extras = split_original(state, str(path), which)
     if layout == "training":
         num_heads = num_heads or _stored_num_heads(state)
     ignored = [key for key in IGNORED_BACKBONE_KEYS if key in backbone_state]
     for key in ignored:
         backbone_state.pop(key)
     backbone = EndoFMBackbone(infer_backbone_config(backbone_state, num_heads))
-    _load_strict(backbone, backbone_state, "backbone", str(path))
+    load_strict(backbone, backbone_state, "backbone", str(path))
     dino_head = None
     if head_state:
         dino_head = infer_dino_head(head_state)
-        _load_strict(dino_head, head_state, "DINO head", str(path))
+        load_strict(dino_head, head_state, "DINO head", str(path))
         dino_head.eval()
     classifier = None
     if classifier_state:
@@ -294,7 +294,7 @@ def load_checkpoint(
         if weight is None or weight.ndim != 2:
             raise CheckpointError(f"{path}: classifier state without a 2-D linear.weight")
         classifier = LinearClassifier(weight.shape[1], weight.shape[0])
-        _load_strict(classifier.linear, classifier_state, "classifier", str(path))
+        load_strict(classifier.linear, classifier_state, "classifier", str(path))
         classifier.eval()
     epoch = extras.get("epoch")
     info = CheckpointInfo(
@@ -372,15 +372,15 @@ def _load_pretrained_dir(directory: Path, num_heads: int | None = None) -> Loade
     if num_heads is not None and num_heads != backbone.config.num_heads:
         raise InputError(f"num_heads={num_heads} (--num-heads) differs from the {backbone.config.num_heads} heads "
                          f"{directory / CONFIG_FILE} stores; leave it out for a folder")
-    _load_strict(backbone, _strip(state, "backbone."), "backbone", str(directory))
+    load_strict(backbone, _strip(state, "backbone."), "backbone", str(directory))
     dino_head = classifier = None
     if config.get("dino_head"):
         dino_head = DINOHead(**config["dino_head"])
-        _load_strict(dino_head, _strip(state, "head."), "DINO head", str(directory))
+        load_strict(dino_head, _strip(state, "head."), "DINO head", str(directory))
         dino_head.eval()
     if config.get("classifier"):
         classifier = LinearClassifier(**config["classifier"])
-        _load_strict(classifier, _strip(state, "classifier."), "classifier", str(directory))
+        load_strict(classifier, _strip(state, "classifier."), "classifier", str(directory))
         classifier.eval()
     info = CheckpointInfo(path=str(directory), layout="endofm", args=config.get("metadata") or None)
     return LoadedCheckpoint(backbone.eval(), dino_head, classifier, info)

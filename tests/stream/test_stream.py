@@ -19,6 +19,7 @@ from endofm.errors import InputError, StreamError
 from endofm.models.backbone import BackboneConfig
 from endofm.models.heads import LinearClassifier
 from endofm.models.registry import build_model
+from endofm.models.segmentation import SegmentationDecoder, SegmentationNetwork
 from endofm.models.stft import STFTConfig, STFTDetector
 from endofm.stream import Stream, load_predictor, run_stream
 from endofm.stream.source import LiveFrames
@@ -27,7 +28,6 @@ from endofm.stream.torch_nets import embed_predictor, finetuned_predictor
 from endofm.tasks.base import LoadedFinetuned, preset_input
 from endofm.tasks.classify import ClassifierNetwork
 from endofm.tasks.detect_stft import STFT_INPUT
-from endofm.tasks.segment import SegmentationDecoder, SegmentationNetwork
 
 SIZE = 32
 

@@ -16,7 +16,8 @@ state-dict keys of its released ``cvc.pth``:
    3x3 convolution to the class logits at the input resolution.
 
 The model takes ``[B, 3, T, 224, 224]`` clips, normalised as the original feeds them (BGR, per-image
-min-max, then ``(x - 0.5) / 0.5``; see :data:`TRANSUNET_INPUT`), and returns logits ``[B, K, T, 224, 224]``.
+min-max, then ``(x - 0.5) / 0.5``; see :data:`~endofm.tasks.segment.io.TRANSUNET_INPUT`), and returns logits
+``[B, K, T, 224, 224]``.
 Clips of a batch are independent sequences (the original runs one clip at a time); in training the
 BatchNorm statistics are taken over all frames of the batch.
 """
@@ -40,7 +41,7 @@ from torch import nn
 from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, _load_strict
+from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load_strict
 from endofm.models.layers import DividedSpaceTimeBlock
 
 GRID = 14
@@ -416,5 +417,5 @@ def load_transunet_state(state: Mapping[str, torch.Tensor], config: TransUNetCon
     """A TransUNet of ``config`` with ``state`` loaded strictly (errors name ``where`` and the keys), in eval
     mode."""
     model = TransUNet(config)
-    _load_strict(model, state, "TransUNet", where)
+    load_strict(model, state, "TransUNet", where)
     return model.eval()
