@@ -17,7 +17,7 @@ import torch
 from endofm.cli.main import main
 from endofm.models import build_model, save_pretrained
 from endofm.models.heads import LinearClassifier
-from endofm.models.transunet import TransUNet, TransUNetConfig
+from endofm.models.segmentation import TransUNet, TransUNetConfig
 from endofm.tasks.folder import save_finetuned
 from tests.conftest import write_test_video
 

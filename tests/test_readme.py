@@ -31,8 +31,8 @@ from endofm.models.backbone import BackboneConfig
 from endofm.models.checkpoint import export_original
 from endofm.models.heads import DINOHead, LinearClassifier
 from endofm.models.registry import build_model
+from endofm.models.segmentation import TransUNet, TransUNetConfig
 from endofm.models.stft import STFTConfig, STFTDetector
-from endofm.models.transunet import TransUNet, TransUNetConfig
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

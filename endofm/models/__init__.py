@@ -13,7 +13,7 @@ from endofm.models.factory import create_model
 from endofm.models.heads import DINOHead, LinearClassifier
 from endofm.models.inputs import InputSpec
 from endofm.models.registry import MODEL_CONFIGS, MODELS, ModelSpec, build_model, list_models, model_spec
-from endofm.models.transunet import TransUNet, TransUNetConfig
+from endofm.models.segmentation import TransUNet, TransUNetConfig
 
 __all__ = [
     "MODELS",

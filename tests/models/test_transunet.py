@@ -9,8 +9,8 @@ import torch
 import endofm
 from endofm.errors import CheckpointError, InputError
 from endofm.models.registry import build_model
-from endofm.models.transunet import TransUNet, TransUNetConfig, infer_transunet_config
-from endofm.tasks.segment_transunet import TRANSUNET_INPUT, save_transunet_folder
+from endofm.models.segmentation import TransUNet, TransUNetConfig, infer_transunet_config
+from endofm.tasks.segment import TRANSUNET_INPUT, save_transunet_folder
 
 TINY = TransUNetConfig(hidden=32, depth=1, num_heads=2, resnet_width=32, resnet_units=(1, 1, 1),
                        decoder_channels=(16, 8, 8, 4))

@@ -20,6 +20,7 @@ from endofm.models.backbone import BackboneConfig
 from endofm.models.classification import ClassifierNetwork
 from endofm.models.heads import LinearClassifier
 from endofm.models.registry import build_model
+from endofm.models.segmentation import SegmentationDecoder, SegmentationNetwork
 from endofm.models.stft import STFTConfig, STFTDetector
 from endofm.stream import Stream, load_predictor, run_stream
 from endofm.stream.source import LiveFrames
@@ -27,7 +28,6 @@ from endofm.stream.steps import STFT_REACH, past_positions
 from endofm.stream.torch_nets import embed_predictor, finetuned_predictor
 from endofm.tasks.base import LoadedFinetuned, preset_input
 from endofm.tasks.detect_stft import STFT_INPUT
-from endofm.tasks.segment import SegmentationDecoder, SegmentationNetwork
 
 SIZE = 32
 

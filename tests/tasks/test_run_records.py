@@ -9,7 +9,7 @@ from torch import nn
 
 from endofm.config import load_config
 from endofm.models.registry import build_model
-from endofm.models.transunet import TransUNet, TransUNetConfig
+from endofm.models.segmentation import TransUNet, TransUNetConfig
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.finetune import save_run_config
 

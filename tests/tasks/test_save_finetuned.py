@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import endofm
-from endofm.models.transunet import TransUNet, TransUNetConfig, save_transunet
+from endofm.models.segmentation import TransUNet, TransUNetConfig, save_transunet
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 

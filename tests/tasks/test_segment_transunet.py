@@ -18,7 +18,7 @@ from endofm.config import load_config
 from endofm.data.datasets.cvc import ORIGINAL_SPLITS
 from endofm.data.synthetic import write_cvc
 from endofm.metrics.segmentation import dice
-from endofm.models.transunet import TransUNet, TransUNetConfig
+from endofm.models.segmentation import TransUNet, TransUNetConfig
 from endofm.tasks.segment import (
     SegmentConfig,
     SegmentRecipe,

@@ -1,5 +1,6 @@
-"""The original CVC-12k segmenter (TransUNet, :mod:`endofm.models.transunet`) as a saved model: its released
-``cvc.pth`` layout and its package folder.
+"""The segmentation task's saved models: the original CVC-12k segmenter (TransUNet,
+:mod:`endofm.models.segmentation.transunet`) in its released ``cvc.pth`` layout and its package folder, and the
+network of a package folder with the lighter decoder (:func:`assemble_network`).
 
 The released file is a plain state dict with ``transformer.encoder.cls_token``, as ``TransUNet/trainer.py``
 saves it (a DataParallel ``module.`` prefix is stripped); the folder is ``config.json`` with
@@ -17,7 +18,8 @@ from torch import nn
 
 from endofm.models.checkpoint import WEIGHTS_FILE
 from endofm.models.inputs import InputSpec
-from endofm.models.transunet import (
+from endofm.models.segmentation.decoder import SegmentationNetwork
+from endofm.models.segmentation.transunet import (
     INPUT_SIZE,
     MODEL_NAME,
     TransUNetConfig,
@@ -25,7 +27,7 @@ from endofm.models.transunet import (
     load_transunet_state,
     save_transunet,
 )
-from endofm.tasks.base import LoadedFinetuned, ReleasedLayout
+from endofm.tasks.base import FinetunedModel, LoadedFinetuned, ReleasedLayout, preset_input
 from endofm.tasks.folder import read_model_folder
 
 TASK_NAME = "segment"
@@ -69,3 +71,11 @@ LAYOUT = ReleasedLayout(
                                                     {"converted_from": loaded.path}),
     load_folder)
 """The released ``cvc.pth`` and its package folder."""
+
+
+def assemble_network(found: FinetunedModel) -> tuple[nn.Module, InputSpec]:
+    """The network and input spec of a package folder of the lighter decoder (backbone + decoder head)."""
+    data = found.data
+    spec = preset_input(data["normalization"], (int(data["size"]),) * 2, int(data["clip_length"]),
+                        channel_order=data.get("channel_order", "RGB"), minmax=bool(data.get("minmax", False)))
+    return SegmentationNetwork(found.backbone, found.head), spec

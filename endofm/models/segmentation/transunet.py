@@ -16,7 +16,8 @@ state-dict keys of its released ``cvc.pth``:
    3x3 convolution to the class logits at the input resolution.
 
 The model takes ``[B, 3, T, 224, 224]`` clips, normalised as the original feeds them (BGR, per-image
-min-max, then ``(x - 0.5) / 0.5``; see :data:`TRANSUNET_INPUT`), and returns logits ``[B, K, T, 224, 224]``.
+min-max, then ``(x - 0.5) / 0.5``; see :data:`~endofm.tasks.segment.io.TRANSUNET_INPUT`), and returns logits
+``[B, K, T, 224, 224]``.
 Clips of a batch are independent sequences (the original runs one clip at a time); in training the
 BatchNorm statistics are taken over all frames of the batch.
 """
