@@ -13,9 +13,9 @@ from torch import nn
 
 from endofm.errors import ExportError
 from endofm.export.runtime import OnnxDetector, OnnxNet, load_exported
+from endofm.models.detection.stft import LEVELS, STFTDetector
+from endofm.models.detection.stft_postprocess import PostprocessConfig, postprocess
 from endofm.models.inputs import InputSpec
-from endofm.models.stft import LEVELS, STFTDetector
-from endofm.models.stft_postprocess import PostprocessConfig, postprocess
 from endofm.tasks.base import LoadedFinetuned
 
 FRAME_PARTS = ("cls_tower", "bbox_tower", "bbox_reg")
