@@ -16,7 +16,8 @@ from pathlib import Path
 from endofm.config import load_config
 from endofm.data.datasets.kumc import KUMCDataset
 from endofm.data.synthetic import write_kumc
-from endofm.tasks.detect import DetectConfig, finetune_detect
+from endofm.tasks.detect.config import DetectConfig
+from endofm.tasks.detect.train import finetune_detect
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from endofm.config import load_config
 from endofm.data.synthetic import write_kumc
-from endofm.tasks.detect import DetectConfig, finetune_detect
-from endofm.tasks.detect_stft import evaluate_stft
+from endofm.tasks.detect.config import DetectConfig
+from endofm.tasks.detect.stft_inference import evaluate_stft
+from endofm.tasks.detect.train import finetune_detect
 from endofm.tasks.finetuned import load_finetuned
 
 METRICS = ("map_50", "map_50_class_agnostic", "box_f1", "frame_f1_original")

@@ -26,15 +26,15 @@ import torch
 from endofm.data.synthetic import render_video
 from endofm.data.video import write_video
 from endofm.models.classification import ClassifierNetwork
+from endofm.models.detection.stft import STFTConfig, STFTDetector
+from endofm.models.detection.transform import STFT_INPUT
 from endofm.models.heads import LinearClassifier
 from endofm.models.registry import build_model, model_spec
 from endofm.models.segmentation import TransUNet, TransUNetConfig
-from endofm.models.stft import STFTConfig, STFTDetector
 from endofm.stream import Stream
 from endofm.stream.torch_nets import finetuned_predictor
 from endofm.tasks.base import LoadedFinetuned
 from endofm.tasks.classify import CLASSIFY_DEFAULT_DATA, input_spec
-from endofm.tasks.detect_stft import STFT_INPUT
 from endofm.tasks.segment import TRANSUNET_INPUT
 
 

@@ -29,10 +29,10 @@ from endofm.data.synthetic import render_video, write_cvc, write_kumc, write_pol
 from endofm.data.video import write_video
 from endofm.models.backbone import BackboneConfig
 from endofm.models.checkpoint import export_original
+from endofm.models.detection.stft import STFTConfig, STFTDetector
 from endofm.models.heads import DINOHead, LinearClassifier
 from endofm.models.registry import build_model
 from endofm.models.segmentation import TransUNet, TransUNetConfig
-from endofm.models.stft import STFTConfig, STFTDetector
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

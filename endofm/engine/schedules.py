@@ -1,4 +1,4 @@
-"""Per-iteration learning-rate schedules shared by pretraining and fine-tuning."""
+"""Per-iteration learning-rate schedules of pretraining and fine-tuning (the STFT detector's included)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,20 @@ def lr_schedule(optim: OptimConfig, batch_size: int, epochs: int, steps_per_epoc
     values = poly if optim.schedule == "poly" else np.full(total, peak)
     ramp = np.minimum(1.0, (steps + 1) / warmup) if warmup else 1.0
     return values * ramp
+
+
+def warmup_multistep(step: int, warmup_iters: int = 8000, warmup_factor: float = 1 / 3,
+                     milestones: tuple[int, ...] = (64000, 80000, 88000), gamma: float = 0.5,
+                     method: str = "linear") -> float:
+    """The original STFT's ``WarmupMultiStepLR`` factor at ``step`` (0-based): warm-up from ``warmup_factor``
+    (``linear`` to 1, or ``constant``), times ``gamma`` at each milestone passed.
+
+    Example:
+        >>> [warmup_multistep(s, warmup_iters=2, warmup_factor=0.5, milestones=(3,)) for s in range(4)]
+        [0.5, 0.75, 1.0, 0.5]
+    """
+    factor = 1.0
+    if step < warmup_iters:
+        alpha = step / warmup_iters
+        factor = warmup_factor if method == "constant" else warmup_factor * (1 - alpha) + alpha
+    return factor * gamma ** sum(step >= m for m in milestones)

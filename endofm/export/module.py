@@ -13,9 +13,9 @@ from torch import nn
 
 from endofm.errors import ExportError
 from endofm.export.runtime import OnnxDetector, OnnxNet, load_exported
+from endofm.models.detection.stft import LEVELS, STFTDetector
+from endofm.models.detection.stft_postprocess import PostprocessConfig, postprocess
 from endofm.models.inputs import InputSpec
-from endofm.models.stft import LEVELS, STFTDetector
-from endofm.models.stft_postprocess import PostprocessConfig, postprocess
 from endofm.tasks.base import LoadedFinetuned
 
 FRAME_PARTS = ("cls_tower", "bbox_tower", "bbox_reg")
@@ -34,7 +34,7 @@ class OnnxModule(nn.Module):
 
 
 class _Head:
-    """What :func:`endofm.tasks.detect_stft.detect_video` calls of ``model.head``: the per-frame parts come
+    """What :func:`endofm.tasks.detect.stft_inference.detect_video` calls of ``model.head``: the per-frame parts come
     from the exported per-frame file already."""
 
     @staticmethod

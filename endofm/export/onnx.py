@@ -41,7 +41,7 @@ from endofm.errors import EndoFMError, ExportError, InputError
 from endofm.io import atomic_write
 from endofm.models import cpu_kernels
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.stft import LEVELS, STFTDetector
+from endofm.models.detection.stft import LEVELS, STFTDetector
 from endofm.tasks.base import LoadedFinetuned
 from endofm.tasks.results import json_safe
 

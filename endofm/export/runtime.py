@@ -32,7 +32,7 @@ POLYP_CLASSES = ("adenomatous", "hyperplastic")
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 POSTPROCESS = {"score_thresh": 0.05, "pre_nms_top_n": 1000, "nms_thresh": 0.6, "detections_per_img": 300,
                "bbox_std": (0.5, 0.5, 0.5, 0.5)}
-"""The original's STFT test settings (as :class:`endofm.models.stft_postprocess.PostprocessConfig`)."""
+"""The original's STFT test settings (as :class:`endofm.models.detection.stft_postprocess.PostprocessConfig`)."""
 
 
 def _ort() -> Any:
@@ -126,7 +126,7 @@ def stft_postprocess(outputs: Mapping[str, Sequence[np.ndarray]], image_size: tu
                      config: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """The key frame's detections from the exported head's outputs (per level ``cls_logits``,
     ``centerness``, ``stft_cls_logits``, ``stft_bbox_reg``, ``pre_bbox``): the original's post-processing
-    (:mod:`endofm.models.stft_postprocess`) in numpy. ``{"boxes" [N, 4] xyxy, "scores", "labels"
+    (:mod:`endofm.models.detection.stft_postprocess`) in numpy. ``{"boxes" [N, 4] xyxy, "scores", "labels"
     (1-based)}``."""
     cfg = {**POSTPROCESS, **(config or {})}
     all_boxes, all_scores, all_labels = [], [], []

@@ -112,7 +112,7 @@ def _strip(state: Mapping, prefix: str) -> dict:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def _strip_module(state: Mapping) -> dict:
+def strip_module(state: Mapping) -> dict:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
@@ -227,18 +227,18 @@ def split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, di
     if "teacher" in state or "student" in state:
         if which not in state:
             raise CheckpointError(f"{path}: pretraining checkpoint without a {which!r} entry")
-        net = _strip_module(state[which])
+        net = strip_module(state[which])
         return "pretrain", _strip(net, "backbone."), _strip(net, "head."), {}, state
     if which == "student":
         raise CheckpointError(f"{path}: which='student' needs a full pretraining checkpoint (teacher + student)")
     if "backbone_state_dict" in state:
-        classifier = _strip_module(state.get("state_dict", {}))
-        return "polypdiag", _strip_module(state["backbone_state_dict"]), {}, _strip(classifier, "linear."), state
+        classifier = strip_module(state.get("state_dict", {}))
+        return "polypdiag", strip_module(state["backbone_state_dict"]), {}, _strip(classifier, "linear."), state
     for wrapper in ("model", "state_dict", "teacher_backbone"):
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
             break
-    flat = _strip_module(state)
+    flat = strip_module(state)
     if any(key.startswith("backbone.") for key in flat):
         return "teacher_flat", _strip(flat, "backbone."), _strip(flat, "head."), {}, {}
     if _is_backbone_dict(flat):

@@ -16,7 +16,7 @@ from endofm.data.synthetic import POLYP_CLASSES
 from endofm.engine.distributed import resolve_device
 from endofm.errors import InputError
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.stft import STFTDetector
+from endofm.models.detection.stft import STFTDetector
 from endofm.stream.steps import (
     DEFAULT_SEGMENT_WINDOW,
     CausalPredictor,

@@ -11,7 +11,10 @@ from scipy.optimize import linear_sum_assignment
 
 from endofm.errors import CheckpointError, InputError
 from endofm.models.backbone import BackboneConfig
-from endofm.models.stft import HEAD_OUTPUTS, STFTConfig, STFTDetector, deform_conv, load_stft, to_input
+from endofm.models.detection.stft import HEAD_OUTPUTS, STFTConfig, STFTDetector, deform_conv
+from endofm.models.detection.stft_state import stft_from_state
+from endofm.models.detection.transform import STFT_INPUT, resize_frames
+from endofm.tasks.finetuned import load_finetuned
 
 STFT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official_downstream" / "stft"
 TINY = STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=64, num_frames=4), out_channels=32,
@@ -22,6 +25,11 @@ def _shared() -> Path:
     if not (STFT_DIR / "kumc.pth").exists():
         pytest.skip(f"STFT fixtures not found at {STFT_DIR} (../shared is absent)")
     return STFT_DIR
+
+
+def _input(frames: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
+    """Frames as the original feeds them: resized, BGR 0-255 minus the Caffe mean, ``[N, 3, size, size]``."""
+    return STFT_INPUT.normalize(resize_frames(frames, size)).transpose(0, 1)
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, relative: bool = False) -> float:
@@ -45,8 +53,8 @@ def _match_one_to_one(got: dict, expected: dict) -> None:
 @pytest.fixture(scope="module")
 def original():
     directory = _shared()
-    model, info = load_stft(directory / "kumc.pth", num_heads=4)
-    return model, info, torch.load(directory / "cases.pt", weights_only=True)
+    loaded = load_finetuned(directory / "kumc.pth", num_heads=4)
+    return loaded.model, loaded.metadata, torch.load(directory / "cases.pt", weights_only=True)
 
 
 def test_released_layout_loads_model_only(original):
@@ -60,7 +68,7 @@ def test_released_layout_loads_model_only(original):
 def test_matches_the_original_code(original, index):
     model, _, cases = original
     case = cases["cases"][index]
-    frames = to_input(cases["video_uint8_rgb"][[f - 1 for f in case["frame_ids"]]], size=96)
+    frames = _input(cases["video_uint8_rgb"][[f - 1 for f in case["frame_ids"]]], 96)
     assert torch.equal(frames, case["images"])  # the original's preprocessing of the same frames
     with torch.no_grad():
         features = model.frame_features(frames)
@@ -119,30 +127,27 @@ def test_checkpoint_round_trip_and_module_prefix(tmp_path):
     with torch.no_grad():
         expected = model.forward_frames(frames)["cls_logits"][0]
         for name in ("plain.pth", "ddp.pth"):
-            loaded, info = load_stft(tmp_path / name, num_heads=4)
-            assert info["iteration"] == 7
-            assert torch.equal(loaded.forward_frames(frames)["cls_logits"][0], expected)
+            loaded = load_finetuned(tmp_path / name, num_heads=4)
+            assert loaded.metadata["iteration"] == 7
+            assert torch.equal(loaded.model.forward_frames(frames)["cls_logits"][0], expected)
 
 
 def test_checkpoints_of_other_models_are_refused(tmp_path):
     from endofm.models.registry import build_model
 
-    torch.save({"model": build_model("endofm_vit_micro").state_dict()}, tmp_path / "vit.pth")
     with pytest.raises(CheckpointError, match="not an STFT detector"):
-        load_stft(tmp_path / "vit.pth")
-    from endofm.tasks.detect import build_detector
+        stft_from_state(build_model("endofm_vit_micro").state_dict(), where="vit.pth")
+    from endofm.models.detection.fcos import build_detector
 
     fcos = build_detector(build_model("endofm_vit_micro"), out_channels=32, head_convs=1)
-    torch.save({"model": fcos.state_dict()}, tmp_path / "fcos.pth")
     with pytest.raises(CheckpointError, match="not an STFT detector"):
-        load_stft(tmp_path / "fcos.pth")
+        stft_from_state(fcos.state_dict(), where="fcos.pth")
     model = _tiny_checkpoint(tmp_path / "tiny.pth")
     state = {k: v for k, v in model.state_dict().items() if k != "rpn.head.centerness.bias"}
-    torch.save({"model": state}, tmp_path / "missing.pth")
     with pytest.raises(CheckpointError, match=r"missing keys \['rpn.head.centerness.bias'\]"):
-        load_stft(tmp_path / "missing.pth", num_heads=4)
+        stft_from_state(state, num_heads=4)
     with pytest.raises(CheckpointError, match="num_heads=5 does not divide"):
-        load_stft(tmp_path / "tiny.pth", num_heads=5)
+        load_finetuned(tmp_path / "tiny.pth", num_heads=5)
 
 
 def test_bad_frames_are_refused_before_work(tmp_path):
@@ -151,8 +156,8 @@ def test_bad_frames_are_refused_before_work(tmp_path):
         with pytest.raises(InputError):
             model.forward_frames(bad)
     with pytest.raises(InputError, match="uint8 RGB"):
-        to_input(np.zeros((2, 8, 8, 3), dtype=np.float32))
-    resized = to_input(np.full((2, 30, 50, 3), (10, 20, 30), dtype=np.uint8), size=64)
+        resize_frames(np.zeros((2, 8, 8, 3), dtype=np.float32))
+    resized = _input(np.full((2, 30, 50, 3), (10, 20, 30), dtype=np.uint8), 64)
     assert resized.shape == (2, 3, 64, 64)
     assert torch.allclose(resized[:, :, 5, 5], torch.tensor([30 - 102.9801, 20 - 115.9465, 10 - 122.7717]))
 

@@ -18,16 +18,16 @@ from endofm.data.synthetic import render_video
 from endofm.errors import InputError, StreamError
 from endofm.models.backbone import BackboneConfig
 from endofm.models.classification import ClassifierNetwork
+from endofm.models.detection.stft import STFTConfig, STFTDetector
+from endofm.models.detection.transform import STFT_INPUT
 from endofm.models.heads import LinearClassifier
 from endofm.models.registry import build_model
 from endofm.models.segmentation import SegmentationDecoder, SegmentationNetwork
-from endofm.models.stft import STFTConfig, STFTDetector
 from endofm.stream import Stream, load_predictor, run_stream
 from endofm.stream.source import LiveFrames
 from endofm.stream.steps import STFT_REACH, past_positions
 from endofm.stream.torch_nets import embed_predictor, finetuned_predictor
 from endofm.tasks.base import LoadedFinetuned, preset_input
-from endofm.tasks.detect_stft import STFT_INPUT
 
 SIZE = 32
 

@@ -12,7 +12,8 @@ from PIL import Image
 from endofm.errors import CheckpointError, DatasetError, InputError, VideoError
 from endofm.models import build_model, save_pretrained
 from endofm.tasks.classify import ClassifyDataConfig, classify_datasets
-from endofm.tasks.detect import DetectDataConfig, detect_datasets
+from endofm.tasks.detect.config import DetectDataConfig
+from endofm.tasks.detect.data import detect_datasets
 from endofm.tasks.predict import predict_video
 from endofm.tasks.segment import SegmentDataConfig, segment_datasets
 

@@ -15,8 +15,9 @@ from endofm.cli.main import main
 from endofm.data.video import VideoReader
 from endofm.errors import CheckpointError
 from endofm.models.backbone import BackboneConfig
-from endofm.models.stft import STFTConfig, STFTDetector, to_input
-from endofm.tasks.detect_stft import STFT_INPUT, detect_video, draw_references, window_ids
+from endofm.models.detection.stft import STFTConfig, STFTDetector
+from endofm.models.detection.transform import STFT_INPUT, resize_frames
+from endofm.tasks.detect.stft_inference import detect_video, draw_references, window_ids
 
 STFT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official_downstream" / "stft"
 TINY = STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=64, num_frames=4), out_channels=32,
@@ -104,7 +105,7 @@ def test_video_path_matches_the_original(tmp_path):
 
     def read(ids: list[int]) -> torch.Tensor:
         read_count.extend(ids)
-        return to_input(reader.read([i - 1 for i in ids]), size=96)
+        return STFT_INPUT.normalize(resize_frames(reader.read([i - 1 for i in ids]), 96)).transpose(0, 1)
 
     results = detect_video(loaded.model, read, len(reader), seed=0)  # the fixture drew frame 1's references
     case = cases["cases"][0]                                         # with numpy seeded 0

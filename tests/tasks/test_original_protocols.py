@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from endofm.config import load_config
-from endofm.tasks.detect import DetectConfig
-from endofm.tasks.detect_stft import (
-    STFTRecipe,
-    clip_to_image,
-    detect_videos,
-    list_queue_windows,
-    original_optimizer,
-    window_ids,
-)
+from endofm.tasks.detect.config import DetectConfig
+from endofm.tasks.detect.stft_inference import clip_to_image, detect_videos, list_queue_windows, window_ids
+from endofm.tasks.detect.stft_train import STFTRecipe, original_optimizer
 
 
 def test_a_frame_without_boxes_skips_its_iteration_as_the_original():
@@ -54,7 +48,7 @@ def test_the_list_queue_is_built_once_and_never_reset():
 
 def test_detect_videos_runs_both_queues():
     from endofm.models.backbone import BackboneConfig
-    from endofm.models.stft import STFTConfig, STFTDetector
+    from endofm.models.detection.stft import STFTConfig, STFTDetector
 
     torch.manual_seed(0)
     model = STFTDetector(STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=32, num_frames=4),

@@ -21,13 +21,8 @@ from endofm.models.heads import DINOHead
 from endofm.models.registry import build_model
 from endofm.tasks.config import FinetuneModelConfig
 from endofm.tasks.detect import DetectConfig
-from endofm.tasks.detect_stft import (
-    IterationSchedule,
-    STFTRecipe,
-    STFTSizes,
-    build_stft_network,
-    original_optimizer,
-)
+from endofm.tasks.detect.config import IterationSchedule, STFTModelConfig
+from endofm.tasks.detect.stft_train import STFTRecipe, build_stft_network, original_optimizer
 
 TINY = ["--config", "detect_stft_cpu", "model.num_heads=2", "stft.size=64", "iterations.max_iter=4",
         "iterations.warmup_iters=3", "iterations.steps=[2]", "iterations.test_period=2", "run.progress=false"]
@@ -154,7 +149,7 @@ def test_body_starts_from_the_pretrained_checkpoint(micro_checkpoint: Path) -> N
     """Every tensor of the checkpoint's teacher backbone is in the STFT body; the training drop path is set."""
     teacher = load_checkpoint(micro_checkpoint, num_heads=2).backbone.state_dict()
     model = FinetuneModelConfig(init=str(micro_checkpoint), num_heads=2, drop_path_rate=0.1)
-    detector = build_stft_network(model, STFTSizes(out_channels=32, num_convs=1, size=64))
+    detector = build_stft_network(model, STFTModelConfig(out_channels=32, num_convs=1, size=64))
     body = detector.backbone.body.state_dict()
     for key, value in teacher.items():
         torch.testing.assert_close(body[key], value, rtol=0, atol=0)
@@ -162,7 +157,7 @@ def test_body_starts_from_the_pretrained_checkpoint(micro_checkpoint: Path) -> N
 
 
 def test_training_frames_without_boxes_are_left_out(tmp_path: Path) -> None:
-    from endofm.tasks.detect_stft import STFTTrainFrames
+    from endofm.tasks.detect.data import STFTTrainFrames
 
     root = write_kumc(tmp_path / "kumc", 3, seed=0, num_frames=16, size=32)  # 2 of 16 training frames empty
     every = STFTTrainFrames(root, "train", size=32)
@@ -176,8 +171,8 @@ def test_evaluate_detect_reads_released_kumc_and_its_converted_folder(kumc_root:
     """``endofm evaluate detect`` on a file in the released ``kumc.pth`` layout and on its converted folder:
     the metrics of the original's test path at the model's 640 x 640 input."""
     from endofm.models.backbone import BackboneConfig
-    from endofm.models.stft import STFTConfig, STFTDetector
-    from endofm.tasks.detect_stft import evaluate_stft
+    from endofm.models.detection.stft import STFTConfig, STFTDetector
+    from endofm.tasks.detect.stft_inference import evaluate_stft
 
     torch.manual_seed(0)
     config = STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=64, num_frames=4),

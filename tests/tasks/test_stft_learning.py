@@ -6,15 +6,12 @@ from __future__ import annotations
 import torch
 
 from endofm.data.synthetic import write_kumc
+from endofm.engine.schedules import warmup_multistep
 from endofm.models.backbone import BackboneConfig
-from endofm.models.stft import STFTConfig, STFTDetector
-from endofm.tasks.detect_stft import (
-    STFTTrainFrames,
-    evaluate_stft,
-    original_optimizer,
-    train_step,
-    warmup_multistep,
-)
+from endofm.models.detection.stft import STFTConfig, STFTDetector
+from endofm.tasks.detect.data import STFTTrainFrames
+from endofm.tasks.detect.stft_inference import evaluate_stft
+from endofm.tasks.detect.stft_train import original_optimizer, train_step
 
 
 def test_warmup_multistep_is_the_original_schedule():

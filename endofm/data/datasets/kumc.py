@@ -103,7 +103,7 @@ class KUMCDataset(Dataset):
         if self.require_boxes and len(boxes) == 0:
             raise DatasetError(f"{xml}: no object boxes, but this dataset requires boxes on every frame")
         indices = [min(max(k + off, 0), len(frames) - 1) for off in self.ref_offsets] + [k]
-        images = [_load_rgb(frames[i]) for i in indices]
+        images = [load_rgb(frames[i]) for i in indices]
         if images[-1].shape[:2] != (h, w):
             raise DatasetError(f"{xml}: annotated size {(h, w)} differs from frame size {images[-1].shape[:2]}")
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
@@ -118,7 +118,8 @@ class KUMCDataset(Dataset):
         }
 
 
-def _load_rgb(path: Path) -> np.ndarray:
+def load_rgb(path: Path) -> np.ndarray:
+    """A frame image as uint8 RGB ``[H, W, 3]``; a file PIL cannot read is a :class:`DatasetError`."""
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))

@@ -2,7 +2,7 @@
 
 The architecture of the original ``GeneralizedRCNNSTFT`` with the ``R-50-FPN-RETINANET`` backbone (which the
 original replaced by the Endo-FM ViT) and ``STFTFCOSHead``; state-dict keys are the original's, so the released
-``kumc.pth`` loads as it is (:func:`load_stft`):
+``kumc.pth`` loads as it is (:func:`~endofm.models.detection.stft_state.stft_from_state`):
 
 - ``backbone.body``: the Endo-FM ViT; the final-norm patch tokens of each frame, ``[T, E, H/16, W/16]``, give
   three maps: ``fpn2`` (a 2x2 transposed convolution, stride 8), the tokens (stride 16) and a 2x2 max-pool
@@ -18,34 +18,29 @@ original replaced by the Endo-FM ViT) and ``STFTFCOSHead``; state-dict keys are 
 
 At test time the original runs every frame through the ViT alone (a one-frame clip); in training the key
 frame and its references go through it together as one clip. Post-processing is in
-:mod:`endofm.models.stft_postprocess`, the training losses in :mod:`endofm.models.stft_loss`.
+:mod:`endofm.models.detection.stft_postprocess`, the training losses in :mod:`endofm.models.detection.stft_loss`,
+the preprocessing in :mod:`endofm.models.detection.transform`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
-from endofm.errors import CheckpointError, InputError
+from endofm.errors import InputError
 from endofm.models import cpu_kernels as kernels
 from endofm.models.backbone import BackboneConfig, EndoFMBackbone
-from endofm.models.stft_postprocess import PostprocessConfig, postprocess
+from endofm.models.detection.stft_postprocess import PostprocessConfig, postprocess
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
-CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
-"""The original's ``PIXEL_MEAN``: frames are BGR, 0-255, minus this mean (std 1)."""
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 HEAD_OUTPUTS = ("cls_logits", "bbox_reg", "centerness", "stft_cls_logits", "stft_bbox_reg")
 
@@ -325,7 +320,7 @@ class STFTDetector(nn.Module):
 
     Test-time use as the original: :meth:`frame_features` (every frame alone through the ViT, one-frame
     clips) then :meth:`detect` on the key frame's and its references' features; :meth:`forward_frames` does
-    both. Training (:mod:`endofm.models.stft_loss`) uses :meth:`clip_features` (frames as one clip).
+    both. Training (:mod:`endofm.models.detection.stft_loss`) uses :meth:`clip_features` (frames as one clip).
 
     Example:
         >>> import torch
@@ -392,140 +387,3 @@ class STFTDetector(nn.Module):
         ``centerness``, ``stft_cls_logits``, ``stft_bbox_reg`` (and ``pre_bbox``, ``locations``) of the key
         frame, and ``detections``: ``boxes [N, 4]`` xyxy in input pixels, ``scores``, ``labels`` (1-based)."""
         return self.detect(self.frame_features(frames), (frames.shape[-2], frames.shape[-1]))
-
-
-# --- the released checkpoint layout -------------------------------------------------------------------------
-
-REQUIRED_SUFFIXES = ("backbone.body.cls_token", "backbone.body.pos_embed", "backbone.fpn.fpn_inner4.weight",
-                     "rpn.head.cls_logits.weight", "rpn.head.dcn_cls_subnet.conv_offset.weight",
-                     "rpn.head.bbox_pred.weight")
-
-
-def is_stft_state(state: Mapping[str, Any]) -> bool:
-    """Whether a state dict (or a ``{"model": ...}`` checkpoint) holds an STFT detector's keys."""
-    model = state.get("model", state)
-    if not isinstance(model, Mapping):
-        return False
-    keys = [str(k) for k in model]
-    return all(any(k.endswith(suffix) for k in keys) for suffix in REQUIRED_SUFFIXES)
-
-
-def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The original loader's rule: remove ``module.`` only if every key has it."""
-    if state and all(key.startswith("module.") for key in state):
-        return {key[len("module."):]: value for key, value in state.items()}
-    return dict(state)
-
-
-def infer_stft_config(state: Mapping[str, torch.Tensor], num_heads: int | None = None) -> STFTConfig:
-    """Sizes of an STFT state dict (original key names), read off its tensor shapes; the head count
-    defaults to ``embed_dim // 64``."""
-    from endofm.models.checkpoint import infer_backbone_config
-
-    body = {k[len("backbone.body."):]: v for k, v in state.items() if k.startswith("backbone.body.")}
-    try:
-        backbone = infer_backbone_config(body, num_heads)
-    except CheckpointError as error:
-        raise CheckpointError(f"the STFT body is not an Endo-FM ViT: {error}") from error
-    towers = {int(m.group(1)) for k in state if (m := re.match(r"rpn\.head\.cls_tower\.(\d+)\.weight$", k))}
-    offset = state["rpn.head.dcn_cls_subnet.conv_offset.weight"]
-    kernel = state["rpn.head.dcn_cls_subnet.conv_adaption.weight"].shape[-1]
-    return STFTConfig(backbone=dataclasses.replace(backbone, drop_path_rate=0.0),
-                      out_channels=state["backbone.fpn.fpn_inner4.weight"].shape[0],
-                      num_convs=len(towers) // 2 if towers else 0,
-                      num_classes=state["rpn.head.cls_logits.weight"].shape[0],
-                      deformable_groups=offset.shape[0] // (2 * kernel * kernel))
-
-
-def match_suffixes(model_keys: Sequence[str], loaded: Mapping[str, torch.Tensor]) -> tuple[dict, list, list]:
-    """The original loader's key matching: each model key takes the longest loaded key that is a suffix of
-    it. Returns (matched state, model keys without a match, loaded keys that matched nothing)."""
-    matched: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    missing = []
-    for key in model_keys:
-        candidates = [name for name in loaded if key.endswith(name)]
-        if not candidates:
-            missing.append(key)
-            continue
-        best = max(candidates, key=len)
-        matched[key] = loaded[best]
-        used.add(best)
-    return matched, missing, sorted(set(loaded) - used)
-
-
-def stft_from_state(state: Mapping[str, torch.Tensor], num_heads: int | None = None,
-                    where: str = "state dict") -> STFTDetector:
-    """An :class:`STFTDetector` (eval mode) from an original-layout state dict, strictly loaded: a key the
-    model has and the file lacks, a key nothing reads, or a shape that differs is an error naming it."""
-    state = _strip_module(state)
-    canonical = {}
-    for suffix in REQUIRED_SUFFIXES:
-        if not any(k.endswith(suffix) for k in state):
-            raise CheckpointError(f"{where}: not an STFT detector checkpoint (no key ending in {suffix!r})")
-    # Build with the canonical names the original model has, then match as the original loader does.
-    for key in state:
-        cut = key.find("backbone.")
-        cut = key.find("rpn.head.") if cut < 0 else cut
-        canonical[key[cut:] if cut >= 0 else key] = state[key]
-    try:
-        model = STFTDetector(infer_stft_config(canonical, num_heads))
-    except (KeyError, InputError) as error:
-        raise CheckpointError(f"{where}: cannot read the STFT sizes ({error})") from error
-    own = model.state_dict()
-    matched, missing, unused = match_suffixes(list(own), state)
-    wrong = [f"{k}: {tuple(matched[k].shape)} vs {tuple(own[k].shape)}" for k in matched
-             if matched[k].shape != own[k].shape]
-    if missing or unused or wrong:
-        parts = [f"missing keys {missing}"] if missing else []
-        parts += [f"unexpected keys {unused}"] if unused else []
-        parts += ["shape mismatch " + ", ".join(wrong)] if wrong else []
-        raise CheckpointError(f"{where}: the STFT detector does not fit: " + "; ".join(parts))
-    model.load_state_dict(matched, strict=True)
-    return model.eval()
-
-
-def load_stft(path: str | os.PathLike, num_heads: int | None = None) -> tuple[STFTDetector, dict[str, Any]]:
-    """The detector of an original STFT checkpoint (``{"model", "optimizer", "scheduler", "iteration"}``, as
-    the released ``kumc.pth``; only ``model`` is read) or of a bare state dict, plus what else it records."""
-    from endofm.models.checkpoint import read_state
-
-    raw = read_state(path)
-    state = raw["model"] if isinstance(raw.get("model"), Mapping) else raw
-    if not is_stft_state(state):
-        sample = sorted(str(k) for k in state)[:6]
-        raise CheckpointError(f"{path}: not an STFT detector checkpoint (keys start {sample}; expected "
-                              "backbone.body.*, backbone.fpn.*, rpn.head.*)")
-    model = stft_from_state(state, num_heads, str(path))
-    info = {"layout": "stft", "iteration": raw.get("iteration") if isinstance(raw.get("iteration"), int) else None,
-            "ignored": sorted(k for k in raw if k != "model") if state is not raw else []}
-    return model, info
-
-
-def resize_frames(frames: torch.Tensor | np.ndarray, size: int | tuple[int, int] = 640) -> torch.Tensor:
-    """uint8 RGB frames ``[N, H, W, 3]`` or ``[N, 3, H, W]`` -> uint8 ``[N, 3, h, w]`` at ``size`` (a square by
-    default, aspect ratio not kept), PIL bilinear as the original's ``Resize``."""
-    array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    if array.ndim != 4 or array.dtype != np.uint8 or 3 not in (array.shape[1], array.shape[-1]):
-        raise InputError(f"expected uint8 RGB frames [N, H, W, 3], got {array.dtype} {array.shape}")
-    if array.shape[-1] != 3:
-        array = array.transpose(0, 2, 3, 1)
-    height, width = (size, size) if isinstance(size, int) else size
-    resized = [np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
-               if frame.shape[:2] != (height, width) else frame for frame in array]
-    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
-
-
-def to_input(frames: torch.Tensor | np.ndarray, size: int | tuple[int, int] = 640) -> torch.Tensor:
-    """Frames as the original feeds them: :func:`resize_frames`, then ``[0, 1]``, channels reversed to BGR,
-    times 255, minus :data:`CAFFE_MEAN_BGR`: float32 ``[N, 3, h, w]``."""
-    x = resize_frames(frames, size).float() / 255.0
-    return x.flip(1) * 255.0 - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
-
-
-def input_spec() -> dict[str, Any]:
-    """What the released detector expects: 640x640 BGR 0-255 frames minus the Caffe mean (std 1)."""
-    return {"size": [640, 640], "channel_order": "BGR", "scale": 255.0, "mean": list(CAFFE_MEAN_BGR),
-            "std": [1.0, 1.0, 1.0], "resize": "PIL bilinear to a square (aspect ratio not kept)"}
-
-
