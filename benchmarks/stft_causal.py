@@ -18,7 +18,7 @@ from endofm.config import load_config
 from endofm.data.synthetic import write_kumc
 from endofm.tasks.detect import DetectConfig, finetune_detect
 from endofm.tasks.detect_stft import evaluate_stft
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
 
 METRICS = ("map_50", "map_50_class_agnostic", "box_f1", "frame_f1_original")
 

@@ -34,9 +34,9 @@ _LAZY = {
                      "model_spec", "save_pretrained"), "endofm.models"),
     "VideoEmbedding": "endofm.tasks.embed",
     "embed_video": "endofm.tasks.embed",
-    "LoadedFinetuned": "endofm.tasks.finetuned",
-    "load_finetuned": "endofm.tasks.finetuned",
-    "save_finetuned": "endofm.tasks.finetuned",
+    "LoadedFinetuned": "endofm.tasks.loading",
+    "load_finetuned": "endofm.tasks.loading",
+    "save_finetuned": "endofm.tasks.loading",
     "export_onnx": "endofm.export.onnx",
 }
 """The public names that need PyTorch, imported on first use: ``import endofm`` alone imports no PyTorch, so

@@ -57,7 +57,7 @@ def _frozen(args: argparse.Namespace) -> int:
 def _task(args: argparse.Namespace) -> int:
     from endofm.errors import InputError
     from endofm.io import atomic_write_text, claim_output
-    from endofm.tasks.finetuned import evaluate_finetuned, load_finetuned
+    from endofm.tasks.loading import evaluate_finetuned, load_finetuned
     from endofm.tasks.registry import TASKS
     from endofm.tasks.results import json_safe, print_table
 

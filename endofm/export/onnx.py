@@ -301,7 +301,7 @@ def export_onnx(model: str | os.PathLike | LoadedFinetuned | EndoFMBackbone, out
                         else load_checkpoint(model, num_heads=num_heads).backbone)
             written = export_backbone(backbone.eval(), out, backbone_spec(backbone), source, opset)
         else:
-            from endofm.tasks.finetuned import load_finetuned
+            from endofm.tasks.loading import load_finetuned
 
             written = export_finetuned(load_finetuned(model, num_heads), out, opset)
     except EndoFMError:

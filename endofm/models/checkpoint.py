@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -112,7 +113,21 @@ def _strip(state: Mapping, prefix: str) -> dict:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def _strip_module(state: Mapping) -> dict:
+def strip_module(state: Mapping, only_if_all: bool = False) -> dict:
+    """``state`` without the ``module.`` prefix that ``DataParallel``/``DistributedDataParallel`` put on keys.
+
+    By default every key that has it loses it (the original pretraining and classification loaders); with
+    ``only_if_all`` the prefix is removed only when every key has it, else the keys stay as they are (the
+    original detection and segmentation loaders, maskrcnn-benchmark's ``strip_prefix_if_present``).
+
+    Example:
+        >>> strip_module({"module.a": 1, "b": 2})
+        {'a': 1, 'b': 2}
+        >>> strip_module({"module.a": 1, "b": 2}, only_if_all=True)
+        {'module.a': 1, 'b': 2}
+    """
+    if only_if_all and not (state and all(str(key).startswith("module.") for key in state)):
+        return dict(state)
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
@@ -179,7 +194,9 @@ def infer_dino_head(state: Mapping[str, torch.Tensor]) -> DINOHead:
     )
 
 
-def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, path: str) -> None:
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, path: str) -> None:
+    """Load ``state`` into ``module`` strictly: missing, unexpected and misshapen keys are one
+    :class:`CheckpointError` naming them, ``what`` (the part) and ``path`` (the file)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -216,7 +233,7 @@ def _stored_num_heads(state: Mapping) -> int | None:
     return model.get("num_heads") or (arch.num_heads if arch else None)
 
 
-def _split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, dict, dict, dict]:
+def split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, dict, dict, dict]:
     """(layout, backbone dict, head dict, classifier dict, extras) of an original-layout checkpoint."""
     if which not in ("teacher", "student"):
         raise InputError(f"which must be 'teacher' or 'student', got {which!r}")
@@ -225,18 +242,18 @@ def _split_original(state: Mapping, path: str, which: str) -> tuple[str, dict, d
     if "teacher" in state or "student" in state:
         if which not in state:
             raise CheckpointError(f"{path}: pretraining checkpoint without a {which!r} entry")
-        net = _strip_module(state[which])
+        net = strip_module(state[which])
         return "pretrain", _strip(net, "backbone."), _strip(net, "head."), {}, state
     if which == "student":
         raise CheckpointError(f"{path}: which='student' needs a full pretraining checkpoint (teacher + student)")
     if "backbone_state_dict" in state:
-        classifier = _strip_module(state.get("state_dict", {}))
-        return "polypdiag", _strip_module(state["backbone_state_dict"]), {}, _strip(classifier, "linear."), state
+        classifier = strip_module(state.get("state_dict", {}))
+        return "polypdiag", strip_module(state["backbone_state_dict"]), {}, _strip(classifier, "linear."), state
     for wrapper in ("model", "state_dict", "teacher_backbone"):
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
             break
-    flat = _strip_module(state)
+    flat = strip_module(state)
     if any(key.startswith("backbone.") for key in flat):
         return "teacher_flat", _strip(flat, "backbone."), _strip(flat, "head."), {}, {}
     if _is_backbone_dict(flat):
@@ -272,21 +289,21 @@ def load_checkpoint(
     if num_heads is not None and num_heads < 1:
         raise InputError(f"num_heads must be at least 1, got {num_heads}")
     if path.is_dir() and (path / CONFIG_FILE).exists():
-        return _load_pretrained_dir(path, num_heads)
+        return load_backbone_folder(path, read_header(path), num_heads)
     state = read_state(path)
     _refuse_finetuned_model(state, path)
-    layout, backbone_state, head_state, classifier_state, extras = _split_original(state, str(path), which)
+    layout, backbone_state, head_state, classifier_state, extras = split_original(state, str(path), which)
     if layout == "training":
         num_heads = num_heads or _stored_num_heads(state)
     ignored = [key for key in IGNORED_BACKBONE_KEYS if key in backbone_state]
     for key in ignored:
         backbone_state.pop(key)
     backbone = EndoFMBackbone(infer_backbone_config(backbone_state, num_heads))
-    _load_strict(backbone, backbone_state, "backbone", str(path))
+    load_strict(backbone, backbone_state, "backbone", str(path))
     dino_head = None
     if head_state:
         dino_head = infer_dino_head(head_state)
-        _load_strict(dino_head, head_state, "DINO head", str(path))
+        load_strict(dino_head, head_state, "DINO head", str(path))
         dino_head.eval()
     classifier = None
     if classifier_state:
@@ -294,7 +311,7 @@ def load_checkpoint(
         if weight is None or weight.ndim != 2:
             raise CheckpointError(f"{path}: classifier state without a 2-D linear.weight")
         classifier = LinearClassifier(weight.shape[1], weight.shape[0])
-        _load_strict(classifier.linear, classifier_state, "classifier", str(path))
+        load_strict(classifier.linear, classifier_state, "classifier", str(path))
         classifier.eval()
     epoch = extras.get("epoch")
     info = CheckpointInfo(
@@ -350,39 +367,53 @@ def _refuse_finetuned_model(state: Mapping, path: Path) -> None:
                     f"with endofm.load_finetuned, endofm predict or endofm evaluate {task.name}")
 
 
-def _load_pretrained_dir(directory: Path, num_heads: int | None = None) -> LoadedCheckpoint:
+def read_header(directory: str | os.PathLike) -> dict[str, Any]:
+    """A model folder's ``config.json``, parsed and checked once: the folder's header (``format``, ``version``,
+    ``backbone`` or ``model`` with its sizes, ``metadata`` with ``task``, ``input`` and ``data``) that every
+    folder reader takes, so a folder's file is read once however many readers it passes through."""
+    path = Path(directory) / CONFIG_FILE
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: not valid JSON ({error})") from error
-    if config.get("format") == FORMAT_NAME and "backbone" not in config and config.get("model"):
-        raise CheckpointError(f"{directory}: a fine-tuned {config['model']} model, not a backbone checkpoint; "
-                              "read it with endofm.load_finetuned (or endofm predict / evaluate)")
-    if config.get("format") != FORMAT_NAME or "backbone" not in config:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: not an endofm model config")
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not an endofm model config")
     if config.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{directory}: format version {config['version']} is newer than this endofm")
+    return config
+
+
+def load_backbone_folder(directory: str | os.PathLike, header: Mapping[str, Any],
+                         num_heads: int | None = None) -> LoadedCheckpoint:
+    """A folder of the package's format (:func:`save_pretrained`) whose header (:func:`read_header`) is
+    ``header``: its backbone and heads, strictly loaded."""
+    directory = Path(directory)
+    if "backbone" not in header:
+        if header.get("model"):
+            raise CheckpointError(f"{directory}: a fine-tuned {header['model']} model, not a backbone checkpoint; "
+                                  "read it with endofm.load_finetuned (or endofm predict / evaluate)")
+        raise CheckpointError(f"{directory / CONFIG_FILE}: not an endofm model config")
     state = read_state(directory / WEIGHTS_FILE) if (directory / WEIGHTS_FILE).exists() else None
     if state is None:
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
     try:
-        backbone = EndoFMBackbone(BackboneConfig.from_dict(config["backbone"]))
+        backbone = EndoFMBackbone(BackboneConfig.from_dict(header["backbone"]))
     except InputError as error:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {error}") from error
     if num_heads is not None and num_heads != backbone.config.num_heads:
         raise InputError(f"num_heads={num_heads} (--num-heads) differs from the {backbone.config.num_heads} heads "
                          f"{directory / CONFIG_FILE} stores; leave it out for a folder")
-    _load_strict(backbone, _strip(state, "backbone."), "backbone", str(directory))
+    load_strict(backbone, _strip(state, "backbone."), "backbone", str(directory))
     dino_head = classifier = None
-    if config.get("dino_head"):
-        dino_head = DINOHead(**config["dino_head"])
-        _load_strict(dino_head, _strip(state, "head."), "DINO head", str(directory))
+    if header.get("dino_head"):
+        dino_head = DINOHead(**header["dino_head"])
+        load_strict(dino_head, _strip(state, "head."), "DINO head", str(directory))
         dino_head.eval()
-    if config.get("classifier"):
-        classifier = LinearClassifier(**config["classifier"])
-        _load_strict(classifier, _strip(state, "classifier."), "classifier", str(directory))
+    if header.get("classifier"):
+        classifier = LinearClassifier(**header["classifier"])
+        load_strict(classifier, _strip(state, "classifier."), "classifier", str(directory))
         classifier.eval()
-    info = CheckpointInfo(path=str(directory), layout="endofm", args=config.get("metadata") or None)
+    info = CheckpointInfo(path=str(directory), layout="endofm", args=header.get("metadata") or None)
     return LoadedCheckpoint(backbone.eval(), dino_head, classifier, info)
 
 

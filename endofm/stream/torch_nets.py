@@ -118,6 +118,6 @@ def load_predictor(checkpoint: str | os.PathLike, device: str = "cpu", embed: bo
         refuse_options("embed", options.pop("window", None), options.pop("seed", None),
                        options.pop("score_threshold", None))
         return embed_predictor(backbone, device, window)
-    from endofm.tasks.finetuned import load_finetuned
+    from endofm.tasks.loading import load_finetuned
 
     return finetuned_predictor(load_finetuned(checkpoint, num_heads), device, **options)

@@ -22,7 +22,7 @@ from endofm.data.video import write_video
 from endofm.errors import ConfigError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.tasks.detect_stft import evaluate_loaded_stft
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
 from endofm.tasks.results import json_safe
 
 DRIVER = Path(__file__).with_name("ddp_driver.py")

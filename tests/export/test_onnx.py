@@ -22,7 +22,7 @@ from endofm.export.onnx import export_onnx  # noqa: E402
 from endofm.export.runtime import load_exported, onnx_predictor, stft_postprocess  # noqa: E402
 from endofm.models.inputs import InputSpec  # noqa: E402
 from endofm.tasks.base import LoadedFinetuned  # noqa: E402
-from endofm.tasks.finetuned import load_finetuned  # noqa: E402
+from endofm.tasks.loading import load_finetuned  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 PARITY, DOWNSTREAM = SHARED / "official_parity", SHARED / "official_downstream"

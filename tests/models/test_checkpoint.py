@@ -80,7 +80,7 @@ def test_flat_teacher_polypdiag_and_bare_backbone(tmp_path, nets):
         assert _same_outputs(ckpt.backbone, teacher)
     with pytest.raises(CheckpointError, match="student"):
         load_checkpoint(flat, num_heads=2, which="student")
-    from endofm.tasks.finetuned import load_finetuned
+    from endofm.tasks.loading import load_finetuned
 
     spec = load_finetuned(finetuned, num_heads=2).input  # the clip size the file's embeddings store
     assert (spec.frames, spec.size) == (teacher.config.num_frames, teacher.config.img_size) == (4, (64, 64))

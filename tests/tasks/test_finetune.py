@@ -235,8 +235,8 @@ def test_a_mean_pooled_classifier_keeps_its_pooling_when_saved_and_read_back(tmp
     from endofm.models import build_model
     from endofm.models.heads import LinearClassifier
     from endofm.tasks.classify import ClassifierNetwork, ClassifyConfig
-    from endofm.tasks.finetuned import read_finetuned
-    from endofm.tasks.folder import save_finetuned
+    from endofm.tasks.loading import read_finetuned
+    from endofm.tasks.folder import save_task_folder
 
     torch.manual_seed(0)
     backbone = build_model("endofm_vit_micro").eval()
@@ -246,7 +246,7 @@ def test_a_mean_pooled_classifier_keeps_its_pooling_when_saved_and_read_back(tmp
     with torch.no_grad():
         expected = head(backbone.forward_tokens(video)[1].mean(dim=(1, 2, 3)))
         from_cls = head(backbone(video))
-    model = read_finetuned(save_finetuned(tmp_path / "model", "classify", backbone, head, head.config,
+    model = read_finetuned(save_task_folder(tmp_path / "model", "classify", backbone, head, head.config,
                                           {"num_frames": 4, "size": 32}))
     assert model.head.pool == "mean"
     with torch.no_grad():
