@@ -168,7 +168,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="clip length in frames (default: whole video)")
     embed.add_argument("--stride", type=positive_int, default=None,
                        help="step between clips in frames (default: window; needs --window)")
-    embed.add_argument("--normalization", default="imagenet", help="normalisation preset (default: imagenet)")
+    embed.add_argument("--normalization", default=None,
+                       help="normalisation preset (default: the model's mean and std, ImageNet's for a backbone)")
     embed.add_argument("--batch-size", type=positive_int, default=8, help="clips per forward pass")
     embed.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda:0")
     embed.add_argument("--int8", action="store_true",

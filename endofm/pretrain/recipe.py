@@ -33,6 +33,7 @@ from endofm.pretrain.ema import update_ema
 from endofm.pretrain.loss import DINOLoss, KoLeoLoss
 from endofm.pretrain.schedules import teacher_temperature_schedule
 
+
 class MultiViewNetwork(nn.Module):
     """Backbone on each group of equally shaped views, then the head on all their CLS embeddings.
 

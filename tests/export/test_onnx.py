@@ -23,9 +23,9 @@ from endofm.export.runtime import load_exported, onnx_predictor, stft_postproces
 from endofm.models.inputs import InputSpec  # noqa: E402
 from endofm.tasks.base import LoadedFinetuned  # noqa: E402
 from endofm.tasks.loading import load_finetuned  # noqa: E402
+from tests.conftest import DOWNSTREAM_DIR as DOWNSTREAM  # noqa: E402
+from tests.conftest import PARITY_DIR as PARITY  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-PARITY, DOWNSTREAM = SHARED / "official_parity", SHARED / "official_downstream"
 TOLERANCE = 1e-4
 HIDE_TORCH = """
 import sys

@@ -10,8 +10,7 @@ import torch
 
 import endofm
 from endofm.models.transunet import TransUNet, TransUNetConfig, save_transunet
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.conftest import SHARED_FIXTURES
 
 
 def _same(a: endofm.LoadedFinetuned, b: endofm.LoadedFinetuned, clip: torch.Tensor) -> None:
@@ -36,9 +35,9 @@ def test_a_transunet_folder_round_trips(tmp_path: Path) -> None:
     ("official_parity/official_polypdiag_checkpoint.pth", 4, (1, 3, 2, 32, 32)),
 ])
 def test_released_models_round_trip(tmp_path: Path, path: str, heads: int, clip: tuple[int, ...]) -> None:
-    if not (SHARED / path).is_file():
-        pytest.skip(f"{SHARED / path} not found (../shared is absent)")
-    released = endofm.load_finetuned(SHARED / path, num_heads=heads)
+    if not (SHARED_FIXTURES / path).is_file():
+        pytest.skip(f"{SHARED_FIXTURES / path} not found (../shared is absent)")
+    released = endofm.load_finetuned(SHARED_FIXTURES / path, num_heads=heads)
     folder = endofm.save_finetuned(tmp_path / "model", released)
     _same(released, endofm.load_finetuned(folder), torch.randn(*clip))
     copied = endofm.save_finetuned(tmp_path / "copy", endofm.load_finetuned(folder))
@@ -46,7 +45,7 @@ def test_released_models_round_trip(tmp_path: Path, path: str, heads: int, clip:
 
 
 def test_the_released_detector_round_trips(tmp_path: Path) -> None:
-    path = SHARED / "official_downstream" / "stft" / "kumc.pth"
+    path = SHARED_FIXTURES / "official_downstream" / "stft" / "kumc.pth"
     if not path.is_file():
         pytest.skip(f"{path} not found (../shared is absent)")
     released = endofm.load_finetuned(path, num_heads=4)
