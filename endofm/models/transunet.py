@@ -40,7 +40,7 @@ from torch import nn
 from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, _load_strict
+from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load_strict
 from endofm.models.layers import DividedSpaceTimeBlock
 
 GRID = 14
@@ -416,5 +416,5 @@ def load_transunet_state(state: Mapping[str, torch.Tensor], config: TransUNetCon
     """A TransUNet of ``config`` with ``state`` loaded strictly (errors name ``where`` and the keys), in eval
     mode."""
     model = TransUNet(config)
-    _load_strict(model, state, "TransUNet", where)
+    load_strict(model, state, "TransUNet", where)
     return model.eval()

@@ -38,9 +38,9 @@ from endofm.models.backbone import POOLS, EndoFMBackbone
 from endofm.models.checkpoint import (
     IGNORED_BACKBONE_KEYS,
     LoadedCheckpoint,
-    _load_strict,
-    _split_original,
     infer_backbone_config,
+    load_strict,
+    split_original,
 )
 from endofm.models.heads import LinearClassifier
 from endofm.models.inputs import InputSpec
@@ -288,16 +288,16 @@ def original_data(backbone: EndoFMBackbone) -> dict[str, Any]:
 
 def _load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
     """The released PolypDiag classifier (``backbone_state_dict`` + ``state_dict`` with ``linear.*``)."""
-    _, backbone_state, _, classifier_state, _ = _split_original(state, str(path), "teacher")
+    _, backbone_state, _, classifier_state, _ = split_original(state, str(path), "teacher")
     for key in IGNORED_BACKBONE_KEYS:
         backbone_state.pop(key, None)
     backbone = EndoFMBackbone(infer_backbone_config(backbone_state, num_heads))
-    _load_strict(backbone, backbone_state, "backbone", str(path))
+    load_strict(backbone, backbone_state, "backbone", str(path))
     weight = classifier_state.get("weight")
     if weight is None or weight.ndim != 2:
         raise CheckpointError(f"{path}: state_dict holds no 2-D linear.weight (the PolypDiag classifier)")
     head = LinearClassifier(weight.shape[1], weight.shape[0])
-    _load_strict(head.linear, classifier_state, "classifier", str(path))
+    load_strict(head.linear, classifier_state, "classifier", str(path))
     data = original_data(backbone)
     return LoadedFinetuned("classify", ClassifierNetwork(backbone, head).eval(), input_spec(data), str(path),
                            "polypdiag", {"source": "original fine-tuned PolypDiag classifier", "data": data})
