@@ -27,6 +27,14 @@ ARCHITECTURE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_rat
 """The fields a pretrained file must share with the model asked for (sizes of embeddings adapt to any input)."""
 
 
+class ArchitectureError(CheckpointError):
+    """A checkpoint of another architecture than the one asked for; ``differences`` names each field."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
 def load_pretrained(pretrained: str | os.PathLike, name: str | None = None, num_heads: int | None = None,
                     **overrides: object) -> LoadedCheckpoint:
     """The checkpoint ``pretrained`` with its backbone rebuilt as asked, and its heads as stored.
@@ -35,7 +43,7 @@ def load_pretrained(pretrained: str | os.PathLike, name: str | None = None, num_
         pretrained: any checkpoint :func:`~endofm.models.checkpoint.load_checkpoint` reads, or
             ``hf-hub:org/name[@revision]`` (:mod:`endofm.models.hub`).
         name: the named architecture the file must have (:data:`ARCHITECTURE_FIELDS`; a
-            :class:`CheckpointError` names the fields that differ); ``None``: the file's own.
+            :class:`ArchitectureError` names the fields that differ); ``None``: the file's own.
         num_heads: the file's head count when it does not store it (shapes do not tell it); default the named
             architecture's, else ``embed_dim // 64``.
         overrides: fields of :class:`~endofm.models.backbone.BackboneConfig` to change, e.g.
@@ -54,8 +62,8 @@ def load_pretrained(pretrained: str | os.PathLike, name: str | None = None, num_
     differ = [f"{f} {getattr(stored, f)} (not {getattr(wanted, f)})" for f in ARCHITECTURE_FIELDS
               if getattr(stored, f) != getattr(wanted, f)]
     if differ:
-        raise CheckpointError(f"{pretrained}: not a {name or 'checkpoint of the sizes asked for'} checkpoint: "
-                              f"{', '.join(differ)}")
+        raise ArchitectureError(f"{pretrained}: not a {name or 'checkpoint of the sizes asked for'} checkpoint: "
+                                f"{', '.join(differ)}", differ)
     sizes = {key: getattr(stored, key) for key in ("img_size", "num_frames") if key not in overrides}
     backbone = EndoFMBackbone(dataclasses.replace(wanted, **sizes))
     state = loaded.backbone.state_dict()

@@ -24,7 +24,7 @@ from endofm.engine.trainer import LossPart, Recipe, Trainer
 from endofm.errors import ConfigError, DatasetError
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import LoadedCheckpoint, export_original, save_pretrained
-from endofm.models.factory import load_pretrained
+from endofm.models.factory import ArchitectureError, load_pretrained
 from endofm.models.heads import DINOHead
 from endofm.models.registry import build_model
 from endofm.models.streams import current_keys, derive, keyed_rows
@@ -85,7 +85,11 @@ def load_init(model: ModelConfig) -> LoadedCheckpoint | None:
                  if path.name == KINETICS_WEIGHTS else "")
         raise ConfigError(f"model.init {path} does not exist.{where} Give the file's path as model.init=PATH, or "
                           "model.init=null to start from random weights.")
-    return load_pretrained(path, model.arch, model.num_heads, drop_path_rate=model.drop_path_rate)
+    try:
+        return load_pretrained(path, model.arch, model.num_heads, drop_path_rate=model.drop_path_rate)
+    except ArchitectureError as error:
+        raise ConfigError(f"model.init {model.init} does not fit model.arch={model.arch}: "
+                          + ", ".join(error.differences)) from error
 
 
 def build_head(model: ModelConfig, embed_dim: int, source: LoadedCheckpoint | None) -> DINOHead:
