@@ -6,9 +6,9 @@ The public API, in a few lines::
 
     model = endofm.create_model("endofm_vit_base", pretrained="endo_fm.pth")  # or a folder, or hf-hub:org/name
     model.input_spec                                       # size, frames, mean/std the model expects
-    ckpt = endofm.load_checkpoint("endo_fm.pth")          # any original layout, or an endofm folder
-    video_embedding = endofm.embed_video("case.mp4", ckpt.backbone, window=32, stride=16)
-    model = endofm.build_model("endofm_vit_base")          # random weights, released architecture
+    video_embedding = endofm.embed_video("case.mp4", model, window=32, stride=16)  # with model.input_spec
+    ckpt = endofm.load_checkpoint("endo_fm.pth")          # any original layout, or an endofm folder: all its parts
+    model = endofm.build_model("endofm_vit_base")          # the bare architecture, random weights (training's start)
     cls = model(clips)                                     # clips [B, 3, T, H, W] -> [B, 768]
     cls, patches = model.forward_tokens(clips)             # patches [B, T, h, w, 768]
     pooled = model.forward_pooled(clips, "max")            # or "mean": over the patch tokens -> [B, 768]

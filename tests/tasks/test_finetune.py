@@ -234,8 +234,8 @@ def test_a_mean_pooled_classifier_keeps_its_pooling_when_saved_and_read_back(tmp
     from endofm.models import build_model
     from endofm.models.heads import LinearClassifier
     from endofm.tasks.classify import ClassifierNetwork, ClassifyConfig
-    from endofm.tasks.loading import read_finetuned
     from endofm.tasks.folder import save_task_folder
+    from endofm.tasks.loading import read_finetuned
 
     torch.manual_seed(0)
     backbone = build_model("endofm_vit_micro").eval()
