@@ -59,6 +59,11 @@ def test_a_file_of_another_architecture_is_refused_naming_what_differs(tmp_path)
     export_original(tmp_path / "mini.pth", build_model("endofm_vit_mini"))
     with pytest.raises(CheckpointError, match=r"mini\.pth: not a endofm_vit_micro checkpoint: embed_dim 192"):
         create_model("endofm_vit_micro", pretrained=tmp_path / "mini.pth")
+    mini = create_model(None, pretrained=tmp_path / "mini.pth", drop_path_rate=0.2)  # the file's own architecture
+    assert mini.config.embed_dim == 192 and mini.config.drop_path_rate == 0.2
+    assert mini.input_spec.size == (64, 64) and mini.input_spec.frames == 8
+    with pytest.raises(InputError, match="give pretrained"):
+        create_model(None)
 
 
 def _hub_cache(cache, repo: str, folder, revision: str = "main") -> None:
