@@ -195,8 +195,8 @@ def infer_dino_head(state: Mapping[str, torch.Tensor]) -> DINOHead:
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, path: str) -> None:
-    """Load ``state`` into ``module`` strictly: missing, unexpected and misshapen keys are one
-    :class:`CheckpointError` naming them, ``what`` (the part) and ``path`` (the file)."""
+    """Load ``state`` into ``module`` exactly, or raise a :class:`CheckpointError` naming ``path``, the ``what``
+    (e.g. ``"backbone"``) and every missing, unexpected or misshapen key."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
