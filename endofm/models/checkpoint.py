@@ -383,21 +383,21 @@ def read_header(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_backbone_folder(directory: str | os.PathLike, header: Mapping[str, Any],
+def load_backbone_folder(directory: str | os.PathLike, config: Mapping[str, Any],
                          num_heads: int | None = None) -> LoadedCheckpoint:
-    """A folder of the package's format (:func:`save_pretrained`) whose header (:func:`read_header`) is
-    ``header``: its backbone and heads, strictly loaded."""
+    """A folder of the package's format (:func:`save_pretrained`) whose ``config.json`` is ``config`` (as
+    :func:`read_header` read it): its backbone and heads, strictly loaded."""
     directory = Path(directory)
-    if "backbone" not in header:
-        if header.get("model"):
-            raise CheckpointError(f"{directory}: a fine-tuned {header['model']} model, not a backbone checkpoint; "
+    if "backbone" not in config:
+        if config.get("model"):
+            raise CheckpointError(f"{directory}: a fine-tuned {config['model']} model, not a backbone checkpoint; "
                                   "read it with endofm.load_finetuned (or endofm predict / evaluate)")
         raise CheckpointError(f"{directory / CONFIG_FILE}: not an endofm model config")
     state = read_state(directory / WEIGHTS_FILE) if (directory / WEIGHTS_FILE).exists() else None
     if state is None:
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
     try:
-        backbone = EndoFMBackbone(BackboneConfig.from_dict(header["backbone"]))
+        backbone = EndoFMBackbone(BackboneConfig.from_dict(config["backbone"]))
     except InputError as error:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {error}") from error
     if num_heads is not None and num_heads != backbone.config.num_heads:
@@ -405,15 +405,15 @@ def load_backbone_folder(directory: str | os.PathLike, header: Mapping[str, Any]
                          f"{directory / CONFIG_FILE} stores; leave it out for a folder")
     load_strict(backbone, _strip(state, "backbone."), "backbone", str(directory))
     dino_head = classifier = None
-    if header.get("dino_head"):
-        dino_head = DINOHead(**header["dino_head"])
+    if config.get("dino_head"):
+        dino_head = DINOHead(**config["dino_head"])
         load_strict(dino_head, _strip(state, "head."), "DINO head", str(directory))
         dino_head.eval()
-    if header.get("classifier"):
-        classifier = LinearClassifier(**header["classifier"])
+    if config.get("classifier"):
+        classifier = LinearClassifier(**config["classifier"])
         load_strict(classifier, _strip(state, "classifier."), "classifier", str(directory))
         classifier.eval()
-    info = CheckpointInfo(path=str(directory), layout="endofm", args=header.get("metadata") or None)
+    info = CheckpointInfo(path=str(directory), layout="endofm", args=config.get("metadata") or None)
     return LoadedCheckpoint(backbone.eval(), dino_head, classifier, info)
 
 

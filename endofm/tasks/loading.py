@@ -7,8 +7,8 @@ the task, the model (an ``nn.Module`` in eval mode) and the input the model expe
 
 Released layouts are those the tasks declare (:attr:`Task.layouts <endofm.tasks.base.Task.layouts>`), tried
 in the registry's order on the file's top-level dict: ``polypdiag`` (the PolypDiag classifier,
-:mod:`endofm.tasks.classify`), ``transunet`` (the CVC-12k TransUNet, :mod:`endofm.tasks.segment`)
-and ``stft`` (the KUMC STFT detector, :mod:`endofm.tasks.detect`).
+:mod:`endofm.tasks.classify`), ``transunet`` (the CVC-12k TransUNet, :mod:`endofm.tasks.segment.io`)
+and ``stft`` (the KUMC STFT detector, :mod:`endofm.tasks.detect.io`).
 
 Folders: a folder of such a layout (``config.json`` with ``model: transunet`` or ``model: stft``) or a
 fine-tuned model folder of ``endofm finetune`` (:func:`read_finetuned`).
