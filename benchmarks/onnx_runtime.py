@@ -36,7 +36,7 @@ def _model(name: str, arch: str) -> tuple[torch.nn.Module, object, torch.Tensor]
         return model, model, torch.randn(1, 3, model.config.num_frames, *model.config.img_size)
     loaded = build(name, arch)
     frames = 8 if name == "classify" else 4
-    size = loaded.input.size
+    size = loaded.input_spec.size
     return loaded.model, loaded, torch.randn(1, 3, frames, *size)
 
 

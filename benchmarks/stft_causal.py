@@ -19,7 +19,7 @@ from endofm.data.synthetic import write_kumc
 from endofm.tasks.detect.config import DetectConfig
 from endofm.tasks.detect.stft_inference import evaluate_stft
 from endofm.tasks.detect.train import finetune_detect
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
 
 METRICS = ("map_50", "map_50_class_agnostic", "box_f1", "frame_f1_original")
 
@@ -44,7 +44,8 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     for references in ("original", "past"):
         for seed in range(args.seeds):
-            metrics = evaluate_stft(loaded.model, root, "test", loaded.input.size, seed=seed, references=references)
+            metrics = evaluate_stft(loaded.model, root, "test", loaded.input_spec.size, seed=seed,
+                                    references=references)
             for key in METRICS:
                 results.setdefault(references, {}).setdefault(key, []).append(float(metrics[key]))
     summary = {references: {key: {"mean": statistics.mean(values), "values": values}

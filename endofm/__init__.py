@@ -6,16 +6,16 @@ The public API, in a few lines::
 
     model = endofm.create_model("endofm_vit_base", pretrained="endo_fm.pth")  # or a folder, or hf-hub:org/name
     model.input_spec                                       # size, frames, mean/std the model expects
-    ckpt = endofm.load_checkpoint("endo_fm.pth")          # any original layout, or an endofm folder
-    video_embedding = endofm.embed_video("case.mp4", ckpt.backbone, window=32, stride=16)
-    model = endofm.build_model("endofm_vit_base")          # random weights, released architecture
+    video_embedding = endofm.embed_video("case.mp4", model, window=32, stride=16)  # with model.input_spec
+    ckpt = endofm.load_checkpoint("endo_fm.pth")          # any original layout, or an endofm folder: all its parts
+    model = endofm.build_model("endofm_vit_base")          # the bare architecture, random weights (training's start)
     cls = model(clips)                                     # clips [B, 3, T, H, W] -> [B, 768]
     cls, patches = model.forward_tokens(clips)             # patches [B, T, h, w, 768]
     pooled = model.forward_pooled(clips, "max")            # or "mean": over the patch tokens -> [B, 768]
     ckpt = endofm.load_checkpoint("runs/x/checkpoints/last.pt")  # a pretraining run's teacher at that step
     endofm.save_pretrained("my-model", ckpt.backbone)      # safetensors + config.json
     endofm.export_onnx("polypdiag.pth", "polypdiag.onnx")  # ONNX, checked by ONNX Runtime (endofm[onnx])
-    seg = endofm.load_finetuned("cvc.pth", num_heads=12)   # any fine-tuned model: .task, .model, .input
+    seg = endofm.load_finetuned("cvc.pth", num_heads=12)   # any fine-tuned model: .task, .model, .input_spec
 
 Errors a user can cause are :class:`EndoFMError` subclasses with messages that name the file or key.
 """
@@ -34,9 +34,9 @@ _LAZY = {
                      "model_spec", "save_pretrained"), "endofm.models"),
     "VideoEmbedding": "endofm.tasks.embed",
     "embed_video": "endofm.tasks.embed",
-    "LoadedFinetuned": "endofm.tasks.finetuned",
-    "load_finetuned": "endofm.tasks.finetuned",
-    "save_finetuned": "endofm.tasks.finetuned",
+    "LoadedFinetuned": "endofm.tasks.loading",
+    "load_finetuned": "endofm.tasks.loading",
+    "save_finetuned": "endofm.tasks.loading",
     "export_onnx": "endofm.export.onnx",
 }
 """The public names that need PyTorch, imported on first use: ``import endofm`` alone imports no PyTorch, so

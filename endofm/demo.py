@@ -44,7 +44,7 @@ from endofm.report.figures import classification_figure, segmentation_figure
 from endofm.report.labels import draw_label
 from endofm.report.report import FROZEN_PROBES, write_report
 from endofm.tasks.classify import polypdiag_dataset, predict_probabilities
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
 from endofm.tasks.predict import predict_video
 from endofm.tasks.probe import evaluate_frozen_pools
 from endofm.tasks.registry import TASKS

@@ -11,7 +11,10 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
-PARITY_DIR = SHARED / "fixtures" / "official_parity"
+"""``../shared``: the original code's fixtures and real videos; a test reading it skips when it is absent."""
+SHARED_FIXTURES = SHARED / "fixtures"
+PARITY_DIR = SHARED_FIXTURES / "official_parity"
+DOWNSTREAM_DIR = SHARED_FIXTURES / "official_downstream"
 REAL_VIDEOS = SHARED / "data" / "real_videos"
 
 

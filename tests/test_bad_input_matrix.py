@@ -18,7 +18,7 @@ from endofm.cli.main import main
 from endofm.models import build_model, save_pretrained
 from endofm.models.heads import LinearClassifier
 from endofm.models.segmentation import TransUNet, TransUNetConfig
-from endofm.tasks.folder import save_finetuned
+from endofm.tasks.folder import save_task_folder
 from tests.conftest import write_test_video
 
 
@@ -28,7 +28,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bad_inputs")
     backbone = build_model("endofm_vit_micro")
     save_pretrained(root / "model", backbone)
-    save_finetuned(root / "classifier", "classify", backbone, LinearClassifier(backbone.embed_dim, 2),
+    save_task_folder(root / "classifier", "classify", backbone, LinearClassifier(backbone.embed_dim, 2),
                    {"in_dim": backbone.embed_dim, "num_labels": 2},
                    {"num_frames": 4, "size": 32, "normalization": "polypdiag", "classes": ["normal", "polyp"]})
     torch.save(TransUNet(TransUNetConfig(hidden=64, depth=1, num_heads=1, resnet_width=32, resnet_units=(1, 1, 1),

@@ -57,3 +57,20 @@ def test_unreadable_video_is_a_video_error(tmp_path):
         embed_video(bad, build_model("endofm_vit_micro"))
     with pytest.raises(InputError, match="no such file"):
         find_videos([tmp_path / "absent"])
+
+
+@torch.no_grad()
+def test_the_models_own_mean_and_std_are_used_unless_a_preset_is_given(tiny_video):
+    """``embed_video`` reads ``model.input_spec``; ``normalization`` replaces its mean and std."""
+    import dataclasses
+
+    from endofm import create_model
+
+    model = create_model("endofm_vit_micro").eval()
+    options = {"num_frames": 4, "size": 32}
+    imagenet = embed_video(tiny_video, model, **options).features  # the backbone's spec: ImageNet's mean and std
+    model.input_spec = dataclasses.replace(model.input_spec, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    half = embed_video(tiny_video, model, **options).features
+    assert np.array_equal(half, embed_video(tiny_video, model, normalization="half", **options).features)
+    assert not np.allclose(half, imagenet)
+    assert np.array_equal(imagenet, embed_video(tiny_video, model, normalization="imagenet", **options).features)

@@ -57,7 +57,7 @@ def _frozen(args: argparse.Namespace) -> int:
 def _task(args: argparse.Namespace) -> int:
     from endofm.errors import InputError
     from endofm.io import atomic_write_text, claim_output
-    from endofm.tasks.finetuned import evaluate_finetuned, load_finetuned
+    from endofm.tasks.loading import evaluate_finetuned, load_finetuned
     from endofm.tasks.registry import TASKS
     from endofm.tasks.results import json_safe, print_table
 
@@ -80,35 +80,35 @@ def _task(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``evaluate`` and its sub-commands (``knn``, ``linear`` and one per task)."""
+    """Add ``evaluate`` and its sub-commands (``knn``, which reports the k-NN and the linear-probe accuracy, and one
+    per task)."""
     from endofm.tasks.registry import TASKS
 
-    parser = subparsers.add_parser("evaluate", help="evaluate frozen features (knn, linear) or fine-tuned models")
+    parser = subparsers.add_parser("evaluate", help="evaluate frozen features (knn: k-NN and linear probe) or "
+                                                    "fine-tuned models")
     commands = parser.add_subparsers(dest="evaluate_command", metavar="WHAT", required=True)
-    for name, help_text in (("knn", "k-NN and linear-probe accuracy of frozen features on a labelled set"),
-                            ("linear", "same as knn: both measures are always reported")):
-        sub = commands.add_parser(name, help=help_text,
-                                  description="Labelled set in the PolypDiag layout: videos/ + splits/<split>.txt.")
-        sub.add_argument("--data", required=True, help="dataset root (PolypDiag layout)")
-        sub.add_argument("--checkpoint", help="checkpoint file or endofm model folder")
-        sub.add_argument("--model", help="named config with random weights (the baseline)")
-        add_num_heads(sub)
-        add_which(sub)
-        sub.add_argument("--train-split", default="train", help="split used as memory / probe training set")
-        sub.add_argument("--split", default="test", help="split evaluated (default: test)")
-        sub.add_argument("--k", type=positive_int, default=5, help="neighbours of the k-NN vote")
-        sub.add_argument("--frames", type=positive_int, default=None, help="frames per video (default: the model's)")
-        sub.add_argument("--size", type=positive_int, default=None, help="crop size (default: the model's)")
-        sub.add_argument("--normalization", default="imagenet", help="normalisation preset")
-        sub.add_argument("--pool", choices=POOLS, default="cls",
-                         help="clip embedding: the CLS token (default) or the mean or maximum of the patch tokens")
-        sub.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (--model)")
-        sub.add_argument("--device", type=device, default="cpu", help="torch device")
-        sub.add_argument("--out", default=None, help="write the metrics as JSON here (not over an existing file "
-                                                     "unless --overwrite)")
-        add_overwrite(sub)
-        add_quiet(sub)
-        sub.set_defaults(func=_frozen)
+    sub = commands.add_parser("knn", help="k-NN and linear-probe accuracy of frozen features on a labelled set",
+                              description="Labelled set in the PolypDiag layout: videos/ + splits/<split>.txt.")
+    sub.add_argument("--data", required=True, help="dataset root (PolypDiag layout)")
+    sub.add_argument("--checkpoint", help="checkpoint file or endofm model folder")
+    sub.add_argument("--model", help="named config with random weights (the baseline)")
+    add_num_heads(sub)
+    add_which(sub)
+    sub.add_argument("--train-split", default="train", help="split used as memory / probe training set")
+    sub.add_argument("--split", default="test", help="split evaluated (default: test)")
+    sub.add_argument("--k", type=positive_int, default=5, help="neighbours of the k-NN vote")
+    sub.add_argument("--frames", type=positive_int, default=None, help="frames per video (default: the model's)")
+    sub.add_argument("--size", type=positive_int, default=None, help="crop size (default: the model's)")
+    sub.add_argument("--normalization", default="imagenet", help="normalisation preset")
+    sub.add_argument("--pool", choices=POOLS, default="cls",
+                     help="clip embedding: the CLS token (default) or the mean or maximum of the patch tokens")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (--model)")
+    sub.add_argument("--device", type=device, default="cpu", help="torch device")
+    sub.add_argument("--out", default=None, help="write the metrics as JSON here (not over an existing file "
+                                                 "unless --overwrite)")
+    add_overwrite(sub)
+    add_quiet(sub)
+    sub.set_defaults(func=_frozen)
     for task in TASKS.values():
         sub = commands.add_parser(task.name,
                                   help=f"metrics of a fine-tuned {task.name} model on a {task.dataset}-layout split")

@@ -35,7 +35,7 @@ def _convert(args: argparse.Namespace) -> int:
     from endofm.errors import InputError
     from endofm.io import claim_output
     from endofm.models.checkpoint import load_checkpoint, save_pretrained
-    from endofm.tasks.finetuned import convert_released, released_layout
+    from endofm.tasks.loading import convert_released, released_layout
 
     claim_output(args.out_dir, args.overwrite, folder=True, option="OUT_DIR")
     found = released_layout(args.checkpoint)
@@ -59,7 +59,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from endofm.io import sha256_of
     from endofm.models.checkpoint import WEIGHTS_FILE, load_checkpoint
-    from endofm.tasks.finetuned import describe_finetuned
+    from endofm.tasks.loading import describe_finetuned
 
     weights = Path(args.checkpoint)
     weights = weights / WEIGHTS_FILE if weights.is_dir() else weights
@@ -168,7 +168,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="clip length in frames (default: whole video)")
     embed.add_argument("--stride", type=positive_int, default=None,
                        help="step between clips in frames (default: window; needs --window)")
-    embed.add_argument("--normalization", default="imagenet", help="normalisation preset (default: imagenet)")
+    embed.add_argument("--normalization", default=None,
+                       help="normalisation preset (default: the model's mean and std, ImageNet's for a backbone)")
     embed.add_argument("--batch-size", type=positive_int, default=8, help="clips per forward pass")
     embed.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda:0")
     embed.add_argument("--int8", action="store_true",

@@ -193,7 +193,7 @@ def export_backbone(backbone: EndoFMBackbone, out: str | os.PathLike, spec: dict
 
 def export_finetuned(loaded: LoadedFinetuned, out: str | os.PathLike, opset: int = OPSET) -> list[Path]:
     """A fine-tuned model (:func:`~endofm.load_finetuned`) as ONNX: see the module docstring."""
-    spec, out = loaded.input.to_dict(), Path(out)
+    spec, out = loaded.input_spec.to_dict(), Path(out)
     metadata = {**loaded.metadata, "layout": loaded.layout}
     if loaded.task == "detect":
         if not isinstance(loaded.model, STFTDetector):
@@ -201,10 +201,10 @@ def export_finetuned(loaded: LoadedFinetuned, out: str | os.PathLike, opset: int
         return _export_stft(loaded.model, out, spec, loaded.path,
                             {**metadata, "postprocess": dataclasses.asdict(loaded.model.postprocess_config)}, opset)
     if loaded.task == "classify":
-        frames = int((loaded.metadata.get("data") or {}).get("num_frames") or loaded.input.frames or 8)
+        frames = int((loaded.metadata.get("data") or {}).get("num_frames") or loaded.input_spec.frames or 8)
         axes, frame_axis = {"clips": {0: "batch"}, "logits": {0: "batch"}}, None  # trained on this many
     elif loaded.task == "segment":
-        frames = int(loaded.input.frames or 1)
+        frames = int(loaded.input_spec.frames or 1)
         axes, frame_axis = {"clips": {0: "batch"}, "logits": {0: "batch", 2: "frames"}}, 2
     else:
         raise ExportError(f"{loaded.path}: a {loaded.task} model does not export")
@@ -301,7 +301,7 @@ def export_onnx(model: str | os.PathLike | LoadedFinetuned | EndoFMBackbone, out
                         else load_checkpoint(model, num_heads=num_heads).backbone)
             written = export_backbone(backbone.eval(), out, backbone_spec(backbone), source, opset)
         else:
-            from endofm.tasks.finetuned import load_finetuned
+            from endofm.tasks.loading import load_finetuned
 
             written = export_finetuned(load_finetuned(model, num_heads), out, opset)
     except EndoFMError:

@@ -9,7 +9,7 @@ from endofm.models.checkpoint import (
     load_checkpoint,
     save_pretrained,
 )
-from endofm.models.factory import create_model
+from endofm.models.factory import create_model, load_pretrained
 from endofm.models.heads import DINOHead, LinearClassifier
 from endofm.models.inputs import InputSpec
 from endofm.models.registry import MODEL_CONFIGS, MODELS, ModelSpec, build_model, list_models, model_spec
@@ -34,6 +34,7 @@ __all__ = [
     "infer_backbone_config",
     "list_models",
     "load_checkpoint",
+    "load_pretrained",
     "model_spec",
     "save_pretrained",
 ]

@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -112,7 +113,21 @@ def _strip(state: Mapping, prefix: str) -> dict:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def strip_module(state: Mapping) -> dict:
+def strip_module(state: Mapping, only_if_all: bool = False) -> dict:
+    """``state`` without the ``module.`` prefix that ``DataParallel``/``DistributedDataParallel`` put on keys.
+
+    By default every key that has it loses it (the original pretraining and classification loaders); with
+    ``only_if_all`` the prefix is removed only when every key has it, else the keys stay as they are (the
+    original detection and segmentation loaders, maskrcnn-benchmark's ``strip_prefix_if_present``).
+
+    Example:
+        >>> strip_module({"module.a": 1, "b": 2})
+        {'a': 1, 'b': 2}
+        >>> strip_module({"module.a": 1, "b": 2}, only_if_all=True)
+        {'module.a': 1, 'b': 2}
+    """
+    if only_if_all and not (state and all(str(key).startswith("module.") for key in state)):
+        return dict(state)
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
@@ -274,7 +289,7 @@ def load_checkpoint(
     if num_heads is not None and num_heads < 1:
         raise InputError(f"num_heads must be at least 1, got {num_heads}")
     if path.is_dir() and (path / CONFIG_FILE).exists():
-        return _load_pretrained_dir(path, num_heads)
+        return load_backbone_folder(path, read_header(path), num_heads)
     state = read_state(path)
     _refuse_finetuned_model(state, path)
     layout, backbone_state, head_state, classifier_state, extras = split_original(state, str(path), which)
@@ -352,18 +367,32 @@ def _refuse_finetuned_model(state: Mapping, path: Path) -> None:
                     f"with endofm.load_finetuned, endofm predict or endofm evaluate {task.name}")
 
 
-def _load_pretrained_dir(directory: Path, num_heads: int | None = None) -> LoadedCheckpoint:
+def read_header(directory: str | os.PathLike) -> dict[str, Any]:
+    """A model folder's ``config.json``, parsed and checked once: the folder's header (``format``, ``version``,
+    ``backbone`` or ``model`` with its sizes, ``metadata`` with ``task``, ``input`` and ``data``) that every
+    folder reader takes, so a folder's file is read once however many readers it passes through."""
+    path = Path(directory) / CONFIG_FILE
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: not valid JSON ({error})") from error
-    if config.get("format") == FORMAT_NAME and "backbone" not in config and config.get("model"):
-        raise CheckpointError(f"{directory}: a fine-tuned {config['model']} model, not a backbone checkpoint; "
-                              "read it with endofm.load_finetuned (or endofm predict / evaluate)")
-    if config.get("format") != FORMAT_NAME or "backbone" not in config:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: not an endofm model config")
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not an endofm model config")
     if config.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{directory}: format version {config['version']} is newer than this endofm")
+    return config
+
+
+def load_backbone_folder(directory: str | os.PathLike, config: Mapping[str, Any],
+                         num_heads: int | None = None) -> LoadedCheckpoint:
+    """A folder of the package's format (:func:`save_pretrained`) whose ``config.json`` is ``config`` (as
+    :func:`read_header` read it): its backbone and heads, strictly loaded."""
+    directory = Path(directory)
+    if "backbone" not in config:
+        if config.get("model"):
+            raise CheckpointError(f"{directory}: a fine-tuned {config['model']} model, not a backbone checkpoint; "
+                                  "read it with endofm.load_finetuned (or endofm predict / evaluate)")
+        raise CheckpointError(f"{directory / CONFIG_FILE}: not an endofm model config")
     state = read_state(directory / WEIGHTS_FILE) if (directory / WEIGHTS_FILE).exists() else None
     if state is None:
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")

@@ -5,7 +5,7 @@ leaves memory and copies on the table. Each function here computes the same valu
 PyTorch expression named in its docstring (tested against it in float64):
 
 - :func:`mlp`: ``fc2(gelu(fc1(x))) + residual`` in row chunks of at most :data:`MLP_CHUNK_BYTES`, with the GELU
-  in place and, in training, recomputed in backward instead of stored (a third less activation memory);
+  in place and, in training, recomputed in backward instead of stored (less activation memory);
 - :func:`flash_attention`: SDPA's CPU flash kernel with a backward that writes the q, k and v gradients straight
   into the layout of the ``qkv`` linear's output;
 - :func:`math_attention`: ``softmax(q k^T * scale) v`` with the same in-place backward;
@@ -269,6 +269,19 @@ def deform_conv_applies(x: torch.Tensor, offset: torch.Tensor) -> bool:
     return _eager_cpu_float32(x) and offset.shape[-2:] == x.shape[-2:] and min(x.shape[-2:]) >= 2
 
 
+def _sampling_grid(shift: torch.Tensor, kernel: tuple[int, int], padding: int, dtype: torch.dtype) -> torch.Tensor:
+    """Where each tap of a deformable convolution samples, as ``grid_sample`` coordinates (``align_corners=True``):
+    offsets ``[..., taps, 2, H, W]`` (y then x, per output position) -> ``[..., taps, H, W, 2]`` (x then y)."""
+    kh, kw = kernel
+    height, width = shift.shape[-2:]
+    tap_y, tap_x = torch.meshgrid(torch.arange(kh, dtype=dtype), torch.arange(kw, dtype=dtype), indexing="ij")
+    pos_y, pos_x = torch.meshgrid(torch.arange(height, dtype=dtype), torch.arange(width, dtype=dtype), indexing="ij")
+    base_y = (pos_y - padding).view(1, height, width) + tap_y.reshape(kh * kw, 1, 1)
+    base_x = (pos_x - padding).view(1, height, width) + tap_x.reshape(kh * kw, 1, 1)
+    return torch.stack(((base_x + shift[..., 1, :, :]) * (2 / (width - 1)) - 1,
+                        (base_y + shift[..., 0, :, :]) * (2 / (height - 1)) - 1), dim=-1)
+
+
 def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
     """``torchvision.ops.deform_conv2d(x, offset, weight, padding=padding)`` (stride 1, no bias, no mask):
     each tap's samples come from ``grid_sample`` (``align_corners=True``, zero padding: the same bilinear
@@ -277,17 +290,10 @@ def deform_conv(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, pad
     out_channels, _, kh, kw = weight.shape
     taps = kh * kw
     groups = offset.shape[1] // (2 * taps)
-    tap_y, tap_x = torch.meshgrid(torch.arange(kh, dtype=x.dtype), torch.arange(kw, dtype=x.dtype), indexing="ij")
-    pos_y, pos_x = torch.meshgrid(torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype),
-                                  indexing="ij")
-    base_y = (pos_y - padding).view(1, 1, height, width) + tap_y.reshape(1, taps, 1, 1)
-    base_x = (pos_x - padding).view(1, 1, height, width) + tap_x.reshape(1, taps, 1, 1)
     columns = weight.reshape(out_channels, channels * taps)
     outputs = []
     for frame in range(n):
-        shift = offset[frame].view(groups, taps, 2, height, width)
-        grid = torch.stack(((base_x + shift[:, :, 1]) * (2 / (width - 1)) - 1,
-                            (base_y + shift[:, :, 0]) * (2 / (height - 1)) - 1), dim=-1)
+        grid = _sampling_grid(offset[frame].view(groups, taps, 2, height, width), (kh, kw), padding, x.dtype)
         sampled = F.grid_sample(x[frame].view(groups, channels // groups, height, width),
                                 grid.view(groups, taps * height, width, 2), mode="bilinear", padding_mode="zeros",
                                 align_corners=True)
@@ -303,14 +309,7 @@ def deform_conv_batched(x: torch.Tensor, offset: torch.Tensor, weight: torch.Ten
     out_channels, _, kh, kw = weight.shape
     taps = kh * kw
     groups = offset.shape[1] // (2 * taps)
-    tap_y, tap_x = torch.meshgrid(torch.arange(kh, dtype=x.dtype), torch.arange(kw, dtype=x.dtype), indexing="ij")
-    pos_y, pos_x = torch.meshgrid(torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype),
-                                  indexing="ij")
-    base_y = (pos_y - padding).view(1, 1, 1, height, width) + tap_y.reshape(1, 1, taps, 1, 1)
-    base_x = (pos_x - padding).view(1, 1, 1, height, width) + tap_x.reshape(1, 1, taps, 1, 1)
-    shift = offset.view(n, groups, taps, 2, height, width)
-    grid = torch.stack(((base_x + shift[:, :, :, 1]) * (2 / (width - 1)) - 1,
-                        (base_y + shift[:, :, :, 0]) * (2 / (height - 1)) - 1), dim=-1)
+    grid = _sampling_grid(offset.view(n, groups, taps, 2, height, width), (kh, kw), padding, x.dtype)
     sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width),
                             grid.reshape(n * groups, taps * height, width, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=True)

@@ -21,11 +21,16 @@ class ModelSpec:
     description: str
 
     @property
-    def input(self) -> InputSpec:
-        """Clips of ``num_frames`` RGB frames, short side to the image size and centre-cropped, ImageNet
-        mean and std (the original's pretraining views)."""
-        return InputSpec(size=self.config.img_size, frames=self.config.num_frames, mean=IMAGENET_MEAN,
-                         std=IMAGENET_STD, resize="center_crop")
+    def input_spec(self) -> InputSpec:
+        """The input the model was pretrained on (:func:`pretraining_input`)."""
+        return pretraining_input(self.config)
+
+
+def pretraining_input(config: BackboneConfig) -> InputSpec:
+    """What a backbone expects (``model.input_spec``): clips of its ``num_frames`` RGB frames, short side to its
+    image size and centre-cropped, ImageNet mean and std (the original's pretraining views)."""
+    return InputSpec(size=config.img_size, frames=config.num_frames, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     resize="center_crop")
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -55,16 +60,23 @@ def list_models() -> list[str]:
     return sorted(MODEL_CONFIGS)
 
 
+def backbone_config(base: BackboneConfig, **overrides: object) -> BackboneConfig:
+    """``base`` with fields changed; a key that is no field of :class:`BackboneConfig` is refused, naming it."""
+    fields = {f.name for f in dataclasses.fields(BackboneConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise InputError(f"unknown backbone config keys: {sorted(unknown)}; valid: {sorted(fields)}")
+    return dataclasses.replace(base, **overrides)
+
+
 def build_model(name: str = "endofm_vit_base", **overrides: object) -> EndoFMBackbone:
-    """A randomly initialised backbone of a named configuration; keyword arguments override fields.
+    """The network of a named architecture, randomly initialised; keyword arguments override fields.
+
+    The building block of training and of :func:`~endofm.models.factory.create_model`: an architecture and
+    nothing else (no weights, no ``input_spec``). To use a model, pretrained or not, call ``create_model``.
 
     Example:
         >>> build_model("endofm_vit_micro", num_frames=8).config.num_frames
         8
     """
-    config = model_spec(name).config
-    fields = {f.name for f in dataclasses.fields(BackboneConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise InputError(f"unknown backbone config keys: {sorted(unknown)}; valid: {sorted(fields)}")
-    return EndoFMBackbone(dataclasses.replace(config, **overrides))
+    return EndoFMBackbone(backbone_config(model_spec(name).config, **overrides))

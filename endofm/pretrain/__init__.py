@@ -1,6 +1,6 @@
 """Self-supervised pretraining with the Endo-FM recipe: loss, EMA teacher, schedules, the run."""
 
-from endofm.pretrain.config import DataConfig, LossConfig, ModelConfig, OptimConfig, PretrainConfig
+from endofm.pretrain.config import DataConfig, LossConfig, ModelConfig, PretrainConfig, PretrainOptimConfig
 from endofm.pretrain.ema import update_ema
 from endofm.pretrain.loss import DINOLoss
 from endofm.pretrain.recipe import DINORecipe, MultiViewNetwork, pretrain
@@ -13,7 +13,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "MultiViewNetwork",
-    "OptimConfig",
+    "PretrainOptimConfig",
     "PretrainConfig",
     "pretrain",
     "teacher_temperature_schedule",

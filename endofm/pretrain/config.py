@@ -88,7 +88,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class PretrainOptimConfig:
     """AdamW and its schedules (per iteration)."""
 
     lr: float = 5e-4
@@ -139,6 +139,6 @@ class PretrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -23,16 +23,15 @@ from endofm.engine.schedules import cosine_schedule
 from endofm.engine.trainer import LossPart, Recipe, Trainer
 from endofm.errors import ConfigError, DatasetError
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import LoadedCheckpoint, export_original, load_checkpoint, save_pretrained
+from endofm.models.checkpoint import LoadedCheckpoint, export_original, save_pretrained
+from endofm.models.factory import ArchitectureError, load_pretrained
 from endofm.models.heads import DINOHead
-from endofm.models.registry import MODEL_CONFIGS, build_model
+from endofm.models.registry import build_model
 from endofm.models.streams import current_keys, derive, keyed_rows
 from endofm.pretrain.config import ModelConfig, PretrainConfig
 from endofm.pretrain.ema import update_ema
 from endofm.pretrain.loss import DINOLoss, KoLeoLoss
 from endofm.pretrain.schedules import teacher_temperature_schedule
-
-ARCHITECTURE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias")
 
 
 class MultiViewNetwork(nn.Module):
@@ -74,10 +73,9 @@ HEAD_FIELDS = ("in_dim", "out_dim", "hidden_dim", "bottleneck_dim", "num_layers"
 
 
 def load_init(model: ModelConfig) -> LoadedCheckpoint | None:
-    """The ``model.init`` checkpoint (``None`` without one), its backbone checked against ``model.arch``.
-
-    The head count comes from ``model.num_heads`` or the named architecture (shapes do not tell it).
-    """
+    """The ``model.init`` checkpoint (``None`` without one), its backbone built as ``model.arch``
+    (:func:`~endofm.models.factory.load_pretrained`: a file of other sizes is refused) with the student's
+    stochastic depth; its head count is ``model.num_heads`` or the named architecture's."""
     if model.init is None:
         return None
     path = Path(model.init)
@@ -87,24 +85,11 @@ def load_init(model: ModelConfig) -> LoadedCheckpoint | None:
                  if path.name == KINETICS_WEIGHTS else "")
         raise ConfigError(f"model.init {path} does not exist.{where} Give the file's path as model.init=PATH, or "
                           "model.init=null to start from random weights.")
-    source = load_checkpoint(path, num_heads=model.num_heads or MODEL_CONFIGS[model.arch].num_heads)
-    wanted = MODEL_CONFIGS[model.arch]
-    different = [f"{name} {getattr(source.backbone.config, name)} vs {getattr(wanted, name)}"
-                 for name in ARCHITECTURE_FIELDS if getattr(source.backbone.config, name) != getattr(wanted, name)]
-    if different:
-        raise ConfigError(f"model.init {model.init} does not fit model.arch={model.arch}: " + ", ".join(different))
-    return source
-
-
-def build_backbone(model: ModelConfig, drop_path_rate: float, source: LoadedCheckpoint | None) -> EndoFMBackbone:
-    """The configured backbone, with the ``source`` backbone's weights when given."""
-    if source is None:
-        return build_model(model.arch, drop_path_rate=drop_path_rate)
-    config = source.backbone.config
-    backbone = build_model(model.arch, drop_path_rate=drop_path_rate, img_size=config.img_size,
-                           num_frames=config.num_frames)
-    backbone.load_state_dict(source.backbone.state_dict())
-    return backbone
+    try:
+        return load_pretrained(path, model.arch, model.num_heads, drop_path_rate=model.drop_path_rate)
+    except ArchitectureError as error:
+        raise ConfigError(f"model.init {model.init} does not fit model.arch={model.arch}: "
+                          + ", ".join(error.differences)) from error
 
 
 def build_head(model: ModelConfig, embed_dim: int, source: LoadedCheckpoint | None) -> DINOHead:
@@ -154,8 +139,9 @@ class DINORecipe(Recipe):
         self.device = context.device
         model = config.model
         source = load_init(model)
-        student_backbone = build_backbone(model, model.drop_path_rate, source).set_grad_checkpointing(
-            model.grad_checkpointing, blocks=model.checkpoint_blocks)
+        student_backbone = (source.backbone.train() if source is not None else
+                            build_model(model.arch, drop_path_rate=model.drop_path_rate))
+        student_backbone.set_grad_checkpointing(model.grad_checkpointing, blocks=model.checkpoint_blocks)
         head = build_head(model, student_backbone.embed_dim, source)
         self.network = MultiViewNetwork(student_backbone, head).to(self.device)
         teacher_drop = model.drop_path_rate if model.teacher_drop_path is None else model.teacher_drop_path

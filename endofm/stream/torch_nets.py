@@ -67,15 +67,15 @@ def finetuned_predictor(loaded: LoadedFinetuned, device: str | torch.device = "c
     the detector."""
     refuse_options(loaded.task, window, seed, score_threshold)
     device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-    spec = loaded.input.to_dict()
+    spec = loaded.input_spec.to_dict()
     if loaded.task == "classify":
         data = loaded.metadata.get("data") or {}
-        frames = int(data.get("num_frames") or loaded.input.frames or 8)
+        frames = int(data.get("num_frames") or loaded.input_spec.frames or 8)
         return WindowClassifier(TorchNet(loaded.model, device), spec, frames, data.get("classes") or
                                 ("normal", "abnormal"), span=window)
     if loaded.task == "segment":
         return WindowSegmenter(TorchNet(loaded.model, device), spec,
-                               window or loaded.input.frames or DEFAULT_SEGMENT_WINDOW)
+                               window or loaded.input_spec.frames or DEFAULT_SEGMENT_WINDOW)
     if loaded.task == "detect" and isinstance(loaded.model, STFTDetector):
         return PastDetector(TorchDetector(loaded.model, device), spec,
                             loaded.metadata.get("classes") or list(POLYP_CLASSES), seed or 0,
@@ -118,6 +118,6 @@ def load_predictor(checkpoint: str | os.PathLike, device: str = "cpu", embed: bo
         refuse_options("embed", options.pop("window", None), options.pop("seed", None),
                        options.pop("score_threshold", None))
         return embed_predictor(backbone, device, window)
-    from endofm.tasks.finetuned import load_finetuned
+    from endofm.tasks.loading import load_finetuned
 
     return finetuned_predictor(load_finetuned(checkpoint, num_heads), device, **options)

@@ -2,7 +2,7 @@
 
 Each task module (:mod:`endofm.tasks.classify`, :mod:`~endofm.tasks.segment`, :mod:`~endofm.tasks.detect`)
 ends with ``TASK = Task(...)``; :data:`endofm.tasks.registry.TASKS` lists them, and ``endofm finetune``,
-``endofm evaluate``, ``endofm predict``, :func:`~endofm.tasks.finetuned.load_finetuned`,
+``endofm evaluate``, ``endofm predict``, :func:`~endofm.tasks.loading.load_finetuned`,
 ``endofm reproduce`` and the demo read a task from there and nowhere else. A new task is one new module
 declaring its ``TASK`` and one line in the registry.
 """
@@ -27,7 +27,7 @@ from endofm.models.inputs import InputSpec
 
 @dataclass
 class LoadedFinetuned:
-    """A fine-tuned model ready to run: ``model`` (eval mode) takes what ``input`` describes.
+    """A fine-tuned model ready to run: ``model`` (eval mode) takes what ``input_spec`` describes.
 
     ``task`` names its :class:`Task` (``classify``: ``model(clip [B, 3, T, H, W]) -> logits [B, classes]``;
     ``segment``: ``-> logits [B, classes, T, H, W]``; ``detect``); ``layout`` names the file's layout.
@@ -35,7 +35,7 @@ class LoadedFinetuned:
 
     task: str
     model: nn.Module
-    input: InputSpec
+    input_spec: InputSpec
     path: str
     layout: str
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -3,11 +3,13 @@
 A video is cut into clips (one clip spanning the whole video by default, or sliding windows of
 ``window`` frames every ``stride`` frames); each clip is ``num_frames`` frames evenly spaced over its span,
 resized (short side ``size``), centre-cropped to ``size x size``, normalised and embedded by the backbone's
-CLS token.
+CLS token. Frame count, size, mean and std are the model's own (``model.input_spec``, as
+:func:`~endofm.models.factory.create_model` sets it) unless given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from endofm.data.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, normalize
+from endofm.data.video import FRAME_EXTENSIONS, NORMALIZATION, VIDEO_EXTENSIONS, VideoReader
 from endofm.errors import InputError
 from endofm.models.backbone import EndoFMBackbone
+from endofm.models.inputs import InputSpec
+from endofm.models.registry import pretraining_input
 
 
 @dataclass
@@ -69,6 +73,13 @@ def center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     return frames[..., top : top + size, left : left + size]
 
 
+def model_input(model: EndoFMBackbone) -> InputSpec:
+    """The input a backbone expects: its ``input_spec`` (:func:`~endofm.models.factory.create_model`), else the
+    pretraining input at its stored sizes (:func:`~endofm.models.registry.pretraining_input`)."""
+    spec = getattr(model, "input_spec", None)
+    return spec if isinstance(spec, InputSpec) else pretraining_input(model.config)
+
+
 @torch.inference_mode()
 def embed_video(
     path: str | os.PathLike,
@@ -77,7 +88,7 @@ def embed_video(
     size: int | None = None,
     window: int | None = None,
     stride: int | None = None,
-    normalization: str = "imagenet",
+    normalization: str | None = None,
     batch_size: int = 8,
     device: str | torch.device | None = None,
 ) -> VideoEmbedding:
@@ -86,20 +97,26 @@ def embed_video(
     Args:
         path: the video (any container PyAV reads) or a folder of frames.
         model: a backbone, e.g. ``load_checkpoint(...).backbone``.
-        num_frames: frames per clip; default: the model's stored frame count (8 for the released model).
-        size: crop size; default: the model's stored image height (224 for the released model).
+        num_frames: frames per clip; default: the model's (:func:`model_input`; 8 for the released model).
+        size: crop size; default: the model's image height (224 for the released model).
         window, stride: clip length and step in frames; default one clip over the whole video.
-        normalization: a preset of :data:`endofm.data.video.NORMALIZATION`.
+        normalization: a preset of :data:`endofm.data.video.NORMALIZATION` instead of the model's mean and std.
         batch_size: clips per forward pass.
         device: where to run; default the model's device.
 
     Example:
-        >>> ckpt = load_checkpoint("endo_fm.pth")  # doctest: +SKIP
-        >>> embed_video("colonoscopy.mp4", ckpt.backbone, window=32, stride=16).features.shape  # doctest: +SKIP
+        >>> model = create_model("endofm_vit_base", pretrained="endo_fm.pth")  # doctest: +SKIP
+        >>> embed_video("colonoscopy.mp4", model, window=32, stride=16).features.shape  # doctest: +SKIP
         (12, 768)
     """
-    num_frames = model.config.num_frames if num_frames is None else num_frames
-    size = model.config.img_size[0] if size is None else size
+    spec = model_input(model)
+    num_frames = (spec.frames or model.config.num_frames) if num_frames is None else num_frames
+    size = spec.size[0] if size is None else size
+    if normalization is not None:
+        if normalization not in NORMALIZATION:
+            raise InputError(f"unknown normalisation preset {normalization!r}; choose from {sorted(NORMALIZATION)}")
+        mean, std = NORMALIZATION[normalization]
+        spec = dataclasses.replace(spec, mean=mean, std=std)
     if num_frames < 1 or size < model.patch_size:
         raise InputError(f"need num_frames >= 1 and size >= {model.patch_size}, got {num_frames} and {size}")
     if batch_size < 1:
@@ -114,7 +131,7 @@ def embed_video(
             clips = []
             for start, end in batch_spans:
                 frames = center_crop(reader.read(sample_indices(start, end, num_frames)), size)
-                clips.append(normalize(frames, normalization).transpose(0, 1))
+                clips.append(spec.normalize(frames))
             features.append(model(torch.stack(clips).to(device)).float().cpu())
     return VideoEmbedding(
         path=str(path),

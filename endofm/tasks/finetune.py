@@ -28,11 +28,11 @@ from endofm.engine.trainer import Recipe, Trainer
 from endofm.errors import ConfigError, TrainingError
 from endofm.io import atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import load_checkpoint
+from endofm.models.factory import load_pretrained
 from endofm.models.registry import MODEL_CONFIGS, build_model
 from endofm.models.streams import derive, sample_keys
 from endofm.tasks.config import FinetuneModelConfig
-from endofm.tasks.folder import save_finetuned
+from endofm.tasks.folder import save_task_folder
 from endofm.tasks.results import json_safe
 
 SELECT_ON_TEST_NOTE = (
@@ -48,11 +48,9 @@ def build_backbone(model: FinetuneModelConfig) -> EndoFMBackbone:
             raise ConfigError("model.init is not set: this recipe fine-tunes pretrained weights; give --init "
                               "endo_fm.pth (or model.require_init=false to train from random weights)")
         backbone = build_model(model.arch, drop_path_rate=model.drop_path_rate)
-    else:
-        source = load_checkpoint(model.init, num_heads=model.num_heads).backbone
-        backbone = EndoFMBackbone(dataclasses.replace(source.config, drop_path_rate=model.drop_path_rate))
-        backbone.load_state_dict(source.state_dict())
-    return backbone.set_grad_checkpointing(model.grad_checkpointing)
+    else:  # the file's own architecture (model.arch names the random one)
+        backbone = load_pretrained(model.init, None, model.num_heads, drop_path_rate=model.drop_path_rate).backbone
+    return backbone.train().set_grad_checkpointing(model.grad_checkpointing)
 
 
 RECORDED_SIZES = ("embed_dim", "depth", "num_heads", "patch_size", "num_frames", "img_size")
@@ -146,7 +144,7 @@ class FinetuneRecipe(Recipe):
     def save_model(self, directory: Path, extra: dict[str, Any]) -> Path:
         """Write the selected network as a fine-tuned model folder (``extra`` joins its metadata)."""
         backbone, head = self.parts()
-        return save_finetuned(directory, self.task, backbone, head, self.head_config(), self.data_config(), extra)
+        return save_task_folder(directory, self.task, backbone, head, self.head_config(), self.data_config(), extra)
 
     def configure(self, steps_per_epoch: int, epochs: int) -> torch.optim.Optimizer:
         self.lr = lr_schedule(self.config.optim, self.config.run.batch_size, epochs, steps_per_epoch)

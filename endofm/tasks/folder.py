@@ -1,4 +1,4 @@
-"""The fine-tuned model folder: what ``endofm finetune`` saves and :func:`~endofm.tasks.finetuned.load_finetuned`
+"""The fine-tuned model folder: what ``endofm finetune`` saves and :func:`~endofm.tasks.loading.load_finetuned`
 reads.
 
 A fine-tuned model folder is the package's model format (``config.json`` + ``model.safetensors``, so
@@ -20,7 +20,14 @@ from torch import nn
 from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_state, save_pretrained
+from endofm.models.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_backbone_folder,
+    load_checkpoint,
+    read_state,
+    save_pretrained,
+)
 from endofm.models.heads import LinearClassifier
 from endofm.models.inputs import InputSpec
 from endofm.tasks.base import FinetunedModel, Task
@@ -34,10 +41,11 @@ def _backbone_keys(head: nn.Module, backbone: EndoFMBackbone) -> set[str]:
     return {name for name, t in head.state_dict(keep_vars=True).items() if id(t) in shared}
 
 
-def save_finetuned(directory: str | Path, task: str, backbone: EndoFMBackbone, head: nn.Module,
-                   head_config: dict[str, Any], data: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Write a fine-tuned model folder (see the module docstring); ``config.json`` is written last. The head
-    file leaves out the backbone's tensors, which the folder stores once."""
+def save_task_folder(directory: str | Path, task: str, backbone: EndoFMBackbone, head: nn.Module,
+                     head_config: dict[str, Any], data: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write a task's backbone and head as a fine-tuned model folder (see the module docstring);
+    ``config.json`` is written last. The head file leaves out the backbone's tensors, which the folder stores
+    once. :func:`~endofm.tasks.loading.save_finetuned` writes any loaded fine-tuned model."""
     directory = Path(directory)
     skipped = _backbone_keys(head, backbone)
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items() if k not in skipped}
@@ -47,12 +55,14 @@ def save_finetuned(directory: str | Path, task: str, backbone: EndoFMBackbone, h
     return save_pretrained(directory, backbone, classifier=classifier, metadata=metadata)
 
 
-def read_folder(path: str | Path, tasks: Mapping[str, Task]) -> FinetunedModel:
+def read_folder(path: str | Path, tasks: Mapping[str, Task], header: Mapping[str, Any] | None = None
+                ) -> FinetunedModel:
     """Read a fine-tuned model folder of one of ``tasks`` (each rebuilds its head, :attr:`Task.build_head`), or a
     model that records no task but one of them adopts (:attr:`Task.adopt`: an original fine-tuned
-    classifier)."""
+    classifier). ``header`` is the folder's ``config.json`` when the caller has read it
+    (:func:`~endofm.models.checkpoint.read_header`)."""
     path = Path(path)
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path) if header is None else load_backbone_folder(path, header)
     metadata = dict(loaded.info.args or {}) if loaded.info.layout == "endofm" else {}
     task = metadata.get("task")
     if task is None:

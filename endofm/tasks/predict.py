@@ -1,6 +1,6 @@
 """``endofm predict``: apply a fine-tuned model to a user's video, frame by frame.
 
-The model comes from :func:`~endofm.tasks.finetuned.load_finetuned` (a fine-tuned model folder, or one of the
+The model comes from :func:`~endofm.tasks.loading.load_finetuned` (a fine-tuned model folder, or one of the
 original's released fine-tuned models), and its task (:data:`~endofm.tasks.registry.TASKS`) predicts, draws
 and tabulates (:attr:`Task.predict <endofm.tasks.base.Task.predict>`, ``draw``, ``csv_rows``; each task's
 ``predict_*`` function says how it covers the video). Outputs in ``out_dir``:
@@ -33,7 +33,7 @@ from endofm.engine.distributed import resolve_device
 from endofm.errors import InputError
 from endofm.io import atomic_write, atomic_write_text, claim_output
 from endofm.tasks.base import LoadedFinetuned, Task
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
 from endofm.tasks.registry import TASKS
 from endofm.tasks.results import json_safe
 

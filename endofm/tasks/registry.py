@@ -1,5 +1,5 @@
 """The fine-tuning tasks by name: the one list that the CLI, evaluation, prediction,
-:func:`~endofm.tasks.finetuned.load_finetuned`, ``endofm reproduce`` and the demo read
+:func:`~endofm.tasks.loading.load_finetuned`, ``endofm reproduce`` and the demo read
 (:class:`~endofm.tasks.base.Task`).
 
 A new task is a module declaring ``TASK = Task(...)`` and one entry here.

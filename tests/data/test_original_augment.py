@@ -22,8 +22,9 @@ from endofm.data.views import (
     sample_crop_boxes,
 )
 from endofm.data.windows import decoded_window, window_span
+from tests.conftest import SHARED_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "original_augment"
+FIXTURES = SHARED_FIXTURES / "original_augment"
 
 
 def load(name: str) -> dict:

@@ -19,7 +19,7 @@ from endofm.engine.distributed import init_distributed, mean_count, shutdown
 from endofm.errors import TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.tasks.detect.stft_inference import evaluate_loaded_stft
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
 from endofm.tasks.registry import TASKS
 from endofm.tasks.results import json_safe
 

@@ -54,10 +54,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's mallopt")
 def test_the_command_keeps_freed_memory_for_reuse() -> None:
     """Tensors freed and allocated again cost fresh, zero-filled pages (page faults) under glibc's defaults and
-    almost none once the command has applied :func:`keep_freed_memory`.
-
-    Over 5 rounds glibc's defaults faulted 16,380-61,372 pages in, as its dynamic thresholds moved; with the
-    setting 0, 1,536 or 2,048 (at most one 8 MiB block placed on pages the heap had not touched yet)."""
+    almost none once the command has applied :func:`keep_freed_memory` (at most one 8 MiB block placed on pages
+    the heap had not touched yet)."""
     faults = {}
     for mode in ("plain", "command"):
         run = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True)

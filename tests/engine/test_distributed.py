@@ -22,7 +22,7 @@ from endofm.data.video import write_video
 from endofm.errors import ConfigError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.tasks.detect.stft_inference import evaluate_loaded_stft
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
 from endofm.tasks.registry import TASKS as TASKS_BY_NAME
 from endofm.tasks.results import json_safe
 

@@ -22,10 +22,10 @@ from endofm.export.onnx import export_onnx  # noqa: E402
 from endofm.export.runtime import load_exported, onnx_predictor, stft_postprocess  # noqa: E402
 from endofm.models.inputs import InputSpec  # noqa: E402
 from endofm.tasks.base import LoadedFinetuned  # noqa: E402
-from endofm.tasks.finetuned import load_finetuned  # noqa: E402
+from endofm.tasks.loading import load_finetuned  # noqa: E402
+from tests.conftest import DOWNSTREAM_DIR as DOWNSTREAM  # noqa: E402
+from tests.conftest import PARITY_DIR as PARITY  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-PARITY, DOWNSTREAM = SHARED / "official_parity", SHARED / "official_downstream"
 TOLERANCE = 1e-4
 HIDE_TORCH = """
 import sys
@@ -55,7 +55,7 @@ def test_polypdiag_classifier_and_its_backbone_match_the_original(tmp_path):
     case = torch.load(PARITY / "cases.pt", weights_only=True)[0]
     loaded = load_finetuned(checkpoint, num_heads=4)
     data = {**loaded.metadata["data"], "num_frames": 4, "size": 64}
-    loaded = dataclasses.replace(loaded, input=dataclasses.replace(loaded.input, size=(64, 64), frames=4),
+    loaded = dataclasses.replace(loaded, input_spec=dataclasses.replace(loaded.input_spec, size=(64, 64), frames=4),
                                  metadata={**loaded.metadata, "data": data})
     (written,) = export_onnx(loaded, tmp_path / "polypdiag.onnx")
     info, net = load_exported(written)
@@ -82,7 +82,7 @@ def test_transunet_matches_the_original(tmp_path):
 def stft_export(tmp_path_factory):
     checkpoint = _fixture(DOWNSTREAM / "stft" / "kumc.pth")
     loaded = load_finetuned(checkpoint, num_heads=4)
-    loaded = dataclasses.replace(loaded, input=dataclasses.replace(loaded.input, size=(96, 96)))
+    loaded = dataclasses.replace(loaded, input_spec=dataclasses.replace(loaded.input_spec, size=(96, 96)))
     out = tmp_path_factory.mktemp("stft") / "kumc.onnx"
     return loaded, export_onnx(loaded, out)
 

@@ -80,9 +80,9 @@ def test_flat_teacher_polypdiag_and_bare_backbone(tmp_path, nets):
         assert _same_outputs(ckpt.backbone, teacher)
     with pytest.raises(CheckpointError, match="student"):
         load_checkpoint(flat, num_heads=2, which="student")
-    from endofm.tasks.finetuned import load_finetuned
+    from endofm.tasks.loading import load_finetuned
 
-    spec = load_finetuned(finetuned, num_heads=2).input  # the clip size the file's embeddings store
+    spec = load_finetuned(finetuned, num_heads=2).input_spec  # the clip size the file's embeddings store
     assert (spec.frames, spec.size) == (teacher.config.num_frames, teacher.config.img_size) == (4, (64, 64))
 
 
@@ -189,3 +189,19 @@ def test_weight_normalised_layer_matches_torch_weight_norm():
     x = torch.randn(5, 96)
     bottleneck = torch.nn.functional.normalize(head.mlp(x), dim=-1)
     torch.testing.assert_close(head(x), reference(bottleneck))
+
+
+def test_a_fine_tuned_folders_config_is_read_once(tmp_path, monkeypatch):
+    """``load_finetuned`` (the predict path) parses a folder's ``config.json`` once, for every reader it passes."""
+    from endofm.tasks.folder import save_task_folder
+    from endofm.tasks.loading import load_finetuned
+
+    backbone = build_model("endofm_vit_micro")
+    head = LinearClassifier(backbone.embed_dim, 2)
+    folder = save_task_folder(tmp_path / "model", "classify", backbone, head, head.config,
+                              {"num_frames": 4, "size": 64, "normalization": "polypdiag", "sampling": "uniform"})
+    reads = []
+    read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
+    loaded = load_finetuned(folder)
+    assert loaded.task == "classify" and reads.count("config.json") == 1

@@ -23,9 +23,9 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_every_named_model_carries_the_input_it_expects():
     for name in list_models():
         spec = model_spec(name)
-        assert spec.input.size == spec.config.img_size and spec.input.frames == spec.config.num_frames
-        assert spec.input.channel_order == "RGB" and spec.description
-    assert model_spec("endofm_vit_base").input.size == (224, 224)
+        assert spec.input_spec.size == spec.config.img_size and spec.input_spec.frames == spec.config.num_frames
+        assert spec.input_spec.channel_order == "RGB" and spec.description
+    assert model_spec("endofm_vit_base").input_spec.size == (224, 224)
     with pytest.raises(InputError, match="endofm_vit_bse"):
         create_model("endofm_vit_bse")
 
@@ -37,7 +37,7 @@ def test_pretrained_weights_from_an_original_file_and_a_folder(tmp_path):
     for pretrained in (tmp_path / "endo_fm.pth", tmp_path / "folder"):
         model = create_model("endofm_vit_micro", pretrained=pretrained, drop_path_rate=0.1)
         assert _same(model, source) and not model.training and model.config.drop_path_rate == 0.1
-        assert model.input_spec == model_spec("endofm_vit_micro").input
+        assert model.input_spec == model_spec("endofm_vit_micro").input_spec
 
 
 def test_size_overrides_of_a_pretrained_model_are_applied(tmp_path):
@@ -59,6 +59,11 @@ def test_a_file_of_another_architecture_is_refused_naming_what_differs(tmp_path)
     export_original(tmp_path / "mini.pth", build_model("endofm_vit_mini"))
     with pytest.raises(CheckpointError, match=r"mini\.pth: not a endofm_vit_micro checkpoint: embed_dim 192"):
         create_model("endofm_vit_micro", pretrained=tmp_path / "mini.pth")
+    mini = create_model(None, pretrained=tmp_path / "mini.pth", drop_path_rate=0.2)  # the file's own architecture
+    assert mini.config.embed_dim == 192 and mini.config.drop_path_rate == 0.2
+    assert mini.input_spec.size == (64, 64) and mini.input_spec.frames == 8
+    with pytest.raises(InputError, match="give pretrained"):
+        create_model(None)
 
 
 def _hub_cache(cache, repo: str, folder, revision: str = "main") -> None:

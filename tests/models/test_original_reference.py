@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from endofm import InputError, build_model, load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-PARITY_DIR = ROOT.parent / "shared" / "fixtures" / "official_parity"
+from tests.conftest import PARITY_DIR, REPO_ROOT
 
 
 def _original_module():
-    spec = importlib.util.spec_from_file_location("original_reference", ROOT / "benchmarks" / "original_reference.py")
+    path = REPO_ROOT / "benchmarks" / "original_reference.py"
+    spec = importlib.util.spec_from_file_location("original_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from endofm import load_checkpoint
+from tests.conftest import PARITY_DIR
 
-PARITY_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official_parity"
 pytestmark = pytest.mark.skipif(
     not (PARITY_DIR / "meta.json").exists(), reason=f"parity fixtures not found at {PARITY_DIR}"
 )

@@ -14,9 +14,10 @@ from endofm.models.backbone import BackboneConfig
 from endofm.models.detection.stft import HEAD_OUTPUTS, STFTConfig, STFTDetector, deform_conv
 from endofm.models.detection.stft_state import stft_from_state
 from endofm.models.detection.transform import STFT_INPUT, resize_frames
-from endofm.tasks.finetuned import load_finetuned
+from endofm.tasks.loading import load_finetuned
+from tests.conftest import DOWNSTREAM_DIR
 
-STFT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official_downstream" / "stft"
+STFT_DIR = DOWNSTREAM_DIR / "stft"
 TINY = STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=64, num_frames=4), out_channels=32,
                   num_convs=1)
 

@@ -79,13 +79,13 @@ def test_a_clip_the_grid_cannot_take_is_refused(tiny):
 def test_released_layout_and_folder_round_trip(tmp_path, tiny):
     torch.save({f"module.{k}": v for k, v in tiny.state_dict().items()}, tmp_path / "cvc.pth")  # DataParallel
     loaded = endofm.load_finetuned(tmp_path / "cvc.pth", num_heads=2)
-    assert loaded.task == "segment" and loaded.input == TRANSUNET_INPUT
+    assert loaded.task == "segment" and loaded.input_spec == TRANSUNET_INPUT
     folder = save_transunet_folder(tmp_path / "model", loaded.model)
     again = endofm.load_finetuned(folder)
     clip = torch.randn(1, 3, 2, 224, 224)
     with torch.inference_mode():
         assert torch.equal(again.model(clip), tiny(clip))
-    assert again.model.config == TINY and again.input == TRANSUNET_INPUT
+    assert again.model.config == TINY and again.input_spec == TRANSUNET_INPUT
 
 
 def test_built_from_a_pretrained_backbone_keeps_its_blocks_norm_and_cls():

@@ -27,7 +27,7 @@ def test_released_layout_is_a_bgr_segmenter(released):
     loaded, _ = released
     assert loaded.task == "segment" and loaded.layout == "transunet"
     assert not loaded.model.training
-    spec = loaded.input
+    spec = loaded.input_spec
     assert spec.size == (224, 224) and spec.frames is None and spec.channel_order == "BGR" and spec.minmax
     assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
 

@@ -85,10 +85,10 @@ def test_predict_unreadable_video_leaves_nothing(tmp_path: Path) -> None:
 
 def test_predict_unreadable_video(polypdiag_root: Path, tmp_path: Path) -> None:
     from endofm.models.heads import LinearClassifier
-    from endofm.tasks.folder import save_finetuned
+    from endofm.tasks.folder import save_task_folder
 
     backbone = build_model("endofm_vit_micro")
-    model = save_finetuned(tmp_path / "model", "classify", backbone, LinearClassifier(backbone.embed_dim, 2),
+    model = save_task_folder(tmp_path / "model", "classify", backbone, LinearClassifier(backbone.embed_dim, 2),
                            {"in_dim": backbone.embed_dim, "num_labels": 2},
                            {"num_frames": 4, "size": 32, "normalization": "polypdiag", "classes": ["normal", "polyp"]})
     bad = tmp_path / "broken.mp4"

@@ -18,8 +18,9 @@ from endofm.models.backbone import BackboneConfig
 from endofm.models.detection.stft import STFTConfig, STFTDetector
 from endofm.models.detection.transform import STFT_INPUT, resize_frames
 from endofm.tasks.detect.stft_inference import detect_video, draw_references, window_ids
+from tests.conftest import DOWNSTREAM_DIR
 
-STFT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official_downstream" / "stft"
+STFT_DIR = DOWNSTREAM_DIR / "stft"
 TINY = STFTConfig(BackboneConfig(embed_dim=48, depth=1, num_heads=4, img_size=64, num_frames=4), out_channels=32,
                   num_convs=1)
 
@@ -53,8 +54,8 @@ def test_window_and_reference_rules():
 def test_released_layout_loads_and_converts(tmp_path):
     model = _released(tmp_path / "kumc.pth")
     loaded = endofm.load_finetuned(tmp_path / "kumc.pth", num_heads=4)
-    assert loaded.task == "detect" and loaded.layout == "stft" and loaded.input == STFT_INPUT
-    assert loaded.input.size == (640, 640) and loaded.input.channel_order == "BGR"
+    assert loaded.task == "detect" and loaded.layout == "stft" and loaded.input_spec == STFT_INPUT
+    assert loaded.input_spec.size == (640, 640) and loaded.input_spec.channel_order == "BGR"
     assert loaded.metadata["iteration"] == 96000
     frames = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
@@ -62,7 +63,7 @@ def test_released_layout_loads_and_converts(tmp_path):
         assert torch.equal(loaded.model.forward_frames(frames)["detections"]["boxes"], expected["boxes"])
     assert main(["convert", str(tmp_path / "kumc.pth"), str(tmp_path / "folder"), "--num-heads", "4"]) == 0
     again = endofm.load_finetuned(tmp_path / "folder")
-    assert again.task == "detect" and again.input == STFT_INPUT and again.model.config == loaded.model.config
+    assert again.task == "detect" and again.input_spec == STFT_INPUT and again.model.config == loaded.model.config
     with torch.no_grad():
         assert torch.equal(again.model.forward_frames(frames)["detections"]["scores"], expected["scores"])
     with pytest.raises(CheckpointError, match="num_heads=5 does not divide"):

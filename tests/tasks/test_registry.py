@@ -19,7 +19,7 @@ from endofm.engine.trainer import RunConfig
 from endofm.models.registry import build_model
 from endofm.tasks import classify, detect, segment
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, PaperResult, Prediction, Task, TaskOption, preset_input
-from endofm.tasks.folder import save_finetuned
+from endofm.tasks.folder import save_task_folder
 from endofm.tasks.registry import TASKS
 
 
@@ -43,7 +43,7 @@ def _finetune(config: CountConfig, resume: bool = False) -> dict[str, Any]:
     backbone = build_model("endofm_vit_micro")
     torch.manual_seed(0)
     head = nn.Linear(backbone.embed_dim, 3)
-    save_finetuned(Path(config.run.out_dir) / "model", "count", backbone, head,
+    save_task_folder(Path(config.run.out_dir) / "model", "count", backbone, head,
                    {"in_features": backbone.embed_dim, "out_features": 3}, {"size": config.data.size})
     return {}
 
@@ -110,7 +110,7 @@ def test_a_registered_fourth_task_runs_through_every_command(count_task: Task, t
     assert CALLS["finetune"].data.root == str(data) and CALLS["finetune"].data.size == 48
 
     loaded = endofm.load_finetuned(run / "model")
-    assert loaded.task == "count" and isinstance(loaded.model, nn.Linear) and loaded.input.size == (48, 48)
+    assert loaded.task == "count" and isinstance(loaded.model, nn.Linear) and loaded.input_spec.size == (48, 48)
 
     metrics = tmp_path / "metrics.json"
     assert main(["evaluate", "count", "--checkpoint", str(run / "model"), "--data", str(data), "--split", "val",
@@ -140,7 +140,7 @@ def test_a_model_of_an_unregistered_task_is_refused(tmp_path: Path) -> None:
     from endofm.errors import CheckpointError
 
     backbone = build_model("endofm_vit_micro")
-    save_finetuned(tmp_path / "model", "count", backbone, nn.Linear(backbone.embed_dim, 3),
+    save_task_folder(tmp_path / "model", "count", backbone, nn.Linear(backbone.embed_dim, 3),
                    {"in_features": backbone.embed_dim, "out_features": 3}, {"size": 32})
     with pytest.raises(CheckpointError, match="unknown task 'count'"):
         endofm.load_finetuned(tmp_path / "model")

@@ -10,12 +10,11 @@ import torch
 
 import endofm
 from endofm.models.segmentation import TransUNet, TransUNetConfig, save_transunet
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.conftest import SHARED_FIXTURES
 
 
 def _same(a: endofm.LoadedFinetuned, b: endofm.LoadedFinetuned, clip: torch.Tensor) -> None:
-    assert (a.task, a.input) == (b.task, b.input)
+    assert (a.task, a.input_spec) == (b.task, b.input_spec)
     with torch.no_grad():
         out_a, out_b = a.model(clip), b.model(clip)
     assert torch.equal(out_a, out_b)
@@ -26,7 +25,7 @@ def test_a_transunet_folder_round_trips(tmp_path: Path) -> None:
                                       decoder_channels=(16, 8, 8, 4))).eval()
     save_transunet(tmp_path / "first", model)
     first = endofm.load_finetuned(tmp_path / "first")
-    again = endofm.load_finetuned(endofm.save_finetuned(first, tmp_path / "second"))
+    again = endofm.load_finetuned(endofm.save_finetuned(tmp_path / "second", first))
     assert again.layout == "endofm-transunet"
     _same(first, again, torch.randn(1, 3, 2, 224, 224))
 
@@ -36,21 +35,21 @@ def test_a_transunet_folder_round_trips(tmp_path: Path) -> None:
     ("official_parity/official_polypdiag_checkpoint.pth", 4, (1, 3, 2, 32, 32)),
 ])
 def test_released_models_round_trip(tmp_path: Path, path: str, heads: int, clip: tuple[int, ...]) -> None:
-    if not (SHARED / path).is_file():
-        pytest.skip(f"{SHARED / path} not found (../shared is absent)")
-    released = endofm.load_finetuned(SHARED / path, num_heads=heads)
-    folder = endofm.save_finetuned(released, tmp_path / "model")
+    if not (SHARED_FIXTURES / path).is_file():
+        pytest.skip(f"{SHARED_FIXTURES / path} not found (../shared is absent)")
+    released = endofm.load_finetuned(SHARED_FIXTURES / path, num_heads=heads)
+    folder = endofm.save_finetuned(tmp_path / "model", released)
     _same(released, endofm.load_finetuned(folder), torch.randn(*clip))
-    copied = endofm.save_finetuned(endofm.load_finetuned(folder), tmp_path / "copy")
+    copied = endofm.save_finetuned(tmp_path / "copy", endofm.load_finetuned(folder))
     _same(released, endofm.load_finetuned(copied), torch.randn(*clip))
 
 
 def test_the_released_detector_round_trips(tmp_path: Path) -> None:
-    path = SHARED / "official_downstream" / "stft" / "kumc.pth"
+    path = SHARED_FIXTURES / "official_downstream" / "stft" / "kumc.pth"
     if not path.is_file():
         pytest.skip(f"{path} not found (../shared is absent)")
     released = endofm.load_finetuned(path, num_heads=4)
-    again = endofm.load_finetuned(endofm.save_finetuned(released, tmp_path / "model"))
+    again = endofm.load_finetuned(endofm.save_finetuned(tmp_path / "model", released))
     frames = torch.randn(3, 3, 96, 96)
     with torch.no_grad():
         a, b = released.model.forward_frames(frames), again.model.forward_frames(frames)

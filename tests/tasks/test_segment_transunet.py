@@ -56,7 +56,7 @@ def test_a_tiny_transunet_learns_and_runs_through_evaluate_and_predict(tmp_path:
     assert report["test"]["dice"] > before + 0.3, (before, report["test"]["dice"])
 
     loaded = endofm.load_finetuned(out / "model")
-    assert loaded.task == "segment" and loaded.input.channel_order == "BGR" and loaded.input.minmax
+    assert loaded.task == "segment" and loaded.input_spec.channel_order == "BGR" and loaded.input_spec.minmax
     assert evaluate_segment_model(loaded, str(root))["dice"] == pytest.approx(report["test"]["dice"])
     assert main(["evaluate", "segment", "--checkpoint", str(out / "model"), "--data", str(root),
                  "--out", str(tmp_path / "eval.json")]) == 0

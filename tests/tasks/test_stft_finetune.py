@@ -59,7 +59,7 @@ def test_finetune_detect_stft_end_to_end(kumc_root: Path, micro_checkpoint: Path
     assert {"loss_cls", "loss_reg", "loss_centerness", "loss_stft_cls", "loss_stft_reg"} <= set(steps[0])
     # The model folder: load_finetuned, evaluate (same seed: the same metrics) and predict read it.
     loaded = endofm.load_finetuned(out / "model")
-    assert loaded.task == "detect" and loaded.layout == "endofm-stft" and loaded.input.size == (64, 64)
+    assert loaded.task == "detect" and loaded.layout == "endofm-stft" and loaded.input_spec.size == (64, 64)
     assert main(["evaluate", "detect", "--checkpoint", str(out / "model"), "--data", str(kumc_root),
                  "--out", str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())["metrics"]

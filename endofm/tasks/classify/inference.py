@@ -51,7 +51,7 @@ def evaluate_classifier(network: nn.Module, dataset: Any, batch_size: int = 4, d
 
 def evaluate_classify_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
                             batch_size: int = 2, progress: bool = False) -> dict[str, Any]:
-    """Metrics of a classifier (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
+    """Metrics of a classifier (:func:`~endofm.tasks.loading.load_finetuned`) on one split of a
     PolypDiag-layout dataset, with the preprocessing it was trained with."""
     dataset = polypdiag_dataset(root, split, loaded.metadata["data"])
     return evaluate_classifier(loaded.model.to(device), dataset, batch_size, device, progress=progress)

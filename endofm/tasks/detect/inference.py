@@ -73,7 +73,7 @@ def assemble(found: FinetunedModel) -> tuple[nn.Module, InputSpec]:
 
 def evaluate_detect_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
                           batch_size: int = 2, reference_seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Metrics of a detector (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a KUMC-layout
+    """Metrics of a detector (:func:`~endofm.tasks.loading.load_finetuned`) on one split of a KUMC-layout
     dataset: the STFT through the original's test-time video path (``reference_seed`` seeds its reference
     draws), the FCOS frame by frame with the preprocessing it was trained with."""
     if isinstance(loaded.model, STFTDetector):

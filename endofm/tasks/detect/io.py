@@ -1,5 +1,5 @@
 """The STFT detector's files: the released ``kumc.pth`` layout (:data:`LAYOUT`, read by
-:func:`~endofm.tasks.finetuned.load_finetuned`) and the package's folder of it (:func:`save_folder`,
+:func:`~endofm.tasks.loading.load_finetuned`) and the package's folder of it (:func:`save_folder`,
 :func:`load_folder`)."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def save_folder(directory: str | os.PathLike, model: STFTDetector, spec: InputSp
 
 def save_released(loaded: LoadedFinetuned, directory: Path) -> Path:
     """``endofm convert`` of a released STFT checkpoint."""
-    return save_folder(directory, loaded.model, loaded.input,  # type: ignore[arg-type]
+    return save_folder(directory, loaded.model, loaded.input_spec,  # type: ignore[arg-type]
                        {"converted_from": loaded.path, "iteration": loaded.metadata.get("iteration")})
 
 

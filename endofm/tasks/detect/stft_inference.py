@@ -177,7 +177,7 @@ def detect_videos(model: STFTDetector, reads: list[Callable[[list[int]], torch.T
 def predict_stft(loaded: LoadedFinetuned, reader: VideoReader, device: torch.device, score_threshold: float = 0.5,
                  seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Boxes (input-video pixels) scoring at least ``score_threshold`` for every frame of a video."""
-    spec = loaded.input
+    spec = loaded.input_spec
     height, width = spec.size
     model: STFTDetector = loaded.model  # type: ignore[assignment]
 
@@ -253,7 +253,7 @@ def evaluate_loaded_stft(loaded: LoadedFinetuned, root: str | os.PathLike, split
                          device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """:func:`evaluate_stft` of a detector read by ``endofm.load_finetuned`` (a released ``kumc.pth`` or a
     folder), at its own input size."""
-    return evaluate_stft(loaded.model, root, split, loaded.input.size, device, seed,  # type: ignore[arg-type]
+    return evaluate_stft(loaded.model, root, split, loaded.input_spec.size, device, seed,  # type: ignore[arg-type]
                          progress=progress)
 
 

@@ -68,13 +68,14 @@ cut into windows of this many frames."""
 def evaluate_segment_model(loaded: LoadedFinetuned, root: str, split: str = "test", device: str = "cpu",
                            batch_size: int = 1, empty_rule: str | None = None,
                            progress: bool = False) -> dict[str, Any]:
-    """Metrics of a segmentation model (:func:`~endofm.tasks.finetuned.load_finetuned`) on one split of a
+    """Metrics of a segmentation model (:func:`~endofm.tasks.loading.load_finetuned`) on one split of a
     CVC-ClinicDB-layout dataset, with the model's own input; Dice of empty masks by ``empty_rule`` (default:
     the rule the model was trained with, else ``standard``; the metrics name the rule applied), masks read with
     the grey-level threshold it was trained with (else 128)."""
     data = loaded.metadata.get("data") or {}
     rule = empty_rule or data.get("empty_rule", "standard")
-    dataset = CVCDataset(root, split, clip_length=loaded.input.frames, transform=input_transform(loaded.input),
+    spec = loaded.input_spec
+    dataset = CVCDataset(root, split, clip_length=spec.frames, transform=input_transform(spec),
                          mask_threshold=data.get("mask_threshold", 128))
     return {**evaluate_segmenter(loaded.model.to(device), dataset, batch_size, device, empty_rule=rule,
                                  progress=progress), "empty_rule": rule}
@@ -85,11 +86,11 @@ def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.
     """Per-frame masks of a video (at the model's input size, the array ``masks``) and each frame's polyp
     fraction and box, by clips of the model's frame count (whole-sequence models, as the original's TransUNet:
     windows of :data:`PREDICT_WINDOW` frames)."""
-    transform = input_transform(loaded.input)
+    transform = input_transform(loaded.input_spec)
     network = loaded.model.to(device).eval()
     count = len(reader)
-    masks = np.zeros((count, *loaded.input.size), dtype=np.uint8)
-    length = loaded.input.frames or min(PREDICT_WINDOW, count)
+    masks = np.zeros((count, *loaded.input_spec.size), dtype=np.uint8)
+    length = loaded.input_spec.frames or min(PREDICT_WINDOW, count)
     windows = _windows(list(range(count)), length)
     for window in tqdm(windows, desc="windows", unit="window", disable=bar_off(progress)):
         video = transform(reader.read(window))["video"].unsqueeze(0).to(device)

@@ -67,7 +67,7 @@ def load_folder(directory: Path, config: Mapping[str, Any]) -> LoadedFinetuned:
 
 LAYOUT = ReleasedLayout(
     MODEL_NAME, lambda state: "transformer.encoder.cls_token" in _transunet_state(state), load_released,
-    lambda loaded, directory: save_transunet_folder(directory, loaded.model, loaded.input,
+    lambda loaded, directory: save_transunet_folder(directory, loaded.model, loaded.input_spec,
                                                     {"converted_from": loaded.path}),
     load_folder)
 """The released ``cvc.pth`` and its package folder."""

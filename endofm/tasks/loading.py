@@ -16,7 +16,6 @@ fine-tuned model folder of ``endofm finetune`` (:func:`read_finetuned`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, read_state, save_pretrained
+from endofm.models.checkpoint import CONFIG_FILE, read_header, read_state, save_pretrained
 from endofm.models.heads import LinearClassifier
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, ReleasedLayout, Task
 from endofm.tasks.folder import read_folder
@@ -49,10 +48,10 @@ def read_finetuned(path: str | os.PathLike) -> FinetunedModel:
     return read_folder(path, _tasks())
 
 
-def _from_folder(path: Path) -> LoadedFinetuned:
+def _from_folder(path: Path, header: dict[str, Any]) -> LoadedFinetuned:
     """An ``endofm finetune`` model folder (backbone + task head) as a runnable model; its metadata holds the
     head's arguments (``head``) and the preprocessing (``data``)."""
-    found = read_finetuned(path)
+    found = read_folder(path, _tasks(), header)
     model, spec = _tasks()[found.task].assemble(found)
     metadata = {**found.metadata, "head": found.head_config, "data": found.data}
     return LoadedFinetuned(found.task, model.eval(), spec, str(path), "endofm", metadata)
@@ -87,21 +86,35 @@ def describe_finetuned(path: str | os.PathLike, num_heads: int | None = None) ->
     """What ``endofm info`` prints of a released model that is not an Endo-FM backbone with heads (a TransUNet,
     an STFT detector; released file or folder); None for anything else."""
     path = Path(path)
+    header = None
     if path.is_dir():
         try:
-            name = json.loads((path / CONFIG_FILE).read_text()).get("model")
-        except (OSError, json.JSONDecodeError, AttributeError):
+            header = read_header(path)
+        except (OSError, CheckpointError):
             return None
+        name = header.get("model")
     else:
         found = released_layout(path)
         name = found[0].name if found is not None else None
     if name not in {layout.name for layout in released_layouts() if layout.save is not None}:
         return None
-    loaded = load_finetuned(path, num_heads=num_heads)
+    loaded = _load_folder(path, header, num_heads) if header is not None else load_finetuned(path, num_heads)
     return {"layout": loaded.layout, "task": loaded.task, "model": name,
             name: loaded.model.config.to_dict(),  # type: ignore[union-attr]
             "parameters_millions": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 3),
-            "input": loaded.input.to_dict()}
+            "input": loaded.input_spec.to_dict()}
+
+
+def _load_folder(path: Path, header: dict[str, Any], num_heads: int | None) -> LoadedFinetuned:
+    """A fine-tuned model folder whose ``config.json`` is ``header`` (:func:`read_header`)."""
+    loaded = next((layout.load_folder(path, header) for layout in released_layouts()
+                   if layout.load_folder is not None and header.get("model") == layout.name), None)
+    loaded = loaded or _from_folder(path, header)
+    stored = _stored_num_heads(loaded.model)
+    if num_heads is not None and stored is not None and num_heads != stored:
+        raise InputError(f"num_heads={num_heads} (--num-heads) differs from the {stored} heads "
+                         f"{path / CONFIG_FILE} stores; leave it out for a folder")
+    return loaded
 
 
 def _stored_num_heads(model: Any) -> int | None:
@@ -124,7 +137,7 @@ def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> Loa
 
     Example:
         >>> seg = load_finetuned("cvc.pth")  # doctest: +SKIP
-        >>> seg.task, seg.input.channel_order  # doctest: +SKIP
+        >>> seg.task, seg.input_spec.channel_order  # doctest: +SKIP
         ('segment', 'BGR')
         >>> logits = seg.model(clip)  # clip [1, 3, T, 224, 224] -> [1, 2, T, 224, 224]  # doctest: +SKIP
     """
@@ -132,22 +145,7 @@ def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> Loa
     if num_heads is not None and num_heads < 1:
         raise InputError(f"num_heads must be at least 1, got {num_heads}")
     if path.is_dir() and (path / CONFIG_FILE).exists():
-        try:
-            config = json.loads((path / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({error})") from error
-        if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-            raise CheckpointError(f"{path / CONFIG_FILE}: not an endofm model config")
-        if config.get("version", 0) > FORMAT_VERSION:
-            raise CheckpointError(f"{path}: format version {config['version']} is newer than this endofm")
-        loaded = next((layout.load_folder(path, config) for layout in released_layouts()
-                       if layout.load_folder is not None and config.get("model") == layout.name), None)
-        loaded = loaded or _from_folder(path)
-        stored = _stored_num_heads(loaded.model)
-        if num_heads is not None and stored is not None and num_heads != stored:
-            raise InputError(f"num_heads={num_heads} (--num-heads) differs from the {stored} heads "
-                             f"{path / CONFIG_FILE} stores; leave it out for a folder")
-        return loaded
+        return _load_folder(path, read_header(path), num_heads)
     state = read_state(path)
     layouts = released_layouts()
     for layout in layouts:
@@ -159,14 +157,14 @@ def load_finetuned(path: str | os.PathLike, num_heads: int | None = None) -> Loa
                           f"top-level keys start {sample}")
 
 
-def save_finetuned(loaded: LoadedFinetuned, directory: str | os.PathLike) -> Path:
+def save_finetuned(directory: str | os.PathLike, loaded: LoadedFinetuned) -> Path:
     """Write a fine-tuned model (:func:`load_finetuned`) in the package's folder format, which
     :func:`load_finetuned` reads back to the same outputs: a TransUNet or STFT detector (released or not) as
     its layout saves it (``endofm convert`` writes the same), a PolypDiag-layout classifier as backbone and
     classifier, and a model folder as its files are.
 
     Example:
-        >>> save_finetuned(load_finetuned("cvc.pth"), "models/cvc")  # doctest: +SKIP
+        >>> save_finetuned("models/cvc", load_finetuned("cvc.pth"))  # doctest: +SKIP
     """
     directory = Path(directory)
     for layout in released_layouts():
