@@ -1,4 +1,5 @@
-"""Per-iteration learning-rate schedules of pretraining and fine-tuning (the STFT detector's included)."""
+"""Every schedule of the package: per-iteration learning rates of pretraining and fine-tuning (the STFT
+detector's included) and the pretraining teacher's per-epoch temperature."""
 
 from __future__ import annotations
 
@@ -57,3 +58,14 @@ def warmup_multistep(step: int, warmup_iters: int = 8000, warmup_factor: float =
         alpha = step / warmup_iters
         factor = warmup_factor if method == "constant" else warmup_factor * (1 - alpha) + alpha
     return factor * gamma ** sum(step >= m for m in milestones)
+
+
+def teacher_temperature_schedule(start: float, end: float, warmup_epochs: int, epochs: int) -> np.ndarray:
+    """One teacher temperature per epoch of pretraining: linear from ``start`` to ``end`` over ``warmup_epochs``.
+
+    Example:
+        >>> teacher_temperature_schedule(0.04, 0.07, warmup_epochs=2, epochs=3).round(3).tolist()
+        [0.04, 0.07, 0.07]
+    """
+    warmup = min(warmup_epochs, epochs)
+    return np.concatenate([np.linspace(start, end, warmup), np.full(epochs - warmup, end)])

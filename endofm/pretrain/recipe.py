@@ -19,7 +19,7 @@ from endofm.data.views import MultiViewSampler
 from endofm.engine.distributed import DistributedContext, barrier, init_distributed
 from endofm.engine.optim import adamw, decay_groups
 from endofm.engine.runfolder import check_shared, decide_resume
-from endofm.engine.schedules import cosine_schedule
+from endofm.engine.schedules import cosine_schedule, teacher_temperature_schedule
 from endofm.engine.trainer import LossPart, Recipe, Trainer
 from endofm.errors import ConfigError, DatasetError
 from endofm.models.backbone import EndoFMBackbone
@@ -31,7 +31,6 @@ from endofm.models.streams import current_keys, derive, keyed_rows
 from endofm.pretrain.config import ModelConfig, PretrainConfig
 from endofm.pretrain.ema import update_ema
 from endofm.pretrain.loss import DINOLoss, KoLeoLoss
-from endofm.pretrain.schedules import teacher_temperature_schedule
 
 
 class MultiViewNetwork(nn.Module):
