@@ -354,17 +354,40 @@ def save_pretrained(
     return directory
 
 
+STFT_REQUIRED_SUFFIXES = ("backbone.body.cls_token", "backbone.body.pos_embed", "backbone.fpn.fpn_inner4.weight",
+                          "rpn.head.cls_logits.weight", "rpn.head.dcn_cls_subnet.conv_offset.weight",
+                          "rpn.head.bbox_pred.weight")
+"""Key endings every STFT detector state dict has."""
+
+
+def is_stft_state(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict (or a ``{"model": ...}`` checkpoint) holds an STFT detector's keys (the released
+    ``kumc.pth``)."""
+    model = state.get("model", state)
+    if not isinstance(model, Mapping):
+        return False
+    keys = [str(k) for k in model]
+    return all(any(k.endswith(suffix) for k in keys) for suffix in STFT_REQUIRED_SUFFIXES)
+
+
+def is_transunet_state(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict is the original's TransUNet (the released ``cvc.pth``), with or without the
+    ``module.`` prefix of ``DataParallel``."""
+    return "transformer.encoder.cls_token" in strip_module(state, only_if_all=True)
+
+
+RELEASED_FINETUNED = {"stft": ("detect", is_stft_state), "transunet": ("segment", is_transunet_state)}
+"""The released fine-tuned models that hold no Endo-FM backbone with heads: name -> (task, recogniser)."""
+
+
 def _refuse_finetuned_model(state: Mapping, path: Path) -> None:
     """A released fine-tuned model that holds no Endo-FM backbone with heads (the CVC TransUNet, the KUMC STFT
     detector) is refused with the readers that take it."""
-    from endofm.tasks.registry import TASKS
-
-    for task in TASKS.values():
-        for layout in task.layouts:
-            if layout.save is not None and layout.matches(state):
-                raise CheckpointError(
-                    f"{path}: a fine-tuned {layout.name} model ({task.name}), not a backbone checkpoint; read it "
-                    f"with endofm.load_finetuned, endofm predict or endofm evaluate {task.name}")
+    for name, (task, matches) in RELEASED_FINETUNED.items():
+        if matches(state):
+            raise CheckpointError(
+                f"{path}: a fine-tuned {name} model ({task}), not a backbone checkpoint; read it "
+                f"with endofm.load_finetuned, endofm predict or endofm evaluate {task}")
 
 
 def read_header(directory: str | os.PathLike) -> dict[str, Any]:

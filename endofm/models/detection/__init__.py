@@ -5,9 +5,9 @@ and the package's FCOS on a simple pyramid of the backbone (:mod:`~endofm.models
 from endofm.models.detection.fcos import GlobalFCOSHead, VideoPyramid, build_detector
 from endofm.models.detection.stft import STFTConfig, STFTDetector
 from endofm.models.detection.stft_postprocess import PostprocessConfig
-from endofm.models.detection.stft_state import infer_stft_config, is_stft_state, stft_from_state
+from endofm.models.detection.stft_state import infer_stft_config, stft_from_state
 from endofm.models.detection.transform import CAFFE_MEAN_BGR, STFT_INPUT, resize_frames
 
 __all__ = ["CAFFE_MEAN_BGR", "STFT_INPUT", "GlobalFCOSHead", "PostprocessConfig", "STFTConfig", "STFTDetector",
-           "VideoPyramid", "build_detector", "infer_stft_config", "is_stft_state", "resize_frames",
+           "VideoPyramid", "build_detector", "infer_stft_config", "resize_frames",
            "stft_from_state"]

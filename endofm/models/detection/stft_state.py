@@ -1,33 +1,17 @@
-"""The original STFT detector's state dicts: recognising them (:func:`is_stft_state`), reading their sizes
-(:func:`infer_stft_config`) and loading them strictly, keys matched as the original's loader matches them
-(:func:`stft_from_state`)."""
+"""The original STFT detector's state dicts: reading their sizes (:func:`infer_stft_config`) and loading them
+strictly, keys matched as the original's loader matches them (:func:`stft_from_state`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 
 from endofm.errors import CheckpointError, InputError
-from endofm.models.checkpoint import infer_backbone_config, strip_module
+from endofm.models.checkpoint import STFT_REQUIRED_SUFFIXES, infer_backbone_config, strip_module
 from endofm.models.detection.stft import STFTConfig, STFTDetector
-
-REQUIRED_SUFFIXES = ("backbone.body.cls_token", "backbone.body.pos_embed", "backbone.fpn.fpn_inner4.weight",
-                     "rpn.head.cls_logits.weight", "rpn.head.dcn_cls_subnet.conv_offset.weight",
-                     "rpn.head.bbox_pred.weight")
-"""Key endings every STFT detector state dict has."""
-
-
-def is_stft_state(state: Mapping[str, Any]) -> bool:
-    """Whether a state dict (or a ``{"model": ...}`` checkpoint) holds an STFT detector's keys."""
-    model = state.get("model", state)
-    if not isinstance(model, Mapping):
-        return False
-    keys = [str(k) for k in model]
-    return all(any(k.endswith(suffix) for k in keys) for suffix in REQUIRED_SUFFIXES)
 
 
 def infer_stft_config(state: Mapping[str, torch.Tensor], num_heads: int | None = None) -> STFTConfig:
@@ -71,7 +55,7 @@ def stft_from_state(state: Mapping[str, torch.Tensor], num_heads: int | None = N
     model has and the file lacks, a key nothing reads, or a shape that differs is an error naming it."""
     state = strip_module(state)
     canonical = {}
-    for suffix in REQUIRED_SUFFIXES:
+    for suffix in STFT_REQUIRED_SUFFIXES:
         if not any(k.endswith(suffix) for k in state):
             raise CheckpointError(f"{where}: not an STFT detector checkpoint (no key ending in {suffix!r})")
     # Build with the canonical names the original model has, then match as the original loader does.

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from endofm.models.checkpoint import WEIGHTS_FILE
+from endofm.models.checkpoint import WEIGHTS_FILE, is_transunet_state, strip_module
 from endofm.models.inputs import InputSpec
 from endofm.models.segmentation.decoder import SegmentationNetwork
 from endofm.models.segmentation.transunet import (
@@ -36,15 +36,9 @@ TRANSUNET_INPUT = InputSpec(size=(INPUT_SIZE, INPUT_SIZE), frames=None, channel_
 """The original CVC-12k input: 224 x 224 (stretched), whole sequences, BGR, per-image min-max, then 0.5/0.5."""
 
 
-def _transunet_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    if state and all(str(key).startswith("module.") for key in state):
-        return {key[len("module."):]: value for key, value in state.items()}
-    return dict(state)
-
-
 def load_released(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
     """The released ``cvc.pth`` layout."""
-    state = _transunet_state(state)
+    state = strip_module(state, only_if_all=True)
     model = load_transunet_state(state, infer_transunet_config(state, num_heads, str(path)), str(path))
     return LoadedFinetuned(TASK_NAME, model, TRANSUNET_INPUT, str(path), MODEL_NAME,
                            {"source": "original CVC-12k TransUNet", "num_heads": model.config.num_heads})
@@ -66,7 +60,7 @@ def load_folder(directory: Path, config: Mapping[str, Any]) -> LoadedFinetuned:
 
 
 LAYOUT = ReleasedLayout(
-    MODEL_NAME, lambda state: "transformer.encoder.cls_token" in _transunet_state(state), load_released,
+    MODEL_NAME, is_transunet_state, load_released,
     lambda loaded, directory: save_transunet_folder(directory, loaded.model, loaded.input_spec,
                                                     {"converted_from": loaded.path}),
     load_folder)
