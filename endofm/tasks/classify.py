@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from endofm.data.datasets.polypdiag import SAMPLINGS, PolypDiagDataset, evenly_spaced
 from endofm.data.datasets.splits import split_by_case
+from endofm.data.synthetic.writers import polypdiag_layout
 from endofm.data.transforms import eval_transform, original_view, train_transform
 from endofm.data.video import VideoReader
 from endofm.engine.distributed import gather_shards, shard
@@ -46,16 +47,19 @@ from endofm.models.heads import LinearClassifier
 from endofm.models.inputs import InputSpec
 from endofm.report.labels import draw_label, font_size
 from endofm.tasks.base import (
+    DemoSettings,
     FinetunedModel,
     LoadedFinetuned,
     PaperResult,
     Prediction,
     ReleasedLayout,
+    SyntheticLayout,
     Task,
     preset_input,
 )
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
+from endofm.tasks.registry import register_task
 
 CLASSIFY_DEFAULT_DATA = {"num_frames": 8, "size": 224, "normalization": "polypdiag", "sampling": "original",
                          "sampling_rate": 32, "target_fps": 30.0, "view": "original"}
@@ -378,7 +382,7 @@ def caveat(test: Mapping[str, Any]) -> str | None:
     return None
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="classify",
     help="PolypDiag-layout video classification (CLS + linear head; mode=linear for a probe)",
     title="PolypDiag classification",
@@ -398,5 +402,7 @@ TASK = Task(
     layouts=(POLYPDIAG_LAYOUT,),
     adopt=_adopt,
     caveat=caveat,
-)
+    synthetic=SyntheticLayout("polypdiag", polypdiag_layout),
+    demo=DemoSettings(folder="probe", recipe="classify_cpu", epochs=10, quick_epochs=5),
+))
 """The classification task (:mod:`endofm.tasks.base`)."""

@@ -38,6 +38,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from endofm.data.datasets.kumc import KUMCDataset
+from endofm.data.synthetic.writers import kumc_layout
 from endofm.data.transforms import VideoTransform
 from endofm.data.video import VideoReader
 from endofm.engine.distributed import all_reduce_sum, gather_shards, shard, world_size
@@ -50,7 +51,17 @@ from endofm.models.backbone import EndoFMBackbone
 from endofm.models.inputs import InputSpec
 from endofm.models.stft import STFTDetector
 from endofm.report.labels import draw_label
-from endofm.tasks.base import FinetunedModel, LoadedFinetuned, PaperResult, Prediction, Task, TaskOption, preset_input
+from endofm.tasks.base import (
+    DemoSettings,
+    FinetunedModel,
+    LoadedFinetuned,
+    PaperResult,
+    Prediction,
+    SyntheticLayout,
+    Task,
+    TaskOption,
+    preset_input,
+)
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.detect_stft import LAYOUT as STFT_LAYOUT
 from endofm.tasks.detect_stft import (
@@ -61,6 +72,7 @@ from endofm.tasks.detect_stft import (
     predict_stft,
 )
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
+from endofm.tasks.registry import register_task
 
 DETECTORS = ("stft", "fcos")
 
@@ -402,7 +414,7 @@ def caveat(test: Mapping[str, Any]) -> str | None:
     return None if test.get("box_f1") else "The detector finds no polyp box at score >= 0.5 and IoU >= 0.5 (box F1 0)."
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="detect",
     help="KUMC/PolypsSet-layout detection (the original STFT, or detector=fcos; frame F1, box F1, COCO mAP)",
     title="KUMC detection",
@@ -427,5 +439,8 @@ TASK = Task(
         TaskOption("--reference-seed", "STFT detector: seed of the reference-frame draws (the original never "
                                        "seeds them)", type=int, default=0)),
     caveat=caveat,
-)
+    synthetic=SyntheticLayout("kumc", kumc_layout),
+    demo=DemoSettings(folder="kumc", recipe="detect_cpu", epochs=4, quick_epochs=2,
+                      original_recipe="detect_stft_cpu"),
+))
 """The detection task (:mod:`endofm.tasks.base`)."""

@@ -26,7 +26,7 @@ from safetensors.torch import save_file as save_safetensors
 from torch import nn
 from tqdm import tqdm
 
-from endofm.data.synthetic import POLYP_CLASSES
+from endofm.data.datasets.kumc import POLYP_CLASSES
 from endofm.data.video import VideoReader
 from endofm.engine.distributed import gather_shards, shard
 from endofm.engine.logging import bar_off, plot_curves

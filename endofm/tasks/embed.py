@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from endofm.data.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, normalize
+from endofm.data.normalization import normalize
+from endofm.data.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader
 from endofm.errors import InputError
 from endofm.models.backbone import EndoFMBackbone
 
@@ -89,7 +90,7 @@ def embed_video(
         num_frames: frames per clip; default: the model's stored frame count (8 for the released model).
         size: crop size; default: the model's stored image height (224 for the released model).
         window, stride: clip length and step in frames; default one clip over the whole video.
-        normalization: a preset of :data:`endofm.data.video.NORMALIZATION`.
+        normalization: a preset of :data:`endofm.data.normalization.NORMALIZATION`.
         batch_size: clips per forward pass.
         device: where to run; default the model's device.
 

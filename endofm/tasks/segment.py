@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.splits import find_leakage, split_by_case
+from endofm.data.synthetic.writers import cvc_layout
 from endofm.data.transforms import Resize
 from endofm.data.video import VideoReader
 from endofm.engine.cpu import loader_workers
@@ -46,9 +47,20 @@ from endofm.models.backbone import EndoFMBackbone
 from endofm.models.inputs import InputSpec
 from endofm.models.transunet import TransUNet
 from endofm.report.labels import draw_label
-from endofm.tasks.base import FinetunedModel, LoadedFinetuned, PaperResult, Prediction, Task, TaskOption, preset_input
+from endofm.tasks.base import (
+    DemoSettings,
+    FinetunedModel,
+    LoadedFinetuned,
+    PaperResult,
+    Prediction,
+    SyntheticLayout,
+    Task,
+    TaskOption,
+    preset_input,
+)
 from endofm.tasks.config import FinetuneModelConfig, SelectionConfig, SplitsConfig
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
+from endofm.tasks.registry import register_task
 from endofm.tasks.segment_transunet import LAYOUT as TRANSUNET_LAYOUT
 from endofm.tasks.segment_transunet import save_transunet_folder
 
@@ -542,7 +554,7 @@ def caveat(test: Mapping[str, Any]) -> str | None:
     return None if test.get("dice") else "The segmenter's Dice is 0: it predicts (almost) no polyp pixels."
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="segment",
     help="CVC-ClinicDB-layout segmentation (the original TransUNet, or segmenter=decoder on the patch tokens; "
          "Dice/HD95 per sequence)",
@@ -565,5 +577,8 @@ TASK = Task(
                                                  "standard)", choices=("standard", "original")),),
     dataset_overrides=dataset_overrides,
     caveat=caveat,
-)
+    synthetic=SyntheticLayout("cvc", cvc_layout),
+    demo=DemoSettings(folder="cvc", recipe="segment_cpu", epochs=12, quick_epochs=4,
+                      original_recipe="segment_transunet_cpu"),
+))
 """The segmentation task (:mod:`endofm.tasks.base`)."""
