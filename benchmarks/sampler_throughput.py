@@ -36,9 +36,7 @@ import numpy as np
 import torch
 
 from endofm.data.encoding import write_video
-
 from endofm.data.normalization import NORMALIZATION
-
 from endofm.data.video import VideoReader
 from endofm.data.views import MultiViewConfig, MultiViewSampler, crop_box
 

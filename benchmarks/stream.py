@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from endofm.data.synthetic import render_video
 from endofm.data.encoding import write_video
+from endofm.data.synthetic import render_video
 from endofm.models.heads import LinearClassifier
 from endofm.models.registry import build_model, model_spec
 from endofm.models.stft import STFTConfig, STFTDetector
