@@ -126,7 +126,7 @@ def recipe_name(task: str, config: DemoConfig) -> str:
     return (demo.original_recipe or demo.recipe) if config.original_models else demo.recipe
 
 
-def _finetune(task: str, config: DemoConfig, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
+def finetune_task(task: str, config: DemoConfig, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
     """Fine-tune one task with its demo recipe from the teacher for its ``config.epochs``; returns its
     ``metrics.json``."""
     epochs = config.epochs.get(task, demo_tasks()[task].epochs)
@@ -282,7 +282,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     finetune: dict[str, Any] = {}
     for task, demo in tasks.items():
         with stage(task, f"fine-tuning {task}"):
-            finetune[task] = _finetune(task, config, teacher, data / demo.folder, out / "finetune" / task)
+            finetune[task] = finetune_task(task, config, teacher, data / demo.folder, out / "finetune" / task)
 
     with stage("predict", "predict with the segmenter on a CVC test sequence"):
         sequence = cvc_test_sequence(data / "cvc", out / "predict" / "sequence")
