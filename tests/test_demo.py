@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from endofm.demo import DemoConfig, format_table, run_demo, stages
+from endofm.errors import InputError
 
 
 def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
@@ -55,3 +58,9 @@ def test_the_demo_fine_tunes_the_original_systems_on_request(tmp_path):
     assert (out / "predict" / "segmentation_overlay.png").is_file()
     assert json.loads((out / "predict" / "predictions.json").read_text())["task"] == "segment"
     assert "segment_transunet_cpu" in results["settings"]["fine-tune recipes"]
+
+
+def test_epochs_of_a_task_the_demo_does_not_fine_tune_are_refused(tmp_path):
+    with pytest.raises(InputError, match=r"epochs names \['segmnt'\]"):
+        run_demo(DemoConfig(out_dir=str(tmp_path / "demo"), epochs={"segmnt": 1}))
+    assert not (tmp_path / "demo").exists()
