@@ -12,7 +12,7 @@ Three methods build the same 10 views (2 global, 8 local) of the same frames:
   channel by channel (written here from the description of the original's data pipeline).
 
 The frames are synthetic endoscopy-like renders (moving gradients when :mod:`endofm.data.synthetic` is not
-importable), written twice: as the synthetic corpus is (``corpus``: :func:`endofm.data.video.write_video`,
+importable), written twice: as the synthetic corpus is (``corpus``: :func:`endofm.data.encoding.write_video`,
 whose x264 settings favour random reads) and as a typical file not prepared for training (``plain``). The
 methods read the same files, so the encoding changes what each decode costs, for every method alike, and
 how many frames ours can skip.
@@ -35,7 +35,9 @@ import av
 import numpy as np
 import torch
 
-from endofm.data.video import NORMALIZATION, VideoReader, write_video
+from endofm.data.encoding import write_video
+from endofm.data.normalization import NORMALIZATION
+from endofm.data.video import VideoReader
 from endofm.data.views import MultiViewConfig, MultiViewSampler, crop_box
 
 
@@ -56,7 +58,7 @@ def _frames(seed: int, num_frames: int, height: int, width: int) -> tuple[np.nda
 
 
 ENCODINGS = {
-    "corpus": "the synthetic corpus's own encoding (endofm.data.video.write_video: random_access_options)",
+    "corpus": "the synthetic corpus's own encoding (endofm.data.encoding.write_video: random_access_options)",
     "plain": "x264 veryfast, crf 20, a keyframe every --gop frames, B-frames used as references",
 }
 

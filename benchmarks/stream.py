@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from endofm.data.encoding import write_video
 from endofm.data.synthetic import render_video
-from endofm.data.video import write_video
 from endofm.models.classification import ClassifierNetwork
 from endofm.models.detection.stft import STFTConfig, STFTDetector
 from endofm.models.detection.transform import STFT_INPUT

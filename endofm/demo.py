@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,11 @@ from PIL import Image, ImageDraw
 
 from endofm.config import load_config
 from endofm.data.datasets.cvc import read_sequence_list
-from endofm.data.datasets.kumc import read_voc
-from endofm.data.synthetic import POLYP_CLASSES, write_polypdiag, write_synthetic_corpus
+from endofm.data.datasets.kumc import POLYP_CLASSES, read_voc
+from endofm.data.synthetic import write_polypdiag
 from endofm.data.video import VideoReader
 from endofm.engine.logging import curve_name, read_jsonl
+from endofm.errors import InputError
 from endofm.io import atomic_write, atomic_write_text, claim_output
 from endofm.models.checkpoint import load_checkpoint
 from endofm.models.registry import build_model
@@ -43,7 +44,9 @@ from endofm.report.attention import attention_maps, save_attention
 from endofm.report.figures import classification_figure, segmentation_figure
 from endofm.report.labels import draw_label
 from endofm.report.report import FROZEN_PROBES, write_report
+from endofm.tasks.base import DemoSettings
 from endofm.tasks.classify import polypdiag_dataset, predict_probabilities
+from endofm.tasks.corpus import write_synthetic_corpus
 from endofm.tasks.loading import load_finetuned
 from endofm.tasks.predict import predict_video
 from endofm.tasks.probe import evaluate_frozen_pools
@@ -59,13 +62,26 @@ number)."""
 CLIP_FRAMES, CLIP_SIZE = 16, 64
 """Frames and pixels of the pretraining clips and probe videos: the micro backbone's input size."""
 SUBFOLDERS = ("data", "pretrain", "finetune", "predict", "attention")
-DEMO_TASKS = {"classify": "probe", "segment": "cvc", "detect": "kumc"}
-"""The tasks the demo fine-tunes (:data:`~endofm.tasks.registry.TASKS`), each on its folder of the synthetic data
-(classification on the probe set: 60 test videos rather than the 20 of the corpus's PolypDiag layout)."""
-ORIGINAL_MODEL_RECIPES = {"segment": "segment_transunet_cpu", "detect": "detect_stft_cpu"}
-"""With ``original_models``: small CPU recipes of the original's own systems (TransUNet, STFT) instead of the
-lighter decoder and FCOS detector of the ``*_cpu`` recipes."""
-STAGES = ("data", "pretrain", "frozen", *DEMO_TASKS, "predict", "attention", "report")
+PROBE_FOLDER = "probe"
+"""The folder of the demo's data holding the held-out PolypDiag-layout set of the frozen-feature probes (the
+classification task fine-tunes on it too: 60 test videos rather than the 20 of the corpus's PolypDiag layout)."""
+
+
+def demo_tasks() -> dict[str, DemoSettings]:
+    """The tasks the demo fine-tunes, in registry order: every registered task with
+    :attr:`~endofm.tasks.base.Task.demo` settings (each on its folder of the demo's data)."""
+    return {name: task.demo for name, task in TASKS.items() if task.demo is not None}
+
+
+def stages() -> tuple[str, ...]:
+    """The demo's stages, in order: one per fine-tuned task between the frozen probes and ``predict``."""
+    return ("data", "pretrain", "frozen", *demo_tasks(), "predict", "attention", "report")
+
+
+def default_epochs(quick: bool = False) -> dict[str, int]:
+    """Fine-tuning epochs of each demo task (:attr:`DemoSettings.epochs <endofm.tasks.base.DemoSettings.epochs>`,
+    or ``quick_epochs``)."""
+    return {name: demo.quick_epochs if quick else demo.epochs for name, demo in demo_tasks().items()}
 
 
 @dataclass
@@ -84,11 +100,11 @@ class DemoConfig:
     probe_videos: int = 300
     """Labelled videos (``CLIP_FRAMES`` at ``CLIP_SIZE``) of a separate PolypDiag-layout set, drawn with another
     seed, on which the frozen features are compared: 60 test videos, so that one video is 0.017 of accuracy."""
-    classify_epochs: int = 10
-    segment_epochs: int = 12
-    detect_epochs: int = 4
+    epochs: dict[str, int] = field(default_factory=default_epochs)
+    """Fine-tuning epochs by task; a demo task left out gets its default (:func:`default_epochs`)."""
     original_models: bool = False
-    """Fine-tune the original's segmenter and detector (:data:`ORIGINAL_MODEL_RECIPES`; slower on a CPU)."""
+    """Fine-tune the original's segmenter and detector (each task's
+    :attr:`~endofm.tasks.base.DemoSettings.original_recipe`; slower on a CPU)."""
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -98,15 +114,22 @@ def _save_png(path: Path, image: Image.Image) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def quick_config(**settings: Any) -> DemoConfig:
+    """The settings of ``endofm demo --quick``: fewer videos, steps and epochs (``settings`` set the rest)."""
+    return DemoConfig(**{"videos": 40, "pretrain_clips": 200, "pretrain_steps": 60, "probe_videos": 60,
+                         "epochs": default_epochs(quick=True), **settings})
+
+
 def recipe_name(task: str, config: DemoConfig) -> str:
     """The shipped recipe the demo fine-tunes ``task`` with."""
-    return ORIGINAL_MODEL_RECIPES.get(task, f"{task}_cpu") if config.original_models else f"{task}_cpu"
+    demo = demo_tasks()[task]
+    return (demo.original_recipe or demo.recipe) if config.original_models else demo.recipe
 
 
-def _finetune(task: str, config: DemoConfig, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
-    """Fine-tune one task with its CPU recipe from the teacher for ``config.<task>_epochs``; returns its
+def finetune_task(task: str, config: DemoConfig, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
+    """Fine-tune one task with its demo recipe from the teacher for its ``config.epochs``; returns its
     ``metrics.json``."""
-    epochs = getattr(config, f"{task}_epochs")
+    epochs = config.epochs.get(task, demo_tasks()[task].epochs)
     recipe = load_config(TASKS[task].config_class, recipe_name(task, config), kind="finetune", overrides=[
         f"model.init={teacher}", f"data.root={data}", f"run.out_dir={out}", f"run.epochs={epochs}",
         f"run.seed={config.seed}", f"run.device={config.device}", f"run.progress={str(config.progress).lower()}"])
@@ -205,28 +228,33 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     """Run every stage into ``config.out_dir`` (refused if it holds anything, unless ``config.overwrite``: then
     the subfolders of an earlier demo are replaced); returns the results (also in ``results.json``) after
     writing ``report.md`` and ``report.html``."""
+    tasks = demo_tasks()
+    unknown = sorted(set(config.epochs) - set(tasks))
+    if unknown:
+        raise InputError(f"epochs names {unknown}, which the demo does not fine-tune; its tasks are {list(tasks)}")
     out = claim_output(config.out_dir, config.overwrite, folder=True, option="out_dir")
     for name in SUBFOLDERS:
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
     timings: dict[str, float] = {}
+    total = len(stages())
     started = time.perf_counter()
 
     @contextmanager
     def stage(name: str, what: str) -> Iterator[None]:
-        log(f"[{len(timings) + 1}/{len(STAGES)}] {what} ...")
+        log(f"[{len(timings) + 1}/{total}] {what} ...")
         begin = time.perf_counter()
         yield
         timings[name] = round(time.perf_counter() - begin, 1)
-        log(f"[{len(timings)}/{len(STAGES)}] {what}: {timings[name]:.1f} s")
+        log(f"[{len(timings)}/{total}] {what}: {timings[name]:.1f} s")
 
     data = out / "data"
     with stage("data", f"synthetic corpus ({config.pretrain_clips} pretraining clips, {config.videos} videos per "
                        "labelled layout)"):
         write_synthetic_corpus(data, config.videos, config.seed, pretrain_videos=config.pretrain_clips,
                                pretrain_frames=CLIP_FRAMES, pretrain_size=CLIP_SIZE)
-        write_polypdiag(data / "probe", config.probe_videos, seed=config.seed + 1, num_frames=CLIP_FRAMES,
+        write_polypdiag(data / PROBE_FOLDER, config.probe_videos, seed=config.seed + 1, num_frames=CLIP_FRAMES,
                         size=CLIP_SIZE)
 
     pre_dir = out / "pretrain"
@@ -246,15 +274,15 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         backbone = load_checkpoint(teacher).backbone
         probe = {"num_frames": backbone.config.num_frames, "size": backbone.config.img_size[0],
                  "device": config.device}
-        frozen = {"pretrained": _frozen_scores(backbone, data / "probe", probe)}
+        frozen = {"pretrained": _frozen_scores(backbone, data / PROBE_FOLDER, probe)}
         for seed in range(config.seed, config.seed + RANDOM_BASELINES):
             torch.manual_seed(seed)
-            frozen[f"random (seed {seed})"] = _frozen_scores(build_model(arch), data / "probe", probe)
+            frozen[f"random (seed {seed})"] = _frozen_scores(build_model(arch), data / PROBE_FOLDER, probe)
 
     finetune: dict[str, Any] = {}
-    for task, layout in DEMO_TASKS.items():
+    for task, demo in tasks.items():
         with stage(task, f"fine-tuning {task}"):
-            finetune[task] = _finetune(task, config, teacher, data / layout, out / "finetune" / task)
+            finetune[task] = finetune_task(task, config, teacher, data / demo.folder, out / "finetune" / task)
 
     with stage("predict", "predict with the segmenter on a CVC test sequence"):
         sequence = cvc_test_sequence(data / "cvc", out / "predict" / "sequence")
@@ -264,7 +292,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         segmentation_overlay(data / "cvc", sequence, masks, out / "predict" / "segmentation_overlay.png")
         _save_png(out / "predict" / "detection_frames.png",
                   detection_frames(out / "finetune" / "detect" / "model", data / "kumc", config.device))
-        classification_results(out / "finetune" / "classify" / "model", data / "probe",
+        classification_results(out / "finetune" / "classify" / "model", data / PROBE_FOLDER,
                                finetune["classify"]["splits"]["test"], config.device,
                                out / "predict" / "classification.png")
         predict = {"task": json.loads(Path(written["json"]).read_text())["task"],
@@ -297,7 +325,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         results = {
             "settings": {**asdict(config), "backbone": arch,
                          "pretrain recipe": PRETRAIN_RECIPE,
-                         "fine-tune recipes": ", ".join(recipe_name(task, config) for task in DEMO_TASKS)},
+                         "fine-tune recipes": ", ".join(recipe_name(task, config) for task in tasks)},
             "pretrain": _pretrain_summary(pre_dir, recipe), "frozen": frozen,
             "finetune": finetune, "predict": predict, "attention": attention, "figures": figures, "timings": timings,
         }

@@ -209,13 +209,19 @@ def test_options_reach_what_they_name(ws: Path, tmp_path: Path, monkeypatch: pyt
     """``reproduce --num-heads`` reaches the evaluated models; ``--which`` and ``--quiet`` reach evaluate knn
     and visualize; ``finetune --num-heads``/``--quiet`` become ``model.num_heads``/``run.progress``."""
     import endofm.tasks.reproduce as reproduce
+    from endofm.errors import InputError
 
-    calls: list[list[str]] = []
-    monkeypatch.setattr(reproduce, "_cli", lambda argv: calls.append(list(argv)) or (1, "stopped"))
+    calls: list[dict[str, object]] = []
+
+    def stopped(path: object, num_heads: object = None) -> None:
+        calls.append({"num_heads": num_heads})
+        raise InputError("stopped")
+
+    monkeypatch.setattr(reproduce, "load_finetuned", stopped)
     (tmp_path / "data" / "PolypDiag").mkdir(parents=True)
     _run(["reproduce", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "rep"), "--num-heads", "4",
           "--evaluate-only", "classify=polypdiag.pth"])
-    assert calls and calls[0][calls[0].index("--num-heads") + 1] == "4"
+    assert calls and calls[0]["num_heads"] == 4
 
     seen: dict[str, object] = {}
 

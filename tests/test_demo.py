@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import re
 
-from endofm.demo import STAGES, DemoConfig, format_table, run_demo
+import pytest
+
+from endofm.demo import DemoConfig, format_table, run_demo, stages
+from endofm.errors import InputError
 
 
 def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
     lines: list[str] = []
     config = DemoConfig(out_dir=str(tmp_path / "demo"), videos=10, pretrain_clips=16, pretrain_steps=2,
-                        probe_videos=12, classify_epochs=1, segment_epochs=1, detect_epochs=1, progress=False)
+                        probe_videos=12, epochs={"classify": 1, "segment": 1, "detect": 1}, progress=False)
     results = run_demo(config, log=lines.append)
     out = tmp_path / "demo"
     for name in ("report.md", "report.html", "results.json", "config.yaml", "pretrain/teacher/config.json",
@@ -20,11 +23,11 @@ def test_the_tiny_demo_writes_a_report_naming_every_stage(tmp_path):
                  "predict/classification.png", "attention/attention_grid.png"):
         assert (out / name).is_file(), name
     assert results["pretrain"]["steps"] == 2
-    assert set(results["timings"]) == set(STAGES)
-    assert sum(line.endswith(" s") for line in lines) == len(STAGES)
+    assert set(results["timings"]) == set(stages())
+    assert sum(line.endswith(" s") for line in lines) == len(stages())
     markdown = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    for stage in STAGES[:-1]:
+    for stage in stages()[:-1]:
         assert f"| {stage} |" in markdown and f"<td>{stage}</td>" in page
     for task in ("classify", "segment", "detect"):
         assert f"| {task} |" in markdown
@@ -45,7 +48,7 @@ def test_the_demo_fine_tunes_the_original_systems_on_request(tmp_path):
     """``--original-models``: the segmenter is the original's TransUNet and the detector its STFT, and the
     predict stage runs the TransUNet."""
     config = DemoConfig(out_dir=str(tmp_path / "demo"), videos=10, pretrain_clips=16, pretrain_steps=2,
-                        probe_videos=12, classify_epochs=1, segment_epochs=1, detect_epochs=1, progress=False,
+                        probe_videos=12, epochs={"classify": 1, "segment": 1, "detect": 1}, progress=False,
                         original_models=True)
     results = run_demo(config, log=lambda line: None)
     out = tmp_path / "demo"
@@ -55,3 +58,9 @@ def test_the_demo_fine_tunes_the_original_systems_on_request(tmp_path):
     assert (out / "predict" / "segmentation_overlay.png").is_file()
     assert json.loads((out / "predict" / "predictions.json").read_text())["task"] == "segment"
     assert "segment_transunet_cpu" in results["settings"]["fine-tune recipes"]
+
+
+def test_epochs_of_a_task_the_demo_does_not_fine_tune_are_refused(tmp_path):
+    with pytest.raises(InputError, match=r"epochs names \['segmnt'\]"):
+        run_demo(DemoConfig(out_dir=str(tmp_path / "demo"), epochs={"segmnt": 1}))
+    assert not (tmp_path / "demo").exists()

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from endofm import InputError, VideoError, build_model, embed_video
-from endofm.data.video import VideoReader, normalize
+from endofm.data.normalization import normalize
+from endofm.data.video import VideoReader
 from endofm.tasks.embed import clip_spans, find_videos, sample_indices
 
 

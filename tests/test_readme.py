@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from endofm.cli.main import main
+from endofm.data.encoding import write_video
 from endofm.data.synthetic import render_video, write_cvc, write_kumc, write_polypdiag, write_pretrain
-from endofm.data.video import write_video
 from endofm.models.backbone import BackboneConfig
 from endofm.models.checkpoint import export_original
 from endofm.models.detection.stft import STFTConfig, STFTDetector

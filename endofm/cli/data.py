@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_quiet(transcode)
     transcode.set_defaults(func=_transcode)
 
-    synth = commands.add_parser("synth", help="write a synthetic endoscopy corpus (all dataset layouts)")
+    synth = commands.add_parser(
+        "synth", help="write a synthetic endoscopy corpus (pretraining clips and every task's dataset layout)")
     synth.add_argument("out", type=Path, help="output folder (refused if it holds anything, unless --overwrite)")
     synth.add_argument("--videos", type=positive_int, default=100, help="number of videos (default 100)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -90,7 +91,7 @@ def _print_failures(failed: list) -> None:
 
 
 def _transcode(args: argparse.Namespace) -> int:
-    from endofm.data.manifest import transcode_videos
+    from endofm.data.transcode import transcode_videos
 
     summary = transcode_videos(args.src, args.out, short_side=args.short_side, progress=not args.quiet)
     counts = (len(summary.written), len(summary.up_to_date), len(summary.failed))
@@ -100,8 +101,8 @@ def _transcode(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from endofm.data.synthetic import write_synthetic_corpus
     from endofm.io import claim_output
+    from endofm.tasks.corpus import write_synthetic_corpus
 
     claim_output(args.out, args.overwrite, folder=True, option="OUT")
     out = write_synthetic_corpus(args.out, num_videos=args.videos, seed=args.seed,

@@ -9,7 +9,7 @@ from endofm.cli.options import add_overwrite, add_quiet, device
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from endofm.demo import DemoConfig, format_table, run_demo
+    from endofm.demo import DemoConfig, format_table, quick_config, run_demo
     from endofm.io import claim_output
 
     if args.out is None:
@@ -20,10 +20,7 @@ def _demo(args: argparse.Namespace) -> int:
     common = {"out_dir": args.out, "overwrite": args.overwrite, "seed": args.seed, "device": args.device,
               "original_models": args.original_models,
               "progress": not args.quiet}
-    config = DemoConfig(**common)
-    if args.quick:
-        config = DemoConfig(videos=40, pretrain_clips=200, pretrain_steps=60, probe_videos=60, classify_epochs=5,
-                            segment_epochs=4, detect_epochs=2, **common)
+    config = quick_config(**common) if args.quick else DemoConfig(**common)
     results = run_demo(config)
     print()
     print(format_table(results))

@@ -1,5 +1,5 @@
-"""The data layer: video decoding, manifests, pretraining views, fine-tuning transforms, datasets and the
-synthetic endoscopy generator."""
+"""The data layer: video decoding and encoding, normalisation, manifests and transcoding, pretraining views,
+fine-tuning transforms and the datasets (the synthetic endoscopy generator is :mod:`endofm.data.synthetic`)."""
 
 from endofm.data.datasets.cvc import CVCDataset
 from endofm.data.datasets.kumc import KUMCDataset
@@ -7,9 +7,10 @@ from endofm.data.datasets.polypdiag import PolypDiagDataset
 from endofm.data.datasets.pretrain import PretrainClips, collate_views
 from endofm.data.datasets.splits import check_no_leakage, find_leakage, split_by_case
 from endofm.data.manifest import ClipRef, LabelledVideo, read_manifest, read_original_list, scan_videos
-from endofm.data.synthetic import render_video, write_synthetic_corpus
+from endofm.data.normalization import NORMALIZATION, normalize
+from endofm.data.transcode import transcode_videos
 from endofm.data.transforms import VideoTransform, eval_transform, train_transform
-from endofm.data.video import NORMALIZATION, VideoInfo, VideoReader, normalize, read_video_info
+from endofm.data.video import VideoInfo, VideoReader, read_video_info
 from endofm.data.views import MultiViewConfig, MultiViewSampler, ViewSpec
 
 __all__ = [
@@ -34,9 +35,8 @@ __all__ = [
     "read_manifest",
     "read_original_list",
     "read_video_info",
-    "render_video",
     "scan_videos",
     "split_by_case",
     "train_transform",
-    "write_synthetic_corpus",
+    "transcode_videos",
 ]

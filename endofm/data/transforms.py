@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from endofm.data.video import NORMALIZATION, normalize
+from endofm.data.normalization import NORMALIZATION, normalize
 from endofm.errors import InputError
 
 # Boxes cut away by a crop are dropped together with their labels.
@@ -120,7 +120,7 @@ class ShortSideScaleCrop:
     antialiasing, the long side floored), then crop ``size`` x ``size``, at random (``crop="random"``, then a
     horizontal flip with probability ``hflip``) or the first crop (``crop="first"``: the left one of a
     landscape frame, the top one of a portrait frame: spatial index 0, which the original's test set uses).
-    Resized frames come back as floats in [0, 1] (:func:`~endofm.data.video.normalize` takes both)."""
+    Resized frames come back as floats in [0, 1] (:func:`~endofm.data.normalization.normalize` takes both)."""
 
     def __init__(self, size: int, short_side: tuple[int, int], crop: str = "random", hflip: float = 0.5) -> None:
         if crop not in ("random", "first"):

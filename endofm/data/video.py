@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,19 +30,12 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 from endofm.errors import InputError, VideoError
-from endofm.io import atomic_write
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
                     ".flv")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 FRAME_FOLDER_FPS = 30.0
 """Frame rate assumed for a folder of frames (which carries none): the rate of the pretraining corpus."""
-
-NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "polypdiag": ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
 
 _INDEX_CACHE_SIZE = 256
 
@@ -378,65 +371,3 @@ def read_video_info(path: str | os.PathLike) -> VideoInfo:
     """Frame count, frame rate, size and duration of a video file or frame folder."""
     with VideoReader(path) as reader:
         return reader.info
-
-
-def normalize(video: torch.Tensor, preset: str = "imagenet") -> torch.Tensor:
-    """``uint8`` (or float in [0, 1]) ``[T, 3, H, W]`` to floats normalised with a preset's mean/std."""
-    if preset not in NORMALIZATION:
-        raise InputError(f"unknown normalisation preset {preset!r}; choose from {sorted(NORMALIZATION)}")
-    if video.ndim != 4 or video.shape[1] != 3:
-        raise InputError(f"expected a [T, 3, H, W] video, got shape {tuple(video.shape)}")
-    mean, std = NORMALIZATION[preset]
-    x = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
-
-
-def random_access_options(codec: str, rate: int, crf: int = 20) -> dict[str, str]:
-    """Encoder options for files that training reads at random frames (the synthetic corpus, transcodes).
-
-    For x264: a keyframe every second (a read seeks at most ``rate`` frames back), 7 B-frames between
-    reference frames that no frame references (:class:`VideoReader` skips those it does not need, so a
-    read decodes about one frame in 8 besides those it wants), and ``tune=fastdecode`` (no CABAC, no
-    deblocking: frames decode faster at some 10-30% more bytes). Macroblock-tree rate control is off: with
-    it the same frames encode to different files from one process to the next.
-    """
-    if codec != "libx264":
-        return {"crf": str(crf), "preset": "veryfast"}
-    return {
-        "crf": str(crf),
-        "preset": "veryfast",
-        "tune": "fastdecode",
-        "g": str(rate),
-        "x264-params": "mbtree=0:b-pyramid=none:bframes=7:b-adapt=0",
-    }
-
-
-def encode_mp4(path: str, frames: Iterable[np.ndarray], width: int, height: int, fps: float) -> None:
-    """Encode uint8 ``[height, width, 3]`` RGB frames as an mp4 at ``path`` (h264 when FFmpeg has it, else
-    mpeg4; yuv420p, so both sizes must be even), with :func:`random_access_options`. Callers write through
-    :func:`~endofm.io.atomic_write`."""
-    codec = next((c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available), "mpeg4")
-    rate = max(1, round(fps))
-    with av.open(path, "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.thread_count = 1
-        if codec == "mpeg4":
-            stream.bit_rate = 8 * height * width * rate
-        else:
-            stream.options = random_access_options(codec, rate)
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0) -> Path:
-    """Encode uint8 [T, H, W, 3] RGB frames as an mp4 (see :func:`encode_mp4`), atomically."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise InputError(f"frames for {path} must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    _, height, width, _ = frames.shape
-    if height % 2 or width % 2:
-        raise InputError(f"yuv420p needs even frame sizes, got {height}x{width} for {path}")
-    return atomic_write(path, lambda tmp: encode_mp4(tmp, frames, width, height, fps))

@@ -35,7 +35,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
-from endofm.data.video import NORMALIZATION, VideoReader
+from endofm.data.normalization import NORMALIZATION
+from endofm.data.video import VideoReader
 from endofm.data.windows import decoded_window, window_span
 from endofm.errors import ConfigError, InputError
 

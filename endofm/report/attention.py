@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from endofm.data.video import VideoReader, normalize, write_video
+from endofm.data.encoding import write_video
+from endofm.data.normalization import normalize
+from endofm.data.video import VideoReader
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
 from endofm.report.labels import draw_label

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from endofm.data.synthetic import POLYP_CLASSES
+from endofm.data.datasets.kumc import POLYP_CLASSES
 from endofm.engine.distributed import resolve_device
 from endofm.errors import InputError
 from endofm.models.backbone import EndoFMBackbone

@@ -1,10 +1,10 @@
 """What a fine-tuning task declares, once: :class:`Task`, and the records it is made of.
 
 Each task module (:mod:`endofm.tasks.classify`, :mod:`~endofm.tasks.segment`, :mod:`~endofm.tasks.detect`)
-ends with ``TASK = Task(...)``; :data:`endofm.tasks.registry.TASKS` lists them, and ``endofm finetune``,
-``endofm evaluate``, ``endofm predict``, :func:`~endofm.tasks.loading.load_finetuned`,
-``endofm reproduce`` and the demo read a task from there and nowhere else. A new task is one new module
-declaring its ``TASK`` and one line in the registry.
+ends with ``TASK = register_task(Task(...))`` (:func:`endofm.tasks.registry.register_task`), which adds it to
+:data:`~endofm.tasks.registry.TASKS`; ``endofm finetune``, ``endofm evaluate``, ``endofm predict``,
+:func:`~endofm.tasks.loading.load_finetuned`, ``endofm reproduce``, the synthetic corpus and the demo read a
+task from there and nowhere else. A new task is one new module that registers its ``Task``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from endofm.data.video import NORMALIZATION
+from endofm.data.normalization import NORMALIZATION
 from endofm.errors import InputError
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.checkpoint import LoadedCheckpoint
@@ -123,6 +123,30 @@ class PaperResult:
 
 
 @dataclass(frozen=True)
+class SyntheticLayout:
+    """The task's dataset in the synthetic corpus (``endofm data synth``, the demo): ``write(root, videos,
+    seed)`` writes it into ``root``, the corpus's sub-folder ``folder``, from ``videos`` (the corpus's videos
+    per labelled layout) and returns its entry of ``corpus.json``. ``write`` is a module-level function (the
+    corpus is written in several processes)."""
+
+    folder: str
+    write: Callable[[Path, int, int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How ``endofm demo`` fine-tunes the task: with the recipe ``recipe`` (``original_recipe``, when set,
+    with ``--original-models``) on the sub-folder ``folder`` of the demo's data, for ``epochs`` epochs
+    (``quick_epochs`` with ``--quick``)."""
+
+    folder: str
+    recipe: str
+    epochs: int
+    quick_epochs: int
+    original_recipe: str = ""
+
+
+@dataclass(frozen=True)
 class Task:
     """Everything the package knows of one fine-tuning task.
 
@@ -147,6 +171,9 @@ class Task:
     ``dataset_overrides(recipe, folder)`` (overrides a dataset needs to run a recipe, and a note saying so).
     ``caveat(test_metrics)``: a sentence when the metrics show the model did not learn the task (the demo's
     report), else None.
+
+    Synthetic data and the demo: ``synthetic`` (the task's layout in the synthetic corpus) and ``demo`` (how
+    the demo fine-tunes it); a task without them is left out of the corpus and the demo.
     """
 
     name: str
@@ -172,3 +199,5 @@ class Task:
     predict_options: tuple[TaskOption, ...] = ()
     dataset_overrides: Callable[[str, Path], tuple[list[str], str]] | None = None
     caveat: Callable[[Mapping[str, Any]], str | None] | None = None
+    synthetic: SyntheticLayout | None = None
+    demo: DemoSettings | None = None

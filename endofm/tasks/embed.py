@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from endofm.data.video import FRAME_EXTENSIONS, NORMALIZATION, VIDEO_EXTENSIONS, VideoReader
+from endofm.data.normalization import NORMALIZATION
+from endofm.data.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader
 from endofm.errors import InputError
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.inputs import InputSpec
@@ -100,7 +101,7 @@ def embed_video(
         num_frames: frames per clip; default: the model's (:func:`model_input`; 8 for the released model).
         size: crop size; default: the model's image height (224 for the released model).
         window, stride: clip length and step in frames; default one clip over the whole video.
-        normalization: a preset of :data:`endofm.data.video.NORMALIZATION` instead of the model's mean and std.
+        normalization: a preset of :data:`endofm.data.normalization.NORMALIZATION` instead of the model's mean and std.
         batch_size: clips per forward pass.
         device: where to run; default the model's device.
 

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from endofm.data.video import VideoReader, encode_mp4
+from endofm.data.encoding import encode_mp4
+from endofm.data.video import VideoReader
 from endofm.engine.distributed import resolve_device
 from endofm.errors import InputError
 from endofm.io import atomic_write, atomic_write_text, claim_output

@@ -6,25 +6,25 @@ fine-tunes each task with its original protocol (the ``<task>_original`` recipe;
 default recipe, and the table says so), or with ``evaluate_only`` evaluates released fine-tuned models, and
 writes ``reproduce.md`` and ``reproduce.json``: our figures beside the paper's and the released models', with
 the protocol of each (selection on the test split or on a validation split) and the model each task used.
+
+Each protocol runs through the library (the task's :attr:`~endofm.tasks.base.Task.finetune`, or
+:func:`~endofm.tasks.loading.evaluate_finetuned`); a protocol that fails with an :class:`~endofm.errors.EndoFMError`
+(or a file it cannot read or write) gets its row's note, ``failed: <the error>``, and the others still run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from endofm.config import find_recipe
+from endofm.config import config_to_dict, find_recipe, load_config
 from endofm.errors import ConfigError, DatasetError, EndoFMError, InputError
-from endofm.io import atomic_write_text
+from endofm.io import atomic_write_text, claim_output
+from endofm.tasks.loading import evaluate_finetuned, load_finetuned
 from endofm.tasks.registry import TASKS
 from endofm.tasks.results import json_safe
 
@@ -84,51 +84,60 @@ def _percent(value: Any) -> float | None:
     return round(100.0 * float(value), 2) if isinstance(value, (int, float)) else None
 
 
-def _cli(argv: Sequence[str]) -> tuple[int, str]:
-    """Run an ``endofm`` command; returns its exit status and its last error line (it still prints)."""
-    from endofm.cli.main import main
-
-    captured = io.StringIO()
-    with contextlib.redirect_stderr(captured):
-        code = main(list(argv))
-    sys.stderr.write(captured.getvalue())
-    errors = [line.removeprefix("endofm: error: ") for line in captured.getvalue().splitlines()
-              if line.startswith("endofm: error: ")]
-    return code, errors[-1] if errors else f"exit status {code}"
+def _failed(error: Exception) -> str:
+    """A protocol's failure, as the table's note."""
+    return f"failed: {error}"
 
 
 def _finetune(task: str, recipe: str, data: Path, checkpoint: str, out: Path, device: str, quick: bool,
               overrides: Sequence[str]) -> TaskResult:
-    extra = [*(QUICK if quick else []), *overrides, f"run.device={device}"]
-    code, error = _cli(["finetune", task, "--data", str(data), "--config", recipe, "--init", checkpoint,
-                        "--out", str(out), *extra])
-    if code != 0 or not (out / "metrics.json").is_file():
-        return TaskResult(task, recipe, "", "", "", None, f"failed: {error}")
-    report = json.loads((out / "metrics.json").read_text())
-    config = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    """One run of a protocol through the task's ``finetune``; an error becomes the row's note."""
+    record = TASKS[task]
+    try:
+        config = load_config(record.config_class, recipe, [
+            *(QUICK if quick else []), *overrides, f"run.device={device}", f"data.root={data}",
+            f"model.init={checkpoint}", f"run.out_dir={out}"], kind="finetune")
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{out} is a file; expected a run folder")
+        summary = record.finetune(config)
+        report = json.loads(Path(summary["exports"].get("metrics", out / "metrics.json")).read_text())
+    except (EndoFMError, OSError) as error:
+        return TaskResult(task, recipe, "", "", "", None, _failed(error))
     if report.get("select_on_test"):
         protocol = "selection on test"
     elif report.get("keep") == "last":
         protocol = "last model, nothing selected"
     else:
         protocol = "selection on validation"
-    return TaskResult(task, recipe, TASKS[task].model_name(config), protocol, report["splits"]["test"],
-                      _percent(report["test"].get(TASKS[task].paper.metric)), metrics=report["test"])
+    return TaskResult(task, recipe, record.model_name(config_to_dict(config)), protocol, report["splits"]["test"],
+                      _percent(report["test"].get(record.paper.metric)), metrics=report["test"])
+
+
+EVALUATE_BATCH = 2
+"""Samples per forward pass when a released model is evaluated (``endofm evaluate``'s default)."""
 
 
 def _evaluate(task: str, data: Path, checkpoint: str, out: Path, device: str, num_heads: int | None,
-              overwrite: bool) -> TaskResult:
-    split = TASKS[task].paper.split
-    metrics_path = out / "metrics.json"
-    code, error = _cli(["evaluate", task, "--checkpoint", checkpoint, "--data", str(data), "--split", split,
-                        "--device", device, "--out", str(metrics_path),
-                        *(["--num-heads", str(num_heads)] if num_heads else []),
-                        *(["--overwrite"] if overwrite else [])])
-    if code != 0 or not metrics_path.is_file():
-        return TaskResult(task, "released fine-tuned model", "", "", split, None, f"failed: {error}")
-    metrics = json.loads(metrics_path.read_text())["metrics"]
+              overwrite: bool, progress: bool) -> TaskResult:
+    """A released fine-tuned model evaluated on the task's reported split (``out/metrics.json`` as
+    ``endofm evaluate --out`` writes it); an error becomes the row's note."""
+    record = TASKS[task]
+    split = record.paper.split
+    options = {option.dest: option.default for option in record.evaluate_options}
+    try:
+        metrics_path = claim_output(out / "metrics.json", overwrite)
+        model = load_finetuned(checkpoint, num_heads=num_heads)
+        if model.task != task:
+            raise InputError(f"{checkpoint} is a {model.task} model, not a {task} model")
+        metrics = evaluate_finetuned(model, data, split, device, EVALUATE_BATCH, progress=progress, **options)
+        report = {"task": task, "checkpoint": checkpoint, "data": str(data), "split": split,
+                  "options": {"batch_size": EVALUATE_BATCH, "device": device, "num_heads": num_heads, **options},
+                  "metrics": metrics}
+        atomic_write_text(metrics_path, json.dumps(json_safe(report), indent=2) + "\n")
+    except (EndoFMError, OSError) as error:
+        return TaskResult(task, "released fine-tuned model", "", "", split, None, _failed(error))
     return TaskResult(task, "released fine-tuned model", f"{checkpoint} (as saved)", "released model, evaluated",
-                      split, _percent(metrics.get(TASKS[task].paper.metric)), metrics=metrics)
+                      split, _percent(metrics.get(record.paper.metric)), metrics=metrics)
 
 
 def _repeat(task: str, recipe: str, data: Path, checkpoint: str, out: Path, device: str, quick: bool,
@@ -163,7 +172,7 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
             ``embed_dim // 64`` (``model.num_heads``, ``--num-heads``).
         progress: progress bars (``run.progress``).
         overwrite: replace an evaluated model's earlier ``metrics.json`` (a task's earlier run folder is
-            refused by ``endofm finetune`` whatever this says).
+            refused by its fine-tuning whatever this says).
         runs: independent runs per trained task (``out/<task>/run<i>``, ``run.seed=i``), reported as mean ± std
             (the paper's figures are the mean ± std of 3 runs); 1: one run with the recipe's own seed.
     """
@@ -194,7 +203,8 @@ def reproduce(data: str | Path, out: str | Path, checkpoint: str | None = None, 
             results.append(TaskResult(task, "", "", "", "", None, f"skipped: no {names} folder under {root}"))
             continue
         if task in evaluate_only:
-            results.append(_evaluate(task, folder, evaluate_only[task], out / task, device, num_heads, overwrite))
+            results.append(_evaluate(task, folder, evaluate_only[task], out / task, device, num_heads, overwrite,
+                                   progress))
             continue
         recipe, note = recipe_for(task)
         needed, data_note = _dataset_overrides(task, recipe, folder)

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from endofm.data.video import write_video
+from endofm.data.encoding import write_video
 
 
 def _frame_pattern(index: int, height: int, width: int) -> np.ndarray:

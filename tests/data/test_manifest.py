@@ -15,6 +15,7 @@ import pytest
 
 from endofm.cli.main import main
 from endofm.data import manifest
+from endofm.data.encoding import write_video
 from endofm.data.manifest import (
     COLUMNS,
     ClipRef,
@@ -23,9 +24,9 @@ from endofm.data.manifest import (
     read_manifest,
     read_original_list,
     scan_videos,
-    transcode_videos,
 )
-from endofm.data.video import read_video_info, write_video
+from endofm.data.transcode import transcode_videos
+from endofm.data.video import read_video_info
 from endofm.errors import DatasetError, InputError
 
 
@@ -200,10 +201,10 @@ def test_cli_scan_prints_summary(corpus: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_cli_synth_calls_the_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from endofm.data import synthetic
+    from endofm.tasks import corpus
 
     calls = []
-    monkeypatch.setattr(synthetic, "write_synthetic_corpus", lambda *a, **k: calls.append((a, k)) or a[0])
+    monkeypatch.setattr(corpus, "write_synthetic_corpus", lambda *a, **k: calls.append((a, k)) or a[0])
     assert main(["data", "synth", str(tmp_path), "--videos", "3", "--seed", "7"]) == 0
     assert main(["data", "synth", str(tmp_path), "--videos", "3", "--pretrain-clips", "50", "--pretrain-frames", "16",
                  "--pretrain-size", "64"]) == 0

@@ -13,18 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from endofm.data.synthetic import (
-    POLYP_CLASSES,
-    mask_to_box,
-    render_video,
-    write_cvc,
-    write_kumc,
-    write_polypdiag,
-    write_synthetic_corpus,
-    write_video,
-)
+from endofm.data.datasets.kumc import POLYP_CLASSES
+from endofm.data.encoding import write_video
+from endofm.data.synthetic import mask_to_box, render_video, write_cvc, write_kumc, write_polypdiag
 from endofm.data.video import VideoReader
 from endofm.errors import InputError
+from endofm.tasks.corpus import write_synthetic_corpus
 
 
 def _same_layout(x: Path, y: Path) -> bool:

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from endofm.data.video import NORMALIZATION, VideoReader, normalize, read_video_info
+from endofm.data.normalization import NORMALIZATION, normalize
+from endofm.data.video import VideoReader, read_video_info
 from endofm.errors import InputError, VideoError
 
 

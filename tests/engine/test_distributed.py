@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from endofm.cli.main import main
 from endofm.config import load_config
+from endofm.data.encoding import write_video
 from endofm.data.synthetic import render_video, write_cvc, write_kumc, write_polypdiag
-from endofm.data.video import write_video
 from endofm.errors import ConfigError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain
 from endofm.tasks.detect.stft_inference import evaluate_loaded_stft

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from endofm.config import load_config
+from endofm.data.encoding import write_video
 from endofm.data.manifest import read_pretrain_clips
 from endofm.data.synthetic import render_video
-from endofm.data.video import write_video
 from endofm.engine.distributed import DistributedContext
 from endofm.errors import ConfigError, DatasetError
 from endofm.models.checkpoint import export_original

@@ -15,8 +15,8 @@ import torch
 
 from endofm import load_checkpoint
 from endofm.config import load_config
+from endofm.data.encoding import write_video
 from endofm.data.synthetic import render_video
-from endofm.data.video import write_video
 from endofm.engine import logging
 from endofm.errors import ConfigError, DatasetError, TrainingError
 from endofm.pretrain import PretrainConfig, pretrain

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from endofm.data.encoding import write_video
 from endofm.data.synthetic import render_video, write_cvc, write_kumc, write_polypdiag
-from endofm.data.video import write_video
 
 
 @pytest.fixture(scope="session")

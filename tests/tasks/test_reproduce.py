@@ -13,6 +13,7 @@ from endofm.data.synthetic import write_cvc, write_kumc, write_polypdiag
 from endofm.models.checkpoint import export_original
 from endofm.models.heads import DINOHead
 from endofm.models.registry import build_model
+from endofm.tasks.reproduce import reproduce
 
 TINY = ["--set", "classify:data.size=32", "--set", "classify:data.num_frames=2",
         "--set", "detect:data.short_side=32", "--set", "detect:data.max_size=48"]
@@ -110,3 +111,17 @@ def test_runs_give_mean_and_std_with_their_seeds(corpus: Path, tmp_path: Path) -
     assert f"± {row['std']:.1f} (2 runs)" in (out / "reproduce.md").read_text()
     assert main(["reproduce", "--data", str(only), "--checkpoint", str(corpus / "endo_fm.pth"),
                  "--out", str(tmp_path / "bad"), "--runs", "0"]) == 1
+
+
+def test_a_failing_protocol_becomes_its_rows_note_and_the_exit_status(corpus: Path, tmp_path: Path) -> None:
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "polypdiag").symlink_to(corpus / "data" / "polypdiag")
+    results = reproduce(only, tmp_path / "lib", str(corpus / "endo_fm.pth"), quick=True, num_heads=2, progress=False,
+                        overrides={"classify": ["run.batch_size=1000"]})
+    assert results[0].task == "classify" and results[0].value is None
+    assert results[0].note.startswith("failed: run.batch_size=1000 is larger than the training set")
+    assert main(["reproduce", "--data", str(only), "--checkpoint", str(corpus / "endo_fm.pth"), "--num-heads", "2",
+                 "--out", str(tmp_path / "cli"), "--quick", "--quiet", "--set", "classify:run.batch_size=1000"]) == 1
+    row = json.loads((tmp_path / "cli" / "reproduce.json").read_text())["rows"][0]
+    assert row["note"].startswith("failed: run.batch_size=1000")

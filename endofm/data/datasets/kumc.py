@@ -20,10 +20,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from endofm.data.synthetic import POLYP_CLASSES
 from endofm.data.transforms import eval_transform
 from endofm.data.video import natural_key
 from endofm.errors import DatasetError
+
+POLYP_CLASSES = ("adenomatous", "hyperplastic")
+"""KUMC's polyp classes (the VOC object names), in label order."""
 
 
 def read_voc(path: Path, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:

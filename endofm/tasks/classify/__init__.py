@@ -9,8 +9,9 @@ The task (:data:`TASK`) is declared here from its parts: :mod:`~endofm.tasks.cla
 
 from __future__ import annotations
 
+from endofm.data.synthetic.writers import polypdiag_layout
 from endofm.models.heads import LinearClassifier
-from endofm.tasks.base import PaperResult, Task
+from endofm.tasks.base import DemoSettings, PaperResult, SyntheticLayout, Task
 from endofm.tasks.classify.config import CLASSIFY_DEFAULT_DATA, VIEWS, ClassifyConfig, ClassifyDataConfig
 from endofm.tasks.classify.data import classify_datasets, polypdiag_dataset
 from endofm.tasks.classify.inference import (
@@ -31,6 +32,7 @@ from endofm.tasks.classify.io import (
     original_data,
 )
 from endofm.tasks.classify.train import ClassifyRecipe, finetune_classify
+from endofm.tasks.registry import register_task
 
 __all__ = [
     "CLASSIFY_DEFAULT_DATA",
@@ -57,7 +59,7 @@ __all__ = [
     "predict_probabilities",
 ]
 
-TASK = Task(
+TASK = register_task(Task(
     name="classify",
     help="PolypDiag-layout video classification (CLS + linear head; mode=linear for a probe)",
     title="PolypDiag classification",
@@ -77,5 +79,7 @@ TASK = Task(
     layouts=(POLYPDIAG_LAYOUT,),
     adopt=adopt_classifier,
     caveat=caveat,
-)
+    synthetic=SyntheticLayout("polypdiag", polypdiag_layout),
+    demo=DemoSettings(folder="probe", recipe="classify_cpu", epochs=10, quick_epochs=5),
+))
 """The classification task (:mod:`endofm.tasks.base`)."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from endofm.data.synthetic.writers import kumc_layout
 from endofm.models.detection.fcos import build_detector
-from endofm.tasks.base import PaperResult, Task, TaskOption
+from endofm.tasks.base import DemoSettings, PaperResult, SyntheticLayout, Task, TaskOption
 from endofm.tasks.detect.config import (
     DetectConfig,
     DetectDataConfig,
@@ -40,6 +41,7 @@ from endofm.tasks.detect.io import LAYOUT, load_folder, save_folder
 from endofm.tasks.detect.stft_inference import detect_video, detect_videos, evaluate_stft
 from endofm.tasks.detect.stft_train import STFTRecipe, finetune_stft
 from endofm.tasks.detect.train import DetectRecipe, finetune_detect
+from endofm.tasks.registry import register_task
 
 __all__ = ["LAYOUT", "TASK", "DetectConfig", "DetectDataConfig", "DetectRecipe", "FCOSConfig", "IterationSchedule",
            "STFTModelConfig", "STFTRecipe", "caveat", "detect_video", "detect_videos", "evaluate_detect_model",
@@ -59,7 +61,7 @@ def caveat(test: Mapping[str, Any]) -> str | None:
     return None if test.get("box_f1") else "The detector finds no polyp box at score >= 0.5 and IoU >= 0.5 (box F1 0)."
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="detect",
     help="KUMC/PolypsSet-layout detection (the original STFT, or detector=fcos; frame F1, box F1, COCO mAP)",
     title="KUMC detection",
@@ -84,5 +86,8 @@ TASK = Task(
         TaskOption("--reference-seed", "STFT detector: seed of the reference-frame draws (the original never "
                                        "seeds them)", type=int, default=0)),
     caveat=caveat,
-)
+    synthetic=SyntheticLayout("kumc", kumc_layout),
+    demo=DemoSettings(folder="kumc", recipe="detect_cpu", epochs=4, quick_epochs=2,
+                      original_recipe="detect_stft_cpu"),
+))
 """The detection task (:mod:`endofm.tasks.base`)."""

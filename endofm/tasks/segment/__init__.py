@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from endofm.data.synthetic.writers import cvc_layout
 from endofm.models.segmentation import SegmentationDecoder
-from endofm.tasks.base import PaperResult, Task, TaskOption
+from endofm.tasks.base import DemoSettings, PaperResult, SyntheticLayout, Task, TaskOption
+from endofm.tasks.registry import register_task
 from endofm.tasks.segment.config import (
     SEGMENTERS,
     DecoderConfig,
@@ -58,7 +60,7 @@ def caveat(test: Mapping[str, Any]) -> str | None:
     return None if test.get("dice") else "The segmenter's Dice is 0: it predicts (almost) no polyp pixels."
 
 
-TASK = Task(
+TASK = register_task(Task(
     name="segment",
     help="CVC-ClinicDB-layout segmentation (the original TransUNet, or segmenter=decoder on the patch tokens; "
          "Dice/HD95 per sequence)",
@@ -81,7 +83,10 @@ TASK = Task(
                                                  "standard)", choices=("standard", "original")),),
     dataset_overrides=dataset_overrides,
     caveat=caveat,
-)
+    synthetic=SyntheticLayout("cvc", cvc_layout),
+    demo=DemoSettings(folder="cvc", recipe="segment_cpu", epochs=12, quick_epochs=4,
+                      original_recipe="segment_transunet_cpu"),
+))
 """The segmentation task (:mod:`endofm.tasks.base`)."""
 
 __all__ = [

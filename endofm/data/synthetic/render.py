@@ -1,4 +1,4 @@
-"""Procedural endoscopy-like videos with polyps, and the three downstream dataset layouts built from them.
+"""Procedural endoscopy-like videos with polyps: :func:`render_video`.
 
 The scene is a tube seen from inside: a dark vanishing lumen, ring folds with a little angular wobble,
 pink mucosa texture attached to the tube wall (so it moves with the camera), vignetting and specular
@@ -6,34 +6,21 @@ sparkles on the fold ridges. The camera drifts, rolls, zooms and advances along 
 motion blur. A polyp, when present, sits on the wall and grows as the camera approaches it; it is
 round, elongated or sessile, shaded as a dome with a specular spot, and comes with an exact per-frame
 binary mask and box. Everything is vectorised numpy and seeded by a :class:`numpy.random.Generator`, so
-the same seed always gives the same frames and files.
-
-Writers produce the original layouts of PolypDiag (mp4 + ``splits/*.txt``), CVC-ClinicDB (tif frames +
-``videolist.txt`` of ``<name> <start> <len> -1`` lines) and KUMC/PolypsSet (jpg frames + VOC XML).
+the same seed always gives the same frames. The polyp classes are KUMC's
+(:data:`~endofm.data.datasets.kumc.POLYP_CLASSES`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import multiprocessing
-import os
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from endofm.data.video import write_video
+from endofm.data.datasets.kumc import POLYP_CLASSES
 from endofm.errors import InputError
-from endofm.io import atomic_write, atomic_write_text
 
-POLYP_CLASSES = ("adenomatous", "hyperplastic")
 POLYP_SHAPES = ("round", "elongated", "sessile")
 
 # Mucosa and polyp colours (linear RGB in [0, 1]); both labels draw the mucosa from the same range so that
@@ -286,231 +273,3 @@ def render_video(
         shape=shape,
         fps=fps,
     )
-
-
-def _save_image(path: Path, array: np.ndarray, fmt: str) -> None:
-    options = {"quality": 95} if fmt == "JPEG" else {}
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **options))
-
-
-def _write_text(path: Path, lines: Sequence[str]) -> None:
-    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
-
-
-def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    """Largest-remainder allocation of n items to fractions, every split non-empty when n allows it."""
-    total = float(sum(fractions))
-    raw = [n * f / total for f in fractions]
-    counts = [int(x) for x in raw]
-    for k in sorted(range(len(raw)), key=lambda k: counts[k] - raw[k])[: n - sum(counts)]:
-        counts[k] += 1
-    for k in range(len(counts)):
-        if counts[k] == 0 and n >= len(counts):
-            donor = max(range(len(counts)), key=lambda j: counts[j])
-            counts[donor] -= 1
-            counts[k] += 1
-    return counts
-
-
-def write_polypdiag(
-    root: str | os.PathLike,
-    num_videos: int = 40,
-    seed: int = 0,
-    *,
-    num_frames: int = 32,
-    size: int | Sequence[int] = 128,
-    fps: float = 30.0,
-    fractions: Sequence[float] = (0.6, 0.2, 0.2),
-    always_visible: bool = False,
-) -> Path:
-    """Write a PolypDiag-like classification set: ``videos/*.mp4`` and ``splits/{train,val,test}.txt``.
-
-    Split lines read ``<file relative to videos/>,<label>`` with label 1 for a polyp and 0 without, as in
-    the original. Labels are balanced and each split is stratified by label. ``val`` is the original's
-    evaluation list; ``test`` is an extra held-out list (so a model can be selected on ``val``). With
-    ``always_visible`` a polyp video shows its polyp in every frame, so any sampled clip carries its label.
-    """
-    root = Path(root)
-    if num_videos < 2:
-        raise InputError(f"write_polypdiag needs at least 2 videos, got {num_videos}")
-    rng = np.random.default_rng([seed, 1])
-    labels = np.arange(num_videos) % 2
-    rng.shuffle(labels)
-    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for label in (0, 1):
-        idx = np.flatnonzero(labels == label)
-        counts = _split_counts(len(idx), fractions)
-        for name, part in zip(splits, np.split(idx, np.cumsum(counts)[:-1]), strict=True):
-            splits[name] += [f"video_{i:04d}.mp4,{label}" for i in part]
-    for i, label in enumerate(labels):
-        video = render_video([seed, 1, i], num_frames, size, polyp=bool(label), fps=fps,
-                             always_visible=always_visible)
-        write_video(root / "videos" / f"video_{i:04d}.mp4", video.frames, fps)
-    for name, lines in splits.items():
-        _write_text(root / "splits" / f"{name}.txt", sorted(lines))
-    return root
-
-
-def write_cvc(
-    root: str | os.PathLike,
-    num_sequences: int = 10,
-    seed: int = 0,
-    *,
-    length_range: tuple[int, int] = (6, 25),
-    size: int | Sequence[int] = 128,
-    test_fraction: float = 0.3,
-) -> Path:
-    """Write a CVC-ClinicDB-like segmentation set.
-
-    ``Original/{i}.tif`` (RGB) and ``Ground Truth/{i}.tif`` (0/255) with 1-based ``i`` running across
-    sequences; ``videolist.txt`` lists every sequence as ``<name> <start> <len> -1`` (the original's
-    format, 1-based start); ``splits/train.txt`` and ``splits/test.txt`` hold disjoint sequences in the
-    same format. Every frame shows a polyp, as in CVC-ClinicDB.
-    """
-    root = Path(root)
-    if num_sequences < 2:
-        raise InputError(f"write_cvc needs at least 2 sequences, got {num_sequences}")
-    rng = np.random.default_rng([seed, 2])
-    lo, hi = length_range
-    (root / "Original").mkdir(parents=True, exist_ok=True)
-    (root / "Ground Truth").mkdir(parents=True, exist_ok=True)
-    lines, start = [], 1
-    for k in range(num_sequences):
-        length = int(rng.integers(lo, hi + 1))
-        video = render_video([seed, 2, k], length, size, polyp=True, always_visible=True)
-        for j in range(length):
-            _save_image(root / "Original" / f"{start + j}.tif", video.frames[j], "TIFF")
-            mask = video.masks[j].astype(np.uint8) * 255
-            _save_image(root / "Ground Truth" / f"{start + j}.tif", mask, "TIFF")
-        lines.append(f"sequence_{k:03d} {start} {length} -1")
-        start += length
-    order = rng.permutation(num_sequences)
-    n_test = min(max(1, round(test_fraction * num_sequences)), num_sequences - 1)
-    _write_text(root / "videolist.txt", lines)
-    _write_text(root / "splits" / "train.txt", [lines[k] for k in sorted(order[n_test:])])
-    _write_text(root / "splits" / "test.txt", [lines[k] for k in sorted(order[:n_test])])
-    return root
-
-
-def voc_xml(filename: str, width: int, height: int, objects: Sequence[tuple[str, Box]]) -> str:
-    """A Pascal VOC annotation with one ``<object>`` per ``(class name, (x1, y1, x2, y2))``."""
-    ann = ET.Element("annotation")
-    ET.SubElement(ann, "filename").text = filename
-    size_el = ET.SubElement(ann, "size")
-    for key, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size_el, key).text = str(value)
-    for name, (x1, y1, x2, y2) in objects:
-        obj = ET.SubElement(ann, "object")
-        ET.SubElement(obj, "name").text = name
-        ET.SubElement(obj, "difficult").text = "0"
-        bnd = ET.SubElement(obj, "bndbox")
-        for key, value in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
-            ET.SubElement(bnd, key).text = str(value)
-    ET.indent(ann)
-    return ET.tostring(ann, encoding="unicode") + "\n"
-
-
-def write_kumc(
-    root: str | os.PathLike,
-    num_videos: int = 9,
-    seed: int = 0,
-    *,
-    num_frames: int = 16,
-    size: int | Sequence[int] = 128,
-    fractions: Sequence[float] = (0.6, 0.2, 0.2),
-) -> Path:
-    """Write a KUMC/PolypsSet-like detection set.
-
-    ``{train,val,test}2019/Image/<video>/<n>.jpg`` and ``.../Annotation/<video>/<n>.xml`` (VOC, 1-based
-    ``n``). Each video holds one polyp of one class (adenomatous or hyperplastic, alternating); a frame
-    where the polyp is not visible gets an XML without ``<object>``, as PolypsSet's polyp-free frames.
-    """
-    root = Path(root)
-    if num_videos < 3:
-        raise InputError(f"write_kumc needs at least 3 videos (one per split), got {num_videos}")
-    rng = np.random.default_rng([seed, 3])
-    order = rng.permutation(num_videos)
-    counts = _split_counts(num_videos, fractions)
-    parts = np.split(order, np.cumsum(counts)[:-1])
-    for split, part in zip(("train", "val", "test"), parts, strict=True):
-        for k in sorted(part):
-            cls = POLYP_CLASSES[k % 2]
-            video = render_video([seed, 3, k], num_frames, size, polyp=True, polyp_class=cls)
-            name = f"{k + 1:03d}"
-            image_dir = root / f"{split}2019" / "Image" / name
-            anno_dir = root / f"{split}2019" / "Annotation" / name
-            image_dir.mkdir(parents=True, exist_ok=True)
-            anno_dir.mkdir(parents=True, exist_ok=True)
-            h, w = video.frames.shape[1:3]
-            for j, box in enumerate(video.boxes, start=1):
-                _save_image(image_dir / f"{j}.jpg", video.frames[j - 1], "JPEG")
-                objects = [(cls, box)] if box is not None else []
-                _write_text(anno_dir / f"{j}.xml", [voc_xml(f"{j}.jpg", w, h, objects).rstrip("\n")])
-    return root
-
-
-def write_pretrain(root: str | os.PathLike, num_videos: int, seed: int = 0, *, first: int = 0, **render: Any) -> Path:
-    """Write ``num_videos`` unlabelled mp4s ``clip_<i>.mp4`` (half with a polyp) for pretraining manifests,
-    ``i`` counting from ``first`` (so that processes can share the writing of one set)."""
-    root = Path(root)
-    for i in range(first, first + num_videos):
-        video = render_video([seed, 0, i], **render)
-        write_video(root / f"clip_{i:04d}.mp4", video.frames, video.fps)
-    return root
-
-
-def write_synthetic_corpus(
-    out_dir: str | os.PathLike,
-    num_videos: int = 100,
-    seed: int = 0,
-    *,
-    pretrain_videos: int | None = None,
-    pretrain_frames: int = 32,
-    pretrain_size: int = 128,
-) -> Path:
-    """Write every synthetic layout under ``out_dir`` and return it.
-
-    ``pretrain/`` (``pretrain_videos``, default ``num_videos``, unlabelled mp4s of ``pretrain_frames`` frames
-    at ``pretrain_size``), ``polypdiag/`` (``num_videos`` labelled mp4s), ``cvc/`` (``max(4, num_videos // 5)``
-    sequences) and ``kumc/`` (``max(3, num_videos // 5)`` videos), plus ``corpus.json`` describing them. The
-    labelled layouts' frames are 128x128 (32 per video); the layouts are written in two processes when two
-    CPUs are free, so a 100-video corpus takes well under a minute.
-    """
-    out = Path(out_dir)
-    if num_videos < 2:
-        raise InputError(f"a synthetic corpus needs at least 2 videos, got {num_videos}")
-    pretrain_videos = num_videos if pretrain_videos is None else pretrain_videos
-    if pretrain_videos < 1 or pretrain_frames < 1:
-        raise InputError(f"pretraining clips and their frames must be at least 1, got {pretrain_videos} clips of "
-                         f"{pretrain_frames} frames")
-    if pretrain_size < 16 or pretrain_size % 2:
-        raise InputError(f"pretrain_size must be an even number of pixels, at least 16, got {pretrain_size}")
-    out.mkdir(parents=True, exist_ok=True)
-    n_cvc, n_kumc = max(4, num_videos // 5), max(3, num_videos // 5)
-    pretrain_render = {"num_frames": pretrain_frames, "size": pretrain_size}
-    half = pretrain_videos // 2
-    jobs = [
-        (partial(write_pretrain, **pretrain_render), out / "pretrain", half),
-        (partial(write_pretrain, first=half, **pretrain_render), out / "pretrain", pretrain_videos - half),
-        (write_polypdiag, out / "polypdiag", num_videos),
-        (write_cvc, out / "cvc", n_cvc),
-        (write_kumc, out / "kumc", n_kumc),
-    ]
-    workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    if workers > 1 and num_videos >= 10:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for future in [pool.submit(fn, path, n, seed) for fn, path, n in jobs]:
-                future.result()
-    else:
-        for fn, path, n in jobs:
-            fn(path, n, seed)
-    summary = {
-        "seed": seed,
-        "pretrain": {"videos": pretrain_videos, "frames": pretrain_frames, "size": [pretrain_size, pretrain_size]},
-        "polypdiag": {"videos": num_videos, "frames": 32, "size": [128, 128]},
-        "cvc": {"sequences": n_cvc},
-        "kumc": {"videos": n_kumc},
-    }
-    _write_text(out / "corpus.json", [json.dumps(summary, indent=2)])
-    return out
