@@ -290,7 +290,14 @@ def load_checkpoint(
         raise InputError(f"num_heads must be at least 1, got {num_heads}")
     if path.is_dir() and (path / CONFIG_FILE).exists():
         return load_backbone_folder(path, read_header(path), num_heads)
-    state = read_state(path)
+    return load_state(read_state(path), path, num_heads, which)
+
+
+def load_state(state: Mapping, path: str | os.PathLike, num_heads: int | None = None,
+               which: str = "teacher") -> LoadedCheckpoint:
+    """:func:`load_checkpoint` of a file already read (``state``, from ``path``): the one reader of the
+    original's layouts, which the released fine-tuned classifier's loader also takes."""
+    path = Path(path)
     _refuse_finetuned_model(state, path)
     layout, backbone_state, head_state, classifier_state, extras = split_original(state, str(path), which)
     if layout == "training":

@@ -11,15 +11,8 @@ from torch import nn
 
 from endofm.errors import CheckpointError
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import (
-    IGNORED_BACKBONE_KEYS,
-    LoadedCheckpoint,
-    infer_backbone_config,
-    load_strict,
-    split_original,
-)
+from endofm.models.checkpoint import LoadedCheckpoint, load_state
 from endofm.models.classification import ClassifierNetwork
-from endofm.models.heads import LinearClassifier
 from endofm.models.inputs import InputSpec
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, ReleasedLayout, preset_input
 from endofm.tasks.classify.config import CLASSIFY_DEFAULT_DATA
@@ -52,20 +45,15 @@ def original_data(backbone: EndoFMBackbone) -> dict[str, Any]:
 
 
 def load_polypdiag(state: dict[str, Any], path: Path, num_heads: int | None) -> LoadedFinetuned:
-    """The released PolypDiag classifier (``backbone_state_dict`` + ``state_dict`` with ``linear.*``)."""
-    _, backbone_state, _, classifier_state, _ = split_original(state, str(path), "teacher")
-    for key in IGNORED_BACKBONE_KEYS:
-        backbone_state.pop(key, None)
-    backbone = EndoFMBackbone(infer_backbone_config(backbone_state, num_heads))
-    load_strict(backbone, backbone_state, "backbone", str(path))
-    weight = classifier_state.get("weight")
-    if weight is None or weight.ndim != 2:
+    """The released PolypDiag classifier (``backbone_state_dict`` + ``state_dict`` with ``linear.*``), read by
+    the package's one checkpoint reader (:func:`~endofm.models.checkpoint.load_state`)."""
+    loaded = load_state(state, path, num_heads)
+    if loaded.classifier is None:
         raise CheckpointError(f"{path}: state_dict holds no 2-D linear.weight (the PolypDiag classifier)")
-    head = LinearClassifier(weight.shape[1], weight.shape[0])
-    load_strict(head.linear, classifier_state, "classifier", str(path))
-    data = original_data(backbone)
-    return LoadedFinetuned("classify", ClassifierNetwork(backbone, head).eval(), input_spec(data), str(path),
-                           "polypdiag", {"source": "original fine-tuned PolypDiag classifier", "data": data})
+    data = original_data(loaded.backbone)
+    return LoadedFinetuned("classify", ClassifierNetwork(loaded.backbone, loaded.classifier).eval(),
+                           input_spec(data), str(path), "polypdiag",
+                           {"source": "original fine-tuned PolypDiag classifier", "data": data})
 
 
 POLYPDIAG_LAYOUT = ReleasedLayout("polypdiag", lambda state: "backbone_state_dict" in state, load_polypdiag)
