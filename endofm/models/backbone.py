@@ -218,7 +218,7 @@ class EndoFMBackbone(nn.Module):
                 f"{self.patch_size} patch"
             )
 
-    def _resized_pos_embed(self, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def resized_pos_embed(self, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """CLS and patch positional embeddings, the patch grid resized (nearest) to ``grid_h x grid_w``."""
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         stored_h, stored_w = self.config.grid
@@ -228,7 +228,8 @@ class EndoFMBackbone(nn.Module):
             patch_pos = grid.flatten(2).transpose(1, 2)
         return cls_pos, patch_pos
 
-    def _resized_time_embed(self, frames: int) -> torch.Tensor:
+    def resized_time_embed(self, frames: int) -> torch.Tensor:
+        """The time embedding resized (nearest) to ``frames``."""
         if frames == self.time_embed.shape[1]:
             return self.time_embed
         return F.interpolate(self.time_embed.transpose(1, 2), size=frames, mode="nearest").transpose(1, 2)
@@ -239,8 +240,8 @@ class EndoFMBackbone(nn.Module):
         batch, _, frames, height, width = x.shape
         feat = self.patch_embed.proj(x.permute(2, 0, 1, 3, 4).reshape(frames * batch, 3, height, width))
         grid_h, grid_w = feat.shape[-2:]
-        cls_pos, patch_pos = self._resized_pos_embed(grid_h, grid_w)
-        embed = patch_pos.unsqueeze(0) + self._resized_time_embed(frames).view(frames, 1, 1, self.embed_dim)
+        cls_pos, patch_pos = self.resized_pos_embed(grid_h, grid_w)
+        embed = patch_pos.unsqueeze(0) + self.resized_time_embed(frames).view(frames, 1, 1, self.embed_dim)
         patches = feat.flatten(2).transpose(1, 2).view(frames, batch, grid_h * grid_w, self.embed_dim) + embed
         cls = (self.cls_token + cls_pos).view(1, 1, 1, self.embed_dim).expand(frames, batch, 1, self.embed_dim)
         return torch.cat((cls, patches), dim=2), (grid_h, grid_w)

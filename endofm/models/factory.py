@@ -69,8 +69,8 @@ def load_pretrained(pretrained: str | os.PathLike, name: str | None = None, num_
     state = loaded.backbone.state_dict()
     # an override of the stored sizes resizes the embeddings as a forward pass at that size would
     with torch.no_grad():
-        state["pos_embed"] = torch.cat(loaded.backbone._resized_pos_embed(*backbone.config.grid), dim=1)
-        state["time_embed"] = loaded.backbone._resized_time_embed(backbone.config.num_frames)
+        state["pos_embed"] = torch.cat(loaded.backbone.resized_pos_embed(*backbone.config.grid), dim=1)
+        state["time_embed"] = loaded.backbone.resized_time_embed(backbone.config.num_frames)
     backbone.load_state_dict(state)
     return dataclasses.replace(loaded, backbone=backbone.eval())
 

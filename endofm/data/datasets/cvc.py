@@ -108,7 +108,7 @@ class CVCDataset(Dataset):
                 for folder in (self.images, self.masks):
                     if not (folder / f"{i}.tif").exists():
                         raise DatasetError(f"{seq_file}: sequence {seq.name} needs {folder / f'{i}.tif'}")
-            self.samples += [(seq, clip) for clip in _windows(list(seq.frames), clip_length)]
+            self.samples += [(seq, clip) for clip in clip_windows(list(seq.frames), clip_length)]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -133,7 +133,7 @@ class CVCDataset(Dataset):
         }
 
 
-def _windows(frames: list[int], length: int | None) -> list[list[int]]:
+def clip_windows(frames: list[int], length: int | None) -> list[list[int]]:
     """The whole list, or consecutive windows of ``length`` covering it (the last one aligned to the end)."""
     if length is None:
         return [frames]

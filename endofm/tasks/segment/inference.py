@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, default_collate
 from tqdm import tqdm
 
-from endofm.data.datasets.cvc import CVCDataset, _windows
+from endofm.data.datasets.cvc import CVCDataset, clip_windows
 from endofm.data.video import VideoReader
 from endofm.engine.distributed import all_gather_objects, shard, world_size
 from endofm.engine.logging import bar_off
@@ -91,7 +91,7 @@ def predict_segment(loaded: LoadedFinetuned, reader: VideoReader, device: torch.
     count = len(reader)
     masks = np.zeros((count, *loaded.input_spec.size), dtype=np.uint8)
     length = loaded.input_spec.frames or min(PREDICT_WINDOW, count)
-    windows = _windows(list(range(count)), length)
+    windows = clip_windows(list(range(count)), length)
     for window in tqdm(windows, desc="windows", unit="window", disable=bar_off(progress)):
         video = transform(reader.read(window))["video"].unsqueeze(0).to(device)
         with torch.inference_mode():
