@@ -121,6 +121,8 @@ class FinetuneRecipe(Recipe):
         self.history: list[dict[str, float]] = []
         self.test_metrics: dict[str, Any] = {}
         """The selected model's test metrics (:meth:`before_finish`)."""
+        self.report: dict[str, Any] = {}
+        """What ``metrics.json`` holds, kept for the caller (:meth:`finish`, main process)."""
         self.network = self.build_network().to(self.device)
 
     @abstractmethod
@@ -204,7 +206,8 @@ class FinetuneRecipe(Recipe):
                   "splits": self.split_names, "selection_metric": self.metric, "best_epoch": self.best_epoch + 1,
                   "best_val": self.best_score, "test": test_metrics, "val_history": self.history,
                   "model": str(model_dir)}
-        metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
+        self.report = json_safe(report)
+        metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(self.report, indent=2) + "\n")
         keys = sorted({k for row in self.history for k, v in row.items() if k != "epoch" and not isinstance(v, int)})
         # counts (val_samples, val_frames) are left out: the same number every epoch
         plot_curves(self.history, keys, out_dir / "plots", x_key="epoch")
@@ -242,7 +245,8 @@ AUGMENT_SALT = 1
 
 def run_finetune(config: Any, recipe_cls: type[FinetuneRecipe], datasets: tuple, collate_fn: Any,
                  resume: bool = False) -> dict[str, Any]:
-    """Shared driver: check the run folder, save the config, train with the engine, return the summary."""
+    """Shared driver: check the run folder, save the config, train with the engine, return the summary (with
+    ``report``, what ``metrics.json`` holds, on the main process)."""
     context = init_distributed(config.run.device, config.run.dist_timeout)
     out_dir = Path(config.run.out_dir)
     check_shared(out_dir, context)
@@ -259,4 +263,4 @@ def run_finetune(config: Any, recipe_cls: type[FinetuneRecipe], datasets: tuple,
         save_run_config(config, recipe.network, out_dir / "config.yaml")
     trainer = Trainer(recipe, KeyedSamples(train, config.run.seed), collate_fn, config.run, context,
                       config_to_dict(config))
-    return trainer.fit(resume=resume)
+    return {**trainer.fit(resume=resume), "report": recipe.report}

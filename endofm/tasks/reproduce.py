@@ -99,8 +99,7 @@ def _finetune(task: str, recipe: str, data: Path, checkpoint: str, out: Path, de
             f"model.init={checkpoint}", f"run.out_dir={out}"], kind="finetune")
         if out.exists() and not out.is_dir():
             raise InputError(f"{out} is a file; expected a run folder")
-        summary = record.finetune(config)
-        report = json.loads(Path(summary["exports"].get("metrics", out / "metrics.json")).read_text())
+        report = record.finetune(config)["report"]
     except (EndoFMError, OSError) as error:
         return TaskResult(task, recipe, "", "", "", None, _failed(error))
     if report.get("select_on_test"):

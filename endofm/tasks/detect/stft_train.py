@@ -213,7 +213,8 @@ class STFTRecipe(FinetuneRecipe):
                   "iterations": self.total, "iteration": chosen,
                   "best_epoch": max(1, math.ceil(chosen / self.steps_per_epoch)), "best_val": self.best_score,
                   "test": test_metrics, "val_history": self.history, "model": str(model_dir)}
-        metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(report), indent=2) + "\n")
+        self.report = json_safe(report)
+        metrics_path = atomic_write_text(out_dir / "metrics.json", json.dumps(self.report, indent=2) + "\n")
         keys = sorted({k for row in self.history for k, v in row.items()
                        if k != "iteration" and not isinstance(v, int)})  # counts are the same every evaluation
         plot_curves(self.history, keys, out_dir / "plots", x_key="iteration")
