@@ -39,7 +39,7 @@ README = REPO / "README.md"
 DOCS = REPO / "docs"
 PAGES = [README] + [DOCS / f"{name}.md" for name in
                     ("checkpoints", "data", "pretraining", "finetuning", "prediction", "performance", "deployment",
-                     "differences")]
+                     "differences", "architecture")]
 """The pages in the order they run: a page may use what an earlier page's commands wrote."""
 
 RUN = ["run.num_workers=0", "run.progress=false", "run.device=cpu"]
