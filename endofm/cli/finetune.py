@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from endofm.cli.options import add_quiet, positive_int
+from endofm.cli.options import add_run_tail, positive_int
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -84,9 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--select-on-test", action="store_true",
                          help="the original protocol: choose the best epoch on the TEST split (optimistic numbers; "
                               "recorded as such in metrics.json)")
-        sub.add_argument("--resume", action="store_true",
-                         help="continue the run in run.out_dir from its last.pt (from the beginning if it stopped "
-                              "before its first checkpoint)")
-        add_quiet(sub)
-        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
+        add_run_tail(sub, "continue the run in run.out_dir from its last.pt (from the beginning if it stopped "
+                          "before its first checkpoint)")
         sub.set_defaults(func=_finetune)

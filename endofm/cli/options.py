@@ -52,6 +52,13 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
+def add_run_tail(parser: argparse.ArgumentParser, resume_help: str) -> None:
+    """What every training command ends with: ``--resume``, ``--quiet`` and the ``KEY=VALUE`` overrides."""
+    parser.add_argument("--resume", action="store_true", help=resume_help)
+    add_quiet(parser)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
+
+
 def add_num_heads(parser: argparse.ArgumentParser) -> None:
     """``--num-heads``: attention heads of a checkpoint that does not store them (the original's ``.pth``)."""
     parser.add_argument("--num-heads", type=positive_int, default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from endofm.cli.options import add_quiet
+from endofm.cli.options import add_run_tail
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -48,9 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="a YAML file or the name of a shipped recipe: "
                         "cpu_micro, cpu_tiny, endofm_vit_base (default: the built-in defaults, ViT-B)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in run.out_dir from its last.pt, with the run's saved config.yaml "
-                             "(from the beginning if it stopped before its first checkpoint)")
-    add_quiet(parser)
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. run.epochs=5")
+    add_run_tail(parser, "continue the run in run.out_dir from its last.pt, with the run's saved config.yaml "
+                         "(from the beginning if it stopped before its first checkpoint)")
     parser.set_defaults(func=_pretrain)
