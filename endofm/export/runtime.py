@@ -2,9 +2,10 @@
 predictors (:mod:`endofm.stream`) and their pre- and post-processing import numpy, PIL, PyAV and
 ``onnxruntime`` only.
 
-:func:`read_info` tells what an exported file is (the ``endofm`` metadata entry); :func:`onnx_predictor`
-gives its causal predictor (:mod:`endofm.stream.steps`); :func:`stft_postprocess` is the STFT detector's
-post-processing, the original's, in numpy (the step after the exported head).
+:func:`read_info` tells what an exported file is (the ``endofm`` metadata entry) and :func:`load_exported`
+runs it (its causal predictor for a stream: :func:`endofm.stream.onnx_nets.onnx_predictor`);
+:func:`stft_postprocess` is the STFT detector's post-processing, the original's, in numpy (the step after the
+exported head).
 """
 
 from __future__ import annotations
@@ -18,17 +19,7 @@ from typing import Any
 import numpy as np
 
 from endofm.errors import ExportError, InputError
-from endofm.stream.steps import (
-    DEFAULT_SEGMENT_WINDOW,
-    CausalPredictor,
-    PastDetector,
-    WindowClassifier,
-    WindowEmbedder,
-    WindowSegmenter,
-    refuse_options,
-)
 
-POLYP_CLASSES = ("adenomatous", "hyperplastic")
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 POSTPROCESS = {"score_thresh": 0.05, "pre_nms_top_n": 1000, "nms_thresh": 0.6, "detections_per_img": 300,
                "bbox_std": (0.5, 0.5, 0.5, 0.5)}
@@ -207,32 +198,3 @@ def load_exported(path: str | os.PathLike, providers: Sequence[str] | None = Non
             raise ExportError(f"{head_file}: not the head exported with {path}; export the detector again")
         return info, OnnxDetector(session, head, (info.get("metadata") or {}).get("postprocess"))
     return info, OnnxNet(session)
-
-
-def onnx_predictor(path: str | os.PathLike, embed: bool = False, window: int | None = None,
-                   seed: int | None = None, score_threshold: float | None = None, num_heads: int | None = None,
-                   model_name: str | None = None, providers: Sequence[str] | None = None) -> CausalPredictor:
-    """The causal predictor (:mod:`endofm.stream.steps`) of an exported file, run by ONNX Runtime. ``embed``
-    asks for a backbone's embeddings (and is refused for another model); ``num_heads`` applies to PyTorch
-    checkpoints only."""
-    if num_heads is not None or model_name is not None:
-        raise InputError(f"{path}: --num-heads and --model apply to PyTorch checkpoints, not to an ONNX file")
-    info, net = load_exported(path, providers)
-    kind, spec, metadata = info["kind"], info["input"], info.get("metadata") or {}
-    refuse_options(info["task"], window, seed, score_threshold)
-    if embed != (kind == "backbone"):
-        raise ExportError(f"{path}: an exported {kind} model; " + (
-            "embeddings need an exported backbone (endofm export --embed)" if embed else
-            "it gives embeddings: add --embed"))
-    if kind == "backbone":
-        return WindowEmbedder(net, spec, window or int(spec.get("frames") or 8))
-    if kind == "classify":
-        data = metadata.get("data") or {}
-        frames = int(spec.get("frames") or data.get("num_frames") or 8)
-        return WindowClassifier(net, spec, frames, data.get("classes") or ("normal", "abnormal"), span=window)
-    if kind == "segment":
-        if window is not None and spec.get("frames") and window != spec["frames"]:
-            raise InputError(f"{path}: exported for clips of {spec['frames']} frames; --window {window} differs")
-        return WindowSegmenter(net, spec, int(spec.get("frames") or window or DEFAULT_SEGMENT_WINDOW))
-    return PastDetector(net, spec, metadata.get("classes") or list(POLYP_CLASSES), seed or 0,
-                        0.5 if score_threshold is None else score_threshold)

@@ -2,7 +2,7 @@
 files a run writes (``endofm stream``).
 
 The loop, the sources and the predictors' window logic import no PyTorch; the model runs in PyTorch
-(:mod:`endofm.stream.torch_nets`) or in ONNX Runtime (:mod:`endofm.export.runtime`). :func:`load_predictor`
+(:mod:`endofm.stream.torch_nets`) or in ONNX Runtime (:mod:`endofm.stream.onnx_nets`). :func:`load_predictor`
 picks by the file: an ``.onnx`` file made by ``endofm export`` runs in ONNX Runtime.
 
 Example:
@@ -31,7 +31,7 @@ def load_predictor(checkpoint: str | os.PathLike, device: str = "cpu", embed: bo
     on ONNX Runtime's CUDA provider for a ``cuda`` device (where the installed ONNX Runtime has it), else on
     the CPU."""
     if str(checkpoint).endswith(".onnx"):
-        from endofm.export.runtime import onnx_predictor
+        from endofm.stream.onnx_nets import onnx_predictor
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
         return onnx_predictor(checkpoint, embed=embed, providers=providers, **options)

@@ -19,8 +19,9 @@ pytest.importorskip("onnxruntime", reason="the onnx extra (endofm[onnx]) is not 
 
 from endofm.errors import ExportError, InputError  # noqa: E402
 from endofm.export.onnx import export_onnx  # noqa: E402
-from endofm.export.runtime import load_exported, onnx_predictor, stft_postprocess  # noqa: E402
+from endofm.export.runtime import load_exported, stft_postprocess  # noqa: E402
 from endofm.models.inputs import InputSpec  # noqa: E402
+from endofm.stream.onnx_nets import onnx_predictor  # noqa: E402
 from endofm.tasks.base import LoadedFinetuned  # noqa: E402
 from endofm.tasks.loading import load_finetuned  # noqa: E402
 from tests.conftest import DOWNSTREAM_DIR as DOWNSTREAM  # noqa: E402
@@ -119,7 +120,7 @@ def test_the_runtime_path_imports_no_torch(stft_export, tmp_path):
     script = HIDE_TORCH + f"""
 import json, numpy as np
 from endofm.stream import Stream
-from endofm.export.runtime import onnx_predictor
+from endofm.stream.onnx_nets import onnx_predictor
 predictor = onnx_predictor({str(written[0])!r}, score_threshold=0.05)
 print(json.dumps([predictor.push(frame)[0] for frame in np.load({str(tmp_path / 'video.npy')!r})]))
 assert "torch" not in sys.modules
