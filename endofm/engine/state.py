@@ -15,7 +15,8 @@ import torch
 
 from endofm.errors import CheckpointError
 from endofm.io import atomic_write
-from endofm.models.checkpoint import TRAINING_FORMAT, read_state
+from endofm.models.checkpoint import TRAINING_FORMAT
+from endofm.models.state import read_state
 
 
 def capture_rng_state() -> dict[str, Any]:

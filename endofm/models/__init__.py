@@ -1,19 +1,13 @@
 """The Endo-FM backbone, its heads, named configurations and checkpoint I/O."""
 
 from endofm.models.backbone import BackboneConfig, EndoFMBackbone
-from endofm.models.checkpoint import (
-    CheckpointInfo,
-    LoadedCheckpoint,
-    export_original,
-    infer_backbone_config,
-    load_checkpoint,
-    save_pretrained,
-)
+from endofm.models.checkpoint import CheckpointInfo, LoadedCheckpoint, export_original, load_checkpoint, save_pretrained
 from endofm.models.factory import create_model, load_pretrained
 from endofm.models.heads import DINOHead, LinearClassifier
 from endofm.models.inputs import InputSpec
 from endofm.models.registry import MODEL_CONFIGS, MODELS, ModelSpec, build_model, list_models, model_spec
 from endofm.models.segmentation import TransUNet, TransUNetConfig
+from endofm.models.state import infer_backbone_config
 
 __all__ = [
     "MODELS",

@@ -20,16 +20,10 @@ from torch import nn
 from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    load_backbone_folder,
-    load_checkpoint,
-    read_state,
-    save_pretrained,
-)
+from endofm.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_backbone_folder, load_checkpoint, save_pretrained
 from endofm.models.heads import LinearClassifier
 from endofm.models.inputs import InputSpec
+from endofm.models.state import read_state
 from endofm.tasks.base import FinetunedModel, Task
 
 HEAD_FILE = "task_head.safetensors"

@@ -24,8 +24,9 @@ from typing import Any
 from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, read_header, read_state, save_pretrained
+from endofm.models.checkpoint import CONFIG_FILE, read_header, save_pretrained
 from endofm.models.heads import LinearClassifier
+from endofm.models.state import read_state
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, ReleasedLayout, Task
 from endofm.tasks.folder import read_folder
 

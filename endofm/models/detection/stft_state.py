@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from endofm.errors import CheckpointError, InputError
-from endofm.models.checkpoint import STFT_REQUIRED_SUFFIXES, infer_backbone_config, strip_module
 from endofm.models.detection.stft import STFTConfig, STFTDetector
+from endofm.models.state import STFT_REQUIRED_SUFFIXES, infer_backbone_config, strip_module
 
 
 def infer_stft_config(state: Mapping[str, torch.Tensor], num_heads: int | None = None) -> STFTConfig:

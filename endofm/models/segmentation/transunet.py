@@ -41,8 +41,9 @@ from torch import nn
 from endofm.errors import CheckpointError, InputError
 from endofm.io import atomic_write, atomic_write_text
 from endofm.models.backbone import EndoFMBackbone
-from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load_strict
+from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE
 from endofm.models.layers import DividedSpaceTimeBlock
+from endofm.models.state import load_strict
 
 GRID = 14
 """Token grid of the original: the position embedding holds 14 x 14 positions and the encoder's token order

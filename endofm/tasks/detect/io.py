@@ -15,11 +15,12 @@ from safetensors.torch import save_file as save_safetensors
 from endofm.data.datasets.kumc import KUMCDataset
 from endofm.errors import CheckpointError
 from endofm.io import atomic_write, atomic_write_text
-from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, is_stft_state
+from endofm.models.checkpoint import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE
 from endofm.models.detection.stft import STFTConfig, STFTDetector
 from endofm.models.detection.stft_state import stft_from_state
 from endofm.models.detection.transform import STFT_INPUT
 from endofm.models.inputs import InputSpec
+from endofm.models.state import is_stft_state
 from endofm.tasks.base import LoadedFinetuned, ReleasedLayout
 from endofm.tasks.folder import read_model_folder
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from endofm.models.checkpoint import WEIGHTS_FILE, is_transunet_state, strip_module
+from endofm.models.checkpoint import WEIGHTS_FILE
 from endofm.models.inputs import InputSpec
 from endofm.models.segmentation.decoder import SegmentationNetwork
 from endofm.models.segmentation.transunet import (
@@ -27,6 +27,7 @@ from endofm.models.segmentation.transunet import (
     load_transunet_state,
     save_transunet,
 )
+from endofm.models.state import is_transunet_state, strip_module
 from endofm.tasks.base import FinetunedModel, LoadedFinetuned, ReleasedLayout, preset_input
 from endofm.tasks.folder import read_model_folder
 
