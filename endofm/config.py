@@ -24,7 +24,7 @@ import typing
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import yaml
 
@@ -35,6 +35,12 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 T = TypeVar("T")
+
+
+class Config(Protocol):
+    """Any config dataclass of the package (what :func:`config_to_dict` and :func:`save_config` take)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 RECIPE_KINDS = ("pretrain", "finetune")
 
 
@@ -210,7 +216,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return _build(cls, _merge(values, parse_overrides(overrides)))
 
 
-def config_to_dict(config: Any) -> dict:
+def config_to_dict(config: Config) -> dict:
     """Plain-YAML form of a config dataclass (tuples as lists, init-only fields left out)."""
 
     def plain(value: Any) -> Any:
@@ -225,6 +231,6 @@ def config_to_dict(config: Any) -> dict:
     return plain(config)
 
 
-def save_config(config: Any, path: str | os.PathLike) -> Path:
+def save_config(config: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically; :func:`load_config` reads it back to the same value."""
     return atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

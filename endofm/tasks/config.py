@@ -7,7 +7,11 @@ section, :class:`~endofm.engine.optim.OptimConfig` and :class:`~endofm.engine.tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
+from endofm.config import Config
+from endofm.engine.optim import OptimConfig
+from endofm.engine.trainer import RunConfig
 from endofm.errors import ConfigError
 from endofm.models.registry import MODEL_CONFIGS
 
@@ -62,3 +66,15 @@ class SplitsConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+class TaskConfig(Protocol):
+    """What every task's config class has (:class:`~endofm.tasks.finetune.FinetuneRecipe` and
+    :func:`~endofm.tasks.finetune.run_finetune` read these; ``data`` is the task's own section)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    model: FinetuneModelConfig
+    data: Config
+    selection: SelectionConfig
+    optim: OptimConfig
+    run: RunConfig

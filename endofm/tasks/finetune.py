@@ -31,7 +31,7 @@ from endofm.models.backbone import EndoFMBackbone
 from endofm.models.factory import load_pretrained
 from endofm.models.registry import MODEL_CONFIGS, build_model
 from endofm.models.streams import derive, sample_keys
-from endofm.tasks.config import FinetuneModelConfig
+from endofm.tasks.config import FinetuneModelConfig, TaskConfig
 from endofm.tasks.folder import save_task_folder
 from endofm.tasks.results import json_safe
 
@@ -78,7 +78,7 @@ def architecture_name(sizes: dict[str, Any]) -> str | None:
     return None
 
 
-def save_run_config(config: Any, network: nn.Module, path: Path) -> Path:
+def save_run_config(config: TaskConfig, network: nn.Module, path: Path) -> Path:
     """Write a run's ``config.yaml`` saying what ran: with ``model.init`` the backbone is the initial weights'
     architecture, so ``model.arch`` names it (when a named one matches) and a first comment line gives its sizes;
     the file still reads back with ``--config``."""
@@ -110,7 +110,7 @@ class FinetuneRecipe(Recipe):
     """The task's metrics: ``evaluator(network, dataset, batch_size, device, num_workers)``."""
     plot_keys = ("loss", "lr")
 
-    def __init__(self, config: Any, context: DistributedContext, val_set: Any, test_set: Any,
+    def __init__(self, config: TaskConfig, context: DistributedContext, val_set: Any, test_set: Any,
                  split_names: dict[str, str]) -> None:
         self.config, self.device = config, context.device
         self.val_set, self.test_set, self.split_names = val_set, test_set, split_names
@@ -243,7 +243,7 @@ AUGMENT_SALT = 1
 """The sub-stream of a sample's key that its augmentation draws from."""
 
 
-def run_finetune(config: Any, recipe_cls: type[FinetuneRecipe], datasets: tuple, collate_fn: Any,
+def run_finetune(config: TaskConfig, recipe_cls: type[FinetuneRecipe], datasets: tuple, collate_fn: Any,
                  resume: bool = False) -> dict[str, Any]:
     """Shared driver: check the run folder, save the config, train with the engine, return the summary (with
     ``report``, what ``metrics.json`` holds, on the main process)."""
