@@ -50,8 +50,10 @@ def open_container(source: str, stall_timeout: float) -> av.container.InputConta
     camera named as such). Opening and each read wait at most ``stall_timeout`` seconds."""
     kind = source_kind(source)
     path = source.removeprefix("v4l2:")
-    if kind == "file" and not Path(path).is_file():
+    if kind == "file" and not Path(path).exists():
         raise StreamError(f"{source}: no such video file")
+    if kind == "file" and Path(path).is_dir():
+        raise StreamError(f"{source}: a folder, not a video file")
     options = {"format": "v4l2"} if kind == "camera" else {}
     try:
         container = av.open(path, timeout=(stall_timeout, stall_timeout), **options)

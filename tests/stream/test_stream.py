@@ -4,7 +4,10 @@ JSONL schema, bad sources, and the command."""
 from __future__ import annotations
 
 import errno
+import io
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -173,6 +176,41 @@ def test_a_stalled_stream_is_reported_after_the_timeout(tmp_path, monkeypatch):
     summary = run_stream(str(video), Slow(0.0), tmp_path / "out", stall_timeout=0.3)
     assert time.perf_counter() - start < 2
     assert summary["ended"] == "stalled" and "stalled" in summary["message"] and summary["frames_out"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_live_pipe_that_stops_sending_is_reported_as_stalled(tmp_path):
+    """A real live source: an MPEG-TS stream on a named pipe whose sender stops mid-stream but keeps the pipe
+    open. The frames that came are predicted and written; the run ends with the stall message, not a hang."""
+    encoded = io.BytesIO()
+    with av.open(encoded, "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = 48
+        stream.pix_fmt = "yuv420p"
+        for frame in render_video(0, 50, 48, polyp=True).frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    data = encoded.getvalue()
+    pipe = tmp_path / "live.ts"
+    os.mkfifo(pipe)
+    done = threading.Event()
+
+    def sender() -> None:
+        with open(pipe, "wb") as out:
+            out.write(data[: len(data) * 2 // 3])
+            out.flush()
+            done.wait(30)  # silent, the pipe still open: a stalled sender
+
+    threading.Thread(target=sender, daemon=True).start()
+    try:
+        start = time.perf_counter()
+        summary = run_stream(str(pipe), Slow(0.0), tmp_path / "out", live=False, stall_timeout=1.0)
+        assert time.perf_counter() - start < 15
+    finally:
+        done.set()
+    assert summary["ended"] == "stalled" and "stalled" in summary["message"]
+    assert 0 < summary["frames_out"] < 50
+    assert len((tmp_path / "out" / "frames.jsonl").read_text().splitlines()) == summary["frames_out"]
 
 
 def test_sources_that_cannot_be_opened(tmp_path, monkeypatch):
