@@ -112,6 +112,10 @@ class FinetuneRecipe(Recipe):
 
     def __init__(self, config: TaskConfig, context: DistributedContext, val_set: Any, test_set: Any,
                  split_names: dict[str, str]) -> None:
+        why = self.one_sample_per_process(config)
+        if why and config.run.batch_size != context.world_size:
+            raise ConfigError(f"{why} trains one sample per process: run.batch_size must be the number of "
+                              f"processes ({context.world_size}), got {config.run.batch_size}")
         self.config, self.device = config, context.device
         self.val_set, self.test_set, self.split_names = val_set, test_set, split_names
         self.metric = config.selection.metric or self.default_metric
@@ -124,6 +128,12 @@ class FinetuneRecipe(Recipe):
         self.report: dict[str, Any] = {}
         """What ``metrics.json`` holds, kept for the caller (:meth:`finish`, main process)."""
         self.network = self.build_network().to(self.device)
+
+    @classmethod
+    def one_sample_per_process(cls, config: TaskConfig) -> str | None:
+        """Why a recipe trains one sample per process (its samples do not batch), or None: ``run.batch_size``
+        must then be the number of processes."""
+        return None
 
     @abstractmethod
     def build_network(self) -> nn.Module:

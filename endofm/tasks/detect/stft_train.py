@@ -81,13 +81,14 @@ class STFTRecipe(FinetuneRecipe):
     evaluator = evaluate_split
     config: DetectConfig
 
+    @classmethod
+    def one_sample_per_process(cls, config: DetectConfig) -> str | None:
+        return "detector stft (as the original)"
+
     def __init__(self, config: DetectConfig, context: DistributedContext, *args: Any) -> None:
         if config.stft.empty_frames == "skip_iteration" and (context.world_size > 1 or config.run.precision == "fp16"):
             raise ConfigError("stft.empty_frames=skip_iteration needs one process and no fp16 loss scaling (a "
                               "skipped iteration has no gradient); use stft.empty_frames=leave_out")
-        if config.run.batch_size != context.world_size:
-            raise ConfigError(f"detector stft trains one sample per process as the original: run.batch_size must "
-                              f"be the number of processes ({context.world_size}), got {config.run.batch_size}")
         super().__init__(config, context, *args)
         self.total = self.config.iterations.max_iter
         self.unused_parameters = True  # the offset convolutions run without gradient, as the original's

@@ -16,8 +16,6 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from endofm.engine.cpu import loader_workers
-from endofm.engine.distributed import DistributedContext
-from endofm.errors import ConfigError
 from endofm.models.backbone import EndoFMBackbone
 from endofm.models.segmentation import SegmentationDecoder, SegmentationNetwork, TransUNet
 from endofm.tasks.finetune import FinetuneRecipe, build_backbone, run_finetune
@@ -35,12 +33,11 @@ class SegmentRecipe(FinetuneRecipe):
     default_metric = "dice"
     evaluator = evaluate_segmenter
 
-    def __init__(self, config: SegmentConfig, context: DistributedContext, *args: Any) -> None:
-        if config.data.clip_length is None and config.run.batch_size != context.world_size:
-            raise ConfigError("data.clip_length null (whole sequences of different lengths) trains one sequence "
-                              f"per process: run.batch_size must be the number of processes ({context.world_size}), "
-                              f"got {config.run.batch_size}")
-        super().__init__(config, context, *args)
+    @classmethod
+    def one_sample_per_process(cls, config: SegmentConfig) -> str | None:
+        if config.data.clip_length is None:
+            return "data.clip_length null (whole sequences of different lengths)"
+        return None
 
     def build_network(self) -> nn.Module:
         config = self.config
